@@ -1,0 +1,2 @@
+//! Placeholder until the pull benchmark lands.
+fn main() {}

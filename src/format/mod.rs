@@ -1,0 +1,9 @@
+//! Layer formats: how entries and their metadata are read out of layer bytes.
+//!
+//! ```text
+//! format/
+//!   tar.rs   one tar entry's metadata (type, mode, owner, times, link, device, xattrs),
+//!            PAX records applied
+//! ```
+
+pub mod tar;

@@ -1,0 +1,21 @@
+//! lamina mounts container images straight from an OCI registry, without pulling them first,
+//! and also does the classic full pull so the two can be compared.
+//!
+//! ```text
+//! reference ──► registry ──► resolve (manifest, config, layers)
+//!                               └──► pull: download (parallel, resumable) ──► spool ──► apply ──► DIR
+//! ```
+//!
+//! Modules are named with the words of the design: [`reference`], [`registry`], [`changeset`]
+//! (the OCI layer rules shared by every consumer of layers), [`apply`] (the reference applier),
+//! [`pull`].
+
+pub mod apply;
+pub mod changeset;
+pub mod cli;
+pub mod digest;
+pub mod format;
+pub mod progress;
+pub mod pull;
+pub mod reference;
+pub mod registry;

@@ -1,0 +1,173 @@
+//! From an image reference to what a pull or mount needs: the chosen platform's manifest, its
+//! config, and a checked list of layers with their diff ids.
+
+use oci_spec::image::{ImageConfiguration, ImageManifest};
+
+use super::client::Registry;
+use super::error::{RegistryError, Result};
+use super::manifest::{self, descriptor_digest, Manifest, Platform};
+use crate::digest::Digest;
+use crate::reference::ImageRef;
+
+/// How many index → manifest hops are followed (an index of indexes is legal but rare).
+const MAX_INDEX_DEPTH: usize = 2;
+/// Most layers accepted in one image (Docker's own limit is 127; leave headroom).
+pub const MAX_LAYERS: usize = 500;
+
+/// Layer media types lamina reads, with the compression each declares.
+pub const LAYER_MEDIA_TYPES: [(&str, Compression); 9] = [
+    ("application/vnd.oci.image.layer.v1.tar", Compression::None),
+    ("application/vnd.oci.image.layer.v1.tar+gzip", Compression::Gzip),
+    ("application/vnd.oci.image.layer.v1.tar+zstd", Compression::Zstd),
+    (
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        Compression::None,
+    ),
+    (
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        Compression::Gzip,
+    ),
+    (
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+        Compression::Zstd,
+    ),
+    ("application/vnd.docker.image.rootfs.diff.tar", Compression::None),
+    ("application/vnd.docker.image.rootfs.diff.tar.gzip", Compression::Gzip),
+    ("application/vnd.docker.image.rootfs.diff.tar.zstd", Compression::Zstd),
+];
+
+/// A layer's compression.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// Plain tar.
+    None,
+    /// gzip (one or more members).
+    Gzip,
+    /// zstd (one or more frames, skippable frames allowed).
+    Zstd,
+}
+
+/// One layer of a resolved image.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    /// Digest of the blob as stored (compressed).
+    pub digest: Digest,
+    /// Blob size in bytes.
+    pub size: u64,
+    /// Media type as declared.
+    pub media_type: String,
+    /// Compression the media type declares.
+    pub compression: Compression,
+    /// sha256 of the uncompressed tar, from the config.
+    pub diff_id: Digest,
+    /// The descriptor's annotations.
+    pub annotations: std::collections::HashMap<String, String>,
+}
+
+/// An image ready to be pulled or mounted.
+#[derive(Debug)]
+pub struct ResolvedImage {
+    /// The reference it came from.
+    pub reference: ImageRef,
+    /// Digest of the chosen image manifest.
+    pub manifest_digest: Digest,
+    /// The chosen image manifest.
+    pub manifest: ImageManifest,
+    /// Digest of the config blob.
+    pub config_digest: Digest,
+    /// The image config.
+    pub config: ImageConfiguration,
+    /// Layers, bottom first.
+    pub layers: Vec<Layer>,
+}
+
+/// Resolve `reference` on `registry`, picking `platform` from an index.
+pub async fn resolve_image(registry: &Registry, reference: &ImageRef, platform: &Platform) -> Result<ResolvedImage> {
+    let repo = &reference.repository;
+    let mut wanted = reference.manifest_reference();
+    let mut depth = 0;
+    let (manifest, manifest_digest) = loop {
+        let (body, content_type, digest) = registry.manifest(repo, &wanted).await?;
+        match manifest::parse_manifest(&reference.to_string(), content_type.as_deref(), &body)? {
+            Manifest::Image(m) => break (*m, digest),
+            Manifest::Index(i) if depth < MAX_INDEX_DEPTH => {
+                depth += 1;
+                let d = manifest::select_platform(&reference.to_string(), &i, platform)?;
+                wanted = descriptor_digest(d)?.to_string();
+            }
+            Manifest::Index(_) => {
+                return Err(bad(reference, format!("indexes nested deeper than {MAX_INDEX_DEPTH}")));
+            }
+        }
+    };
+    let config_digest = descriptor_digest(manifest.config())?;
+    let config_bytes = registry
+        .blob_bytes(repo, &config_digest, manifest::MAX_CONFIG_BYTES)
+        .await?;
+    let config = manifest::parse_config(&reference.to_string(), &config_bytes)?;
+    let layers = layers_of(reference, &manifest, &config)?;
+    Ok(ResolvedImage {
+        reference: reference.clone(),
+        manifest_digest,
+        manifest,
+        config_digest,
+        config,
+        layers,
+    })
+}
+
+fn bad(reference: &ImageRef, reason: String) -> RegistryError {
+    RegistryError::BadManifest {
+        reference: reference.to_string(),
+        reason,
+    }
+}
+
+/// Pair each layer descriptor with its diff id, checking media types and counts.
+fn layers_of(reference: &ImageRef, manifest: &ImageManifest, config: &ImageConfiguration) -> Result<Vec<Layer>> {
+    let descriptors = manifest.layers();
+    let diff_ids = config.rootfs().diff_ids();
+    if descriptors.len() > MAX_LAYERS {
+        return Err(bad(
+            reference,
+            format!("{} layers; at most {MAX_LAYERS} are accepted", descriptors.len()),
+        ));
+    }
+    if descriptors.len() != diff_ids.len() {
+        return Err(bad(
+            reference,
+            format!(
+                "manifest has {} layers but config has {} diff_ids",
+                descriptors.len(),
+                diff_ids.len()
+            ),
+        ));
+    }
+    descriptors
+        .iter()
+        .zip(diff_ids)
+        .map(|(d, diff_id)| {
+            let media_type = d.media_type().to_string();
+            let compression = LAYER_MEDIA_TYPES
+                .iter()
+                .find(|(m, _)| *m == media_type)
+                .map(|(_, c)| *c)
+                .ok_or_else(|| RegistryError::UnsupportedMediaType {
+                    what: format!("layer {} of {reference}", d.digest()),
+                    media_type: media_type.clone(),
+                    supported: LAYER_MEDIA_TYPES.map(|(m, _)| m).join(", "),
+                })?;
+            let diff_id = diff_id
+                .parse()
+                .map_err(|e: crate::digest::DigestError| bad(reference, format!("config diff_id: {e}")))?;
+            Ok(Layer {
+                digest: descriptor_digest(d)?,
+                size: d.size(),
+                media_type,
+                compression,
+                diff_id,
+                annotations: d.annotations().clone().unwrap_or_default(),
+            })
+        })
+        .collect()
+}
