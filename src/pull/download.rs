@@ -105,11 +105,11 @@ async fn download(
                 tracing::warn!(%url, error = %e, at = check.len_bytes(), "download broke; resuming");
                 tokio::time::sleep(RESUME_BACKOFF * (1 << resumes)).await;
             }
-            Some(source) => {
+            Some(error) => {
                 return Err(RegistryError::Transport {
                     method: "GET".into(),
                     url,
-                    source,
+                    error,
                 }
                 .into())
             }

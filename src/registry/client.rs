@@ -396,10 +396,10 @@ impl Registry {
             if let Some(b) = body {
                 req = req.body(b.clone());
             }
-            let resp = req.send().await.map_err(|source| RegistryError::Transport {
+            let resp = req.send().await.map_err(|error| RegistryError::Transport {
                 method: method.to_string(),
                 url: url.to_string(),
-                source,
+                error,
             })?;
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED && same_origin && !answered_challenge {
@@ -504,11 +504,11 @@ impl Registry {
             match req.send().await {
                 Ok(r) if r.status().is_server_error() && attempt < self.max_attempts => {}
                 Ok(r) => break r,
-                Err(e) if attempt >= self.max_attempts => {
+                Err(error) if attempt >= self.max_attempts => {
                     return Err(RegistryError::Transport {
                         method: "GET".into(),
                         url: url.to_string(),
-                        source: e,
+                        error,
                     })
                 }
                 Err(_) => {}
@@ -657,10 +657,10 @@ async fn read_limited(resp: Response, limit_bytes: u64, url: &Url, what: &'stati
     let mut out = BytesMut::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|source| RegistryError::Transport {
+        let chunk = chunk.map_err(|error| RegistryError::Transport {
             method: "GET".into(),
             url: url.to_string(),
-            source,
+            error,
         })?;
         if out.len() as u64 + chunk.len() as u64 > limit_bytes {
             return Err(RegistryError::TooLarge {

@@ -22,15 +22,14 @@ pub enum RegistryError {
         body: String,
     },
     /// The connection failed or timed out (after retries).
-    #[error("{method} {url}: {source}")]
+    #[error("{method} {url}: {}", transport_reason(.error))]
     Transport {
         /// HTTP method.
         method: String,
         /// Request URL.
         url: String,
-        /// The underlying error.
-        #[source]
-        source: reqwest::Error,
+        /// The underlying error (its causes are in the message, so it is not a `source`).
+        error: reqwest::Error,
     },
     /// Authentication was refused or the challenge could not be answered.
     #[error("authentication to {registry} failed: {reason}")]
@@ -134,6 +133,28 @@ pub enum RegistryError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// The causes under a reqwest error, without reqwest's own "error sending request for url"
+/// line, which only repeats the URL.
+fn transport_reason(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".to_string();
+    }
+    let mut causes = Vec::new();
+    let mut next = std::error::Error::source(e);
+    while let Some(c) = next {
+        let text = c.to_string();
+        if causes.last() != Some(&text) {
+            causes.push(text);
+        }
+        next = c.source();
+    }
+    if causes.is_empty() {
+        e.to_string()
+    } else {
+        causes.join(": ")
+    }
 }
 
 fn body_suffix(body: &str) -> String {

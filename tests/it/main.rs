@@ -1,0 +1,10 @@
+//! lamina's integration tests: the real binary against a real registry, with images built by
+//! real tools (umoci, skopeo) and by hand, checked against independent oracles.
+
+mod auth;
+mod errors;
+mod hostile;
+mod platform;
+mod pull;
+mod restart;
+mod support;

@@ -1,0 +1,37 @@
+//! A multi-platform index: `--platform` picks the right manifest; the default is this machine.
+
+use crate::support::layout::{Entry, Layer, Layout};
+use crate::support::registry::TestRegistry;
+use crate::support::{assert_failed, assert_ok, lamina_pull, require_tools};
+
+#[test]
+fn platform_selection_from_an_index() {
+    if !require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let mut layout = Layout::create(&w.join("layout"));
+    let amd = layout.image(&[Layer::gzip(&[Entry::File("platform", 0o644, b"amd64")])], "amd64");
+    let arm = layout.image(&[Layer::gzip(&[Entry::File("platform", 0o644, b"arm64")])], "arm64");
+    let index = layout.index_of(vec![amd, arm]);
+    layout.tag("multi", index);
+    let image = format!("{}/multi:t", registry.addr);
+    crate::support::image::skopeo_push(&layout.dir, "multi", &image, None, true);
+
+    assert_ok(&lamina_pull(&image, &w.join("arm"), &["--platform", "linux/arm64"]));
+    assert_eq!(std::fs::read(w.join("arm/platform")).unwrap(), b"arm64");
+    assert_ok(&lamina_pull(&image, &w.join("amd"), &["--platform", "linux/amd64"]));
+    assert_eq!(std::fs::read(w.join("amd/platform")).unwrap(), b"amd64");
+    if std::env::consts::ARCH == "x86_64" {
+        assert_ok(&lamina_pull(&image, &w.join("host"), &[]));
+        assert_eq!(std::fs::read(w.join("host/platform")).unwrap(), b"amd64");
+    }
+    let err = assert_failed(&lamina_pull(&image, &w.join("none"), &["--platform", "linux/s390x"]));
+    assert!(
+        err.contains("linux/s390x") && err.contains("linux/amd64, linux/arm64"),
+        "{err}"
+    );
+    assert!(!w.join("none").exists());
+}

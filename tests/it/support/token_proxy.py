@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""A bearer-token front for a registry, for tests: the distribution spec's token flow.
+
+Requests to /v2/... without a valid `Authorization: Bearer` get 401 with a Bearer challenge
+naming /token on this server. /token checks Basic credentials and hands out a token valid for
+USES requests, so clients must refresh. Everything else is forwarded to the upstream registry.
+Each token issued is logged as a line `TOKEN scope=...` on stdout.
+"""
+import base64
+import http.client
+import http.server
+import secrets
+import sys
+import threading
+
+port, upstream, user, password, uses = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+tokens = {}
+lock = threading.Lock()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, code, body=b"", headers=()):
+        self.send_response(code)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def token(self):
+        want = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        if self.headers.get("Authorization") != want:
+            return self.reply(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}')
+        t = secrets.token_hex(16)
+        with lock:
+            tokens[t] = uses
+        scope = self.path.split("scope=")[-1]
+        print(f"TOKEN scope={scope}", flush=True)
+        self.reply(200, ('{"token":"%s","expires_in":300}' % t).encode(), [("Content-Type", "application/json")])
+
+    def authorized(self):
+        auth = self.headers.get("Authorization", "")
+        if not auth.startswith("Bearer "):
+            return False
+        t = auth[len("Bearer "):]
+        with lock:
+            left = tokens.get(t, 0)
+            if left <= 0:
+                return False
+            tokens[t] = left - 1
+        return True
+
+    def forward(self):
+        if self.path.startswith("/token"):
+            return self.token()
+        if not self.authorized():
+            realm = f"http://127.0.0.1:{port}/token"
+            challenge = f'Bearer realm="{realm}",service="lamina-test"'
+            return self.reply(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"token needed"}]}',
+                              [("WWW-Authenticate", challenge), ("Content-Type", "application/json")])
+        length = int(self.headers.get("Content-Length", 0) or 0)
+        body = self.rfile.read(length) if length else None
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("authorization", "connection")}
+        conn = http.client.HTTPConnection(upstream, timeout=30)
+        conn.request(self.command, self.path, body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        skip = ("transfer-encoding", "connection", "content-length")
+        self.reply(resp.status, data, [(k, v) for k, v in resp.getheaders() if k.lower() not in skip])
+        conn.close()
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = forward
+
+
+http.server.ThreadingHTTPServer(("127.0.0.1", int(port)), Handler).serve_forever()

@@ -1,0 +1,154 @@
+//! The tree oracle: every entry's type, mode, owner, size, content digest, link target,
+//! device numbers and xattrs, plus hard-link groups, compared between two directory trees.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::CString;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+/// What is compared of one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    /// f, d, l, c, b, p, s
+    pub kind: char,
+    /// Permission bits with setuid/setgid/sticky.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size (regular files only).
+    pub size: Option<u64>,
+    /// sha256 of the content (regular files only).
+    pub sha256: Option<String>,
+    /// Symlink target.
+    pub link: Option<String>,
+    /// Device numbers.
+    pub rdev: Option<(u32, u32)>,
+    /// Extended attributes.
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+/// A whole tree: path → facts, and the hard-link groups (sets of paths sharing an inode).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Entries below the root, by path relative to it.
+    pub entries: BTreeMap<String, Facts>,
+    /// Groups of two or more paths that are one inode.
+    pub link_groups: BTreeSet<Vec<String>>,
+}
+
+/// Read a tree.
+pub fn snapshot(root: &Path) -> Snapshot {
+    let mut entries = BTreeMap::new();
+    let mut inodes: HashMap<(u64, u64), Vec<String>> = HashMap::new();
+    walk(root, root, &mut entries, &mut inodes);
+    let link_groups = inodes
+        .into_values()
+        .filter(|v| v.len() > 1)
+        .map(|mut v| {
+            v.sort();
+            v
+        })
+        .collect();
+    Snapshot { entries, link_groups }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Facts>, inodes: &mut HashMap<(u64, u64), Vec<String>>) {
+    let mut children: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    children.sort();
+    for path in children {
+        let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        let ft = m.file_type();
+        let kind = if ft.is_file() {
+            'f'
+        } else if ft.is_dir() {
+            'd'
+        } else if ft.is_symlink() {
+            'l'
+        } else if ft.is_char_device() {
+            'c'
+        } else if ft.is_block_device() {
+            'b'
+        } else if ft.is_fifo() {
+            'p'
+        } else {
+            's'
+        };
+        let facts = Facts {
+            kind,
+            mode: m.mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
+            size: (kind == 'f').then_some(m.len()),
+            sha256: (kind == 'f').then(|| hex::encode(Sha256::digest(std::fs::read(&path).unwrap()))),
+            link: (kind == 'l').then(|| std::fs::read_link(&path).unwrap().to_string_lossy().into_owned()),
+            rdev: matches!(kind, 'c' | 'b').then(|| (rustix::fs::major(m.rdev()), rustix::fs::minor(m.rdev()))),
+            xattrs: xattrs(&path),
+        };
+        if kind != 'd' && m.nlink() > 1 {
+            inodes.entry((m.dev(), m.ino())).or_default().push(rel.clone());
+        }
+        out.insert(rel, facts);
+        if kind == 'd' {
+            walk(root, &path, out, inodes);
+        }
+    }
+}
+
+fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut names = vec![0u8; 65536];
+    let n = rustix::fs::llistxattr(c.as_c_str(), &mut names).unwrap_or(0);
+    let mut out = BTreeMap::new();
+    for name in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+        let key = CString::new(name).unwrap();
+        if key.as_bytes() == b"security.selinux" {
+            continue;
+        }
+        let mut value = vec![0u8; 65536];
+        let len = rustix::fs::lgetxattr(c.as_c_str(), key.as_c_str(), &mut value).unwrap();
+        value.truncate(len);
+        out.insert(key.to_string_lossy().into_owned(), value);
+    }
+    out
+}
+
+/// Panic with a readable list of differences unless the trees are equal.
+pub fn assert_same_tree(actual: &Path, expected: &Path) {
+    let a = snapshot(actual);
+    let e = snapshot(expected);
+    let mut diffs = Vec::new();
+    for (path, ef) in &e.entries {
+        match a.entries.get(path) {
+            None => diffs.push(format!("missing: {path} ({ef:?})")),
+            Some(af) if af != ef => diffs.push(format!("differs: {path}\n   got  {af:?}\n   want {ef:?}")),
+            _ => {}
+        }
+    }
+    for path in a.entries.keys().filter(|p| !e.entries.contains_key(*p)) {
+        diffs.push(format!("extra: {path}"));
+    }
+    if a.link_groups != e.link_groups {
+        diffs.push(format!(
+            "hard-link groups differ:\n   got  {:?}\n   want {:?}",
+            a.link_groups, e.link_groups
+        ));
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} differs from {} in {} ways:\n{}",
+        actual.display(),
+        expected.display(),
+        diffs.len(),
+        diffs.iter().take(40).cloned().collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        !e.entries.is_empty(),
+        "the expected tree {} is empty",
+        expected.display()
+    );
+}
