@@ -17,6 +17,10 @@ packages=(
   libfuse3-dev      # fuser's optional libfuse link and headers
   python3           # the bearer-token endpoint in tests
   hyperfine         # whole-command timing in benchmarks
+  bc                # arithmetic in the demo script
+  curl              # readiness checks in the demo script
+  debootstrap       # builds the real Debian image for the demo and benchmarks
+  ca-certificates   # debootstrap over HTTPS mirrors, if configured
 )
 
 missing=()
