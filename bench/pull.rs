@@ -34,8 +34,13 @@ fn machine() -> String {
         .nth(1)
         .and_then(|k| k.parse::<u64>().ok())
         .map_or("?".into(), |k| format!("{:.0} GiB", k as f64 / 1048576.0));
-    let kernel = String::from_utf8_lossy(&run(Command::new("uname").arg("-r")).stdout).trim().to_string();
-    format!("{} cores ({cpu}), {mem}, Linux {kernel}", std::thread::available_parallelism().map_or(0, |n| n.get()))
+    let kernel = String::from_utf8_lossy(&run(Command::new("uname").arg("-r")).stdout)
+        .trim()
+        .to_string();
+    format!(
+        "{} cores ({cpu}), {mem}, Linux {kernel}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    )
 }
 
 /// Write back the last run's files, then empty the page cache, so every run starts alike:
@@ -63,18 +68,26 @@ fn main() {
     if !support::require_tools(&["docker-registry", "skopeo", "umoci"]) || !support::require_root() {
         return;
     }
-    let runs: usize = std::env::var("LAMINA_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let runs: usize = std::env::var("LAMINA_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
     let root = env!("CARGO_MANIFEST_DIR");
     let image = std::env::var("LAMINA_BENCH_IMAGE").unwrap_or_else(|_| {
         let out = run(Command::new("bash").arg(format!("{root}/scripts/build-image.sh")));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     });
     let lamina = format!("{root}/target/release/lamina");
-    run(Command::new("cargo").args(["build", "--release", "--quiet", "--manifest-path"]).arg(format!("{root}/Cargo.toml")));
+    run(Command::new("cargo")
+        .args(["build", "--release", "--quiet", "--manifest-path"])
+        .arg(format!("{root}/Cargo.toml")));
 
     let registry = TestRegistry::start();
     let reference = format!("{}/bench/image:latest", registry.addr);
-    run(Command::new("skopeo").args(["copy", "--quiet", "--dest-tls-verify=false"]).arg(format!("oci:{image}")).arg(format!("docker://{reference}")));
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{image}"))
+        .arg(format!("docker://{reference}")));
 
     println!("machine: {}", machine());
     println!("image:   {image} → {reference}");
@@ -88,13 +101,23 @@ fn main() {
                 .args(["copy", "--quiet", "--src-tls-verify=false"])
                 .arg(format!("docker://{reference}"))
                 .arg(format!("oci:{}:t", w.join("oci").display())));
-            run(Command::new("umoci").args(["unpack", "--image"]).arg(format!("{}:t", w.join("oci").display())).arg(w.join("bundle")));
+            run(Command::new("umoci")
+                .args(["unpack", "--image"])
+                .arg(format!("{}:t", w.join("oci").display()))
+                .arg(w.join("bundle")));
         });
         drop_caches();
         let t_lamina = timed(|| {
-            run(Command::new(&lamina).args(["pull", "--quiet", &reference]).arg(w.join("root")));
+            run(Command::new(&lamina)
+                .args(["pull", "--quiet", &reference])
+                .arg(w.join("root")));
         });
-        println!("run {}: skopeo+umoci {:>7.2} s   lamina pull {:>7.2} s", i + 1, t_base.as_secs_f64(), t_lamina.as_secs_f64());
+        println!(
+            "run {}: skopeo+umoci {:>7.2} s   lamina pull {:>7.2} s",
+            i + 1,
+            t_base.as_secs_f64(),
+            t_lamina.as_secs_f64()
+        );
         theirs.push(t_base);
         ours.push(t_lamina);
     }

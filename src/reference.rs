@@ -108,9 +108,6 @@ impl ImageRef {
                 host: registry.to_string(),
             });
         }
-        if name.len() > MAX_NAME_LEN {
-            return Err(ReferenceError::TooLong(input.to_string()));
-        }
         validate_path(input, path)?;
         if let Some(t) = tag {
             if !valid_tag(t) {
@@ -130,6 +127,11 @@ impl ImageRef {
         } else {
             path.to_string()
         };
+        // Checked on the normalized name, so that what prints always parses again
+        // (found by fuzzing: a 250-byte short name grows past 255 with `docker.io/library/`).
+        if registry.len() + 1 + repository.len() > MAX_NAME_LEN {
+            return Err(ReferenceError::TooLong(input.to_string()));
+        }
         let tag = match (tag, &digest) {
             (Some(t), _) => Some(t.to_string()),
             (None, None) => Some("latest".to_string()),
@@ -381,9 +383,41 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_long_short_name_round_trips() {
+        let input = format!("c2/{}", "a".repeat(245));
+        assert!(matches!(ImageRef::parse(&input), Err(ReferenceError::TooLong(_))));
+        let input = format!("c2/{}", "a".repeat(200));
+        let r = ImageRef::parse(&input).unwrap();
+        assert_eq!(ImageRef::parse(&r.to_string()).unwrap(), r);
+    }
+
+    #[test]
     fn manifest_reference_prefers_digest() {
         let r = ImageRef::parse(&format!("r.io/x:t@{D}")).unwrap();
         assert_eq!(r.manifest_reference(), D);
         assert_eq!(ImageRef::parse("x").unwrap().api_host(), DOCKER_HUB_API_HOST);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn built_references_round_trip(
+            host in proptest::option::of("[a-z][a-z0-9]{0,8}\\.[a-z]{2,4}(:[0-9]{1,5})?"),
+            // A first component with `.` would be a registry host, by Docker's rule.
+            path in "[a-z0-9]{1,6}([_-][a-z0-9]{1,6})?(/[a-z0-9]{1,6}((__|[._-])[a-z0-9]{1,6}){0,2}){0,3}",
+            tag in proptest::option::of("[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}"),
+            pinned in proptest::bool::ANY,
+        ) {
+            let mut input = host.clone().map(|h| format!("{h}/")).unwrap_or_default() + &path;
+            if let Some(t) = &tag { input += &format!(":{t}"); }
+            if pinned { input += &format!("@{D}"); }
+            let r = ImageRef::parse(&input).unwrap();
+            proptest::prop_assert_eq!(ImageRef::parse(&r.to_string()).unwrap(), r.clone());
+            proptest::prop_assert_eq!(r.tag.as_deref(), tag.as_deref().or((!pinned).then_some("latest")));
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(s in "\\PC{0,80}") {
+            let _ = ImageRef::parse(&s);
+        }
     }
 }
