@@ -15,6 +15,7 @@ pub mod changeset;
 pub mod cli;
 pub mod digest;
 pub mod format;
+pub mod index;
 pub mod progress;
 pub mod pull;
 pub mod reference;

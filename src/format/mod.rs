@@ -6,4 +6,9 @@
 //!            PAX records applied
 //! ```
 
+pub mod chunk;
 pub mod tar;
+pub mod tar_scan;
+pub mod toc;
+pub mod writer;
+pub mod zstd_chunked;
