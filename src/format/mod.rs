@@ -7,6 +7,8 @@
 //! ```
 
 pub mod chunk;
+pub mod estargz;
+pub mod locate;
 pub mod tar;
 pub mod tar_scan;
 pub mod toc;
