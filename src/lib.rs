@@ -11,8 +11,10 @@
 //! [`pull`].
 
 pub mod apply;
+pub mod cache;
 pub mod changeset;
 pub mod cli;
+pub mod convert;
 pub mod digest;
 pub mod format;
 pub mod index;
@@ -20,3 +22,4 @@ pub mod progress;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod store;

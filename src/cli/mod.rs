@@ -27,6 +27,48 @@ pub struct Cli {
 pub enum Command {
     /// Download every layer and extract the image into DIR (the full pull).
     Pull(PullArgs),
+    /// Re-encode an image's layers as zstd:chunked (lazily mountable) and store it at DST.
+    Convert(ConvertArgs),
+    /// Show an image's layers and whether each can be mounted lazily.
+    Inspect(InspectArgs),
+}
+
+/// `lamina convert`.
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// Source: a registry reference or oci:PATH[:TAG].
+    pub src: crate::store::ImageLocation,
+    /// Destination: a registry reference (with a tag) or oci:PATH[:TAG].
+    pub dst: crate::store::ImageLocation,
+    /// zstd compression level.
+    #[arg(long, default_value_t = crate::format::writer::DEFAULT_ZSTD_LEVEL)]
+    pub zstd_level: i32,
+    /// Average chunk size of large files, in bytes (min = avg/4, max = avg*4).
+    #[arg(long, default_value_t = crate::format::writer::DEFAULT_AVG_CHUNK)]
+    pub chunk_size: usize,
+    /// Layers converted at once (default: the number of cores).
+    #[arg(long)]
+    pub parallel: Option<usize>,
+    /// Cache directory (default: $LAMINA_CACHE_DIR, /var/lib/lamina as root, else ~/.cache/lamina).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Registry settings (--platform limits an index to one platform).
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// `lamina inspect`.
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Image reference.
+    #[arg(value_parser = parse_reference)]
+    pub image: ImageRef,
+    /// Also fetch every chunk of every lazy layer and check it against the TOC.
+    #[arg(long)]
+    pub verify: bool,
+    /// Registry settings.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// Settings for reaching registries.
@@ -108,6 +150,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     match cli.command {
         Command::Pull(args) => runtime.block_on(pull(args, !cli.quiet)),
+        Command::Convert(args) => runtime.block_on(convert(args, !cli.quiet)),
+        Command::Inspect(args) => runtime.block_on(inspect(args)),
     }
 }
 
@@ -132,5 +176,133 @@ async fn pull(args: PullArgs, progress: bool) -> anyhow::Result<()> {
         secs,
         report.compressed_bytes as f64 / 1e6 / secs.max(1e-9),
     );
+    Ok(())
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+async fn convert(args: ConvertArgs, progress: bool) -> anyhow::Result<()> {
+    if !(crate::format::writer::MIN_AVG_CHUNK..=crate::format::writer::MAX_AVG_CHUNK).contains(&args.chunk_size) {
+        anyhow::bail!(
+            "--chunk-size must be between {} and {} bytes",
+            crate::format::writer::MIN_AVG_CHUNK,
+            crate::format::writer::MAX_AVG_CHUNK
+        );
+    }
+    let writer = crate::format::writer::WriterOptions {
+        level: args.zstd_level,
+        min_chunk: args.chunk_size / 4,
+        avg_chunk: args.chunk_size,
+        max_chunk: args.chunk_size * 4,
+        single_chunk_max: (args.chunk_size * 4) as u64,
+    };
+    let options = crate::convert::ConvertOptions {
+        writer,
+        parallel: args
+            .parallel
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        platform: args.registry.platform.clone(),
+        cache_dir: args.cache_dir.clone().unwrap_or_else(crate::cache::default_cache_dir),
+        client: args.registry.client_options()?,
+        progress,
+    };
+    let started = std::time::Instant::now();
+    let report = crate::convert::convert(&args.src, &args.dst, &options).await?;
+    for (platform, layers) in &report.images {
+        if let Some(p) = platform {
+            println!("{p}:");
+        }
+        for l in layers {
+            let how = match &l.outcome {
+                crate::convert::LayerOutcome::Converted { elapsed, tar_bytes } => format!(
+                    "converted {} uncompressed in {:.2} s ({:.0} MB/s)",
+                    mb(*tar_bytes),
+                    elapsed.as_secs_f64(),
+                    *tar_bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9)
+                ),
+                crate::convert::LayerOutcome::Cached => "reused an earlier conversion".into(),
+                crate::convert::LayerOutcome::AlreadyChunked => "already zstd:chunked".into(),
+            };
+            println!(
+                "  {} ({}) -> {} ({}): {how}",
+                &l.source.to_string()[..19],
+                mb(l.source_size),
+                &l.digest.to_string()[..19],
+                mb(l.size)
+            );
+        }
+    }
+    println!(
+        "converted {} -> {} ({}) in {:.2} s",
+        args.src,
+        args.dst,
+        report.digest,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
+    let client = args.registry.client_options()?;
+    let registry = crate::registry::Registry::new(&args.image.registry, args.image.api_host(), &client)?;
+    let platform = args.registry.platform.clone().unwrap_or_else(Platform::host);
+    let image = crate::registry::resolve_image(&registry, &args.image, &platform).await?;
+    println!("image     {}", args.image);
+    println!("manifest  {} ({platform})", image.manifest_digest);
+    println!("config    {}", image.config_digest);
+    let tocs = futures_util::future::join_all(
+        image
+            .layers
+            .iter()
+            .map(|l| crate::format::locate::read_layer_toc(&registry, &args.image.repository, l)),
+    )
+    .await;
+    let mut lazy = 0;
+    for (l, toc) in image.layers.iter().zip(tocs) {
+        let media = l.media_type.rsplit('.').next().unwrap_or(&l.media_type);
+        match toc {
+            Ok(t) => {
+                let summary = match &t.index {
+                    Some(ix) => {
+                        lazy += 1;
+                        format!(
+                            "{} entries, {} chunks, {} of files, TOC {} bytes ({})",
+                            ix.entries.len(),
+                            ix.chunks.len(),
+                            mb(ix.file_bytes()),
+                            t.toc_bytes,
+                            if t.by_annotation { "annotation" } else { "footer" }
+                        )
+                    }
+                    None => "whole blob must be streamed".into(),
+                };
+                println!(
+                    "layer     {} {:>10} {media:<14} {:<28} {summary}",
+                    l.digest,
+                    mb(l.size),
+                    t.format.to_string()
+                );
+                if let (true, Some(ix)) = (args.verify, &t.index) {
+                    let v = crate::format::verify::verify_layer(&registry, &args.image.repository, l, t.format, ix)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("layer {}: verification failed: {e}", l.digest))?;
+                    println!(
+                        "verified  {} files, {} chunks, {} against the TOC",
+                        v.files,
+                        v.chunks,
+                        mb(v.bytes)
+                    );
+                }
+            }
+            Err(e) => println!(
+                "layer     {} {:>10} {media:<14} TOC unusable: {e}",
+                l.digest,
+                mb(l.size)
+            ),
+        }
+    }
+    println!("{lazy} of {} layers can be mounted lazily", image.layers.len());
     Ok(())
 }

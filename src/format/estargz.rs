@@ -25,7 +25,12 @@ pub fn parse_footer(tail: &[u8]) -> Option<(u64, usize)> {
     let hex_offset = |s: &[u8]| u64::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok();
     if tail.len() >= FOOTER_BYTES {
         let f = &tail[tail.len() - FOOTER_BYTES..];
-        if f[..4] == [0x1f, 0x8b, 0x08, 0x04] && f[10..12] == [26, 0] && &f[12..14] == b"SG" && f[14..16] == [22, 0] && &f[32..38] == b"STARGZ" {
+        if f[..4] == [0x1f, 0x8b, 0x08, 0x04]
+            && f[10..12] == [26, 0]
+            && &f[12..14] == b"SG"
+            && f[14..16] == [22, 0]
+            && &f[32..38] == b"STARGZ"
+        {
             return Some((hex_offset(&f[16..32])?, FOOTER_BYTES));
         }
     }
@@ -50,14 +55,19 @@ pub fn decode_toc(member: &[u8], expected: Option<&Digest>) -> Result<Toc, Strin
             continue;
         }
         if entry.size() > MAX_TOC_BYTES {
-            return Err(format!("TOC of {} bytes is over the {MAX_TOC_BYTES}-byte cap", entry.size()));
+            return Err(format!(
+                "TOC of {} bytes is over the {MAX_TOC_BYTES}-byte cap",
+                entry.size()
+            ));
         }
         let mut json = Vec::with_capacity(entry.size() as usize);
         entry.read_to_end(&mut json).map_err(|e| format!("TOC: {e}"))?;
         if let Some(expected) = expected {
             let actual = Digest::of(&json);
             if &actual != expected {
-                return Err(format!("TOC digest mismatch: annotation says {expected}, TOC is {actual}"));
+                return Err(format!(
+                    "TOC digest mismatch: annotation says {expected}, TOC is {actual}"
+                ));
             }
         }
         return serde_json::from_slice(&json).map_err(|e| format!("TOC is not valid JSON: {e}"));
@@ -73,7 +83,14 @@ pub(crate) mod tests {
     /// The 51-byte footer for `toc_offset`, built from the spec.
     pub fn footer(toc_offset: u64) -> Vec<u8> {
         let mut e = flate2::GzBuilder::new()
-            .extra([b"SG".as_slice(), &22u16.to_le_bytes(), format!("{toc_offset:016x}STARGZ").as_bytes()].concat())
+            .extra(
+                [
+                    b"SG".as_slice(),
+                    &22u16.to_le_bytes(),
+                    format!("{toc_offset:016x}STARGZ").as_bytes(),
+                ]
+                .concat(),
+            )
             .write(Vec::new(), flate2::Compression::none());
         e.write_all(b"").unwrap();
         let mut f = e.finish().unwrap();

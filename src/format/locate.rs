@@ -73,22 +73,37 @@ pub async fn read_layer_toc(registry: &Registry, repo: &str, layer: &Layer) -> R
         return read_zstd(registry, repo, layer, loc, true).await;
     }
     let estargz_digest = match layer.annotations.get(estargz::TOC_DIGEST_KEY) {
-        Some(d) => Some(d.parse().map_err(|e| toc_error(layer, format!("{}: {e}", estargz::TOC_DIGEST_KEY)))?),
+        Some(d) => Some(
+            d.parse()
+                .map_err(|e| toc_error(layer, format!("{}: {e}", estargz::TOC_DIGEST_KEY)))?,
+        ),
         None => None,
     };
     let probe = FOOTER_PROBE_BYTES.min(layer.size);
-    let tail = registry.blob_range(repo, &layer.digest, layer.size - probe, probe).await?;
+    let tail = registry
+        .blob_range(repo, &layer.digest, layer.size - probe, probe)
+        .await?;
     if let Some(loc) = zc::location_from_footer(&tail) {
         return read_zstd(registry, repo, layer, loc, false).await;
     }
     if let Some((toc_offset, footer_len)) = estargz::parse_footer(&tail) {
         let end = layer.size - footer_len as u64;
         if toc_offset >= end {
-            return Err(toc_error(layer, format!("eStargz TOC offset {toc_offset} is past the footer")));
+            return Err(toc_error(
+                layer,
+                format!("eStargz TOC offset {toc_offset} is past the footer"),
+            ));
         }
-        let member = registry.blob_range(repo, &layer.digest, toc_offset, end - toc_offset).await?;
+        let member = registry
+            .blob_range(repo, &layer.digest, toc_offset, end - toc_offset)
+            .await?;
         let toc = estargz::decode_toc(&member, estargz_digest.as_ref()).map_err(|r| toc_error(layer, r))?;
-        let index = to_index(&layer.digest.to_string(), &toc, layer.size, Dialect::Estargz { toc_offset })?;
+        let index = to_index(
+            &layer.digest.to_string(),
+            &toc,
+            layer.size,
+            Dialect::Estargz { toc_offset },
+        )?;
         return Ok(LayerToc {
             format: LazyFormat::Estargz,
             index: Some(index),
@@ -104,9 +119,17 @@ pub async fn read_layer_toc(registry: &Registry, repo: &str, layer: &Layer) -> R
     })
 }
 
-async fn read_zstd(registry: &Registry, repo: &str, layer: &Layer, loc: TocLocation, by_annotation: bool) -> Result<LayerToc, LocateError> {
+async fn read_zstd(
+    registry: &Registry,
+    repo: &str,
+    layer: &Layer,
+    loc: TocLocation,
+    by_annotation: bool,
+) -> Result<LayerToc, LocateError> {
     zc::check_location(&loc, layer.size).map_err(|r| toc_error(layer, r))?;
-    let compressed = registry.blob_range(repo, &layer.digest, loc.offset, loc.compressed_len).await?;
+    let compressed = registry
+        .blob_range(repo, &layer.digest, loc.offset, loc.compressed_len)
+        .await?;
     let toc = zc::decode_toc(&compressed, &loc).map_err(|r| toc_error(layer, r))?;
     let index = to_index(&layer.digest.to_string(), &toc, layer.size, Dialect::ZstdChunked)?;
     Ok(LayerToc {

@@ -7,10 +7,12 @@
 //! ```
 
 pub mod chunk;
+pub mod compression;
 pub mod estargz;
 pub mod locate;
 pub mod tar;
 pub mod tar_scan;
 pub mod toc;
+pub mod verify;
 pub mod writer;
 pub mod zstd_chunked;

@@ -25,6 +25,10 @@ pub const DEFAULT_MIN_CHUNK: usize = 16 << 10;
 pub const DEFAULT_AVG_CHUNK: usize = 64 << 10;
 /// Largest chunk.
 pub const DEFAULT_MAX_CHUNK: usize = 256 << 10;
+/// Smallest average chunk size accepted from the command line.
+pub const MIN_AVG_CHUNK: usize = 4 << 10;
+/// Largest average chunk size accepted from the command line.
+pub const MAX_AVG_CHUNK: usize = 4 << 20;
 /// Files up to this size are one chunk (one frame, one request): most files in images.
 pub const DEFAULT_SINGLE_CHUNK_MAX: u64 = 256 << 10;
 /// zstd level (containers/storage uses 10 for zstd:chunked too, traded against speed here).

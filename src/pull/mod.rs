@@ -15,17 +15,18 @@
 pub mod download;
 pub mod spool;
 
-use std::io::{self, BufReader, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::apply::{Applier, ApplyError, ApplyOptions, LayerStats};
 use crate::digest::{Digest, HashingReader};
+use crate::format::compression::decompressor;
 use crate::progress::Progress;
 use crate::reference::ImageRef;
 use crate::registry::manifest::Platform;
-use crate::registry::resolve::{resolve_image, Compression, Layer};
+use crate::registry::resolve::{resolve_image, Layer};
 use crate::registry::{ClientOptions, Registry, RegistryError};
 use spool::Spool;
 
@@ -220,7 +221,7 @@ fn apply_all(
             what: format!("opening {}", spool.path().display()),
             source,
         })?;
-        let tar = decompressor(reader, layer).map_err(|source| PullError::Io {
+        let tar = decompressor(reader, layer.compression).map_err(|source| PullError::Io {
             what: format!("layer {}: starting decompression", layer.digest),
             source,
         })?;
@@ -240,37 +241,6 @@ fn apply_all(
     }
     bar.finish();
     Ok(all)
-}
-
-/// The decompressed stream of a layer. The compression is read from the first bytes (some
-/// registries' media types lie); the declared one only fills in when the blob is empty.
-fn decompressor(mut reader: spool::SpoolReader, layer: &Layer) -> io::Result<Box<dyn Read + Send>> {
-    let mut magic = [0u8; 4];
-    let mut got = 0;
-    while got < magic.len() {
-        let n = reader.read(&mut magic[got..])?;
-        if n == 0 {
-            break;
-        }
-        got += n;
-    }
-    let head = io::Cursor::new(magic[..got].to_vec());
-    let stream = BufReader::with_capacity(256 * 1024, head.chain(reader));
-    let sniffed = match &magic[..got] {
-        [0x1f, 0x8b, ..] => Compression::Gzip,
-        [0x28, 0xb5, 0x2f, 0xfd] => Compression::Zstd,
-        [m0, _, _, _] if (0x50..=0x5f).contains(m0) && magic[1..4] == [0x2a, 0x4d, 0x18] => Compression::Zstd,
-        _ if got < 4 => layer.compression,
-        _ => Compression::None,
-    };
-    if sniffed != layer.compression {
-        tracing::debug!(layer = %layer.digest, declared = ?layer.compression, found = ?sniffed, "layer compression differs from its media type");
-    }
-    Ok(match sniffed {
-        Compression::None => Box::new(stream),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(stream)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(stream)?),
-    })
 }
 
 fn short(d: &Digest) -> String {

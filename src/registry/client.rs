@@ -77,6 +77,38 @@ pub struct Registry {
     max_attempts: u32,
 }
 
+/// A request body that can be sent again on retry.
+#[derive(Clone, Debug)]
+pub enum Body {
+    /// Bytes in memory.
+    Bytes(Bytes),
+    /// A file streamed from disk.
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its length.
+        len_bytes: u64,
+    },
+}
+
+impl Body {
+    async fn request_body(&self, url: &Url) -> Result<reqwest::Body> {
+        match self {
+            Body::Bytes(b) => Ok(b.clone().into()),
+            Body::File { path, .. } => {
+                let file = tokio::fs::File::open(path).await.map_err(|e| RegistryError::Url {
+                    url: url.to_string(),
+                    reason: format!("opening {} to upload: {e}", path.display()),
+                })?;
+                Ok(reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+                    file,
+                    256 * 1024,
+                )))
+            }
+        }
+    }
+}
+
 /// A blob body being streamed, and whether it is the asked-for tail (206) or the whole blob.
 pub struct BlobStream {
     /// The response; read it with `bytes_stream`.
@@ -290,15 +322,22 @@ impl Registry {
         }
     }
 
-    /// Upload a blob (monolithic POST + PUT) unless the repository has it already.
-    pub async fn upload_blob(&self, repo: &str, digest: &Digest, data: Bytes) -> Result<()> {
+    /// Upload a blob (monolithic POST + PUT) unless the repository has it already. The body is
+    /// in memory or streamed from a file (re-opened for each retry).
+    pub async fn upload_blob(&self, repo: &str, digest: &Digest, data: Body) -> Result<()> {
         if self.blob_exists(repo, digest, Access::Push).await? {
             return Ok(());
         }
         let sc = scope(repo, Access::Push);
         let start = self.url(&format!("v2/{repo}/blobs/uploads/"))?;
         let resp = self
-            .send(&sc, Method::POST, start.clone(), HeaderMap::new(), Some(Bytes::new()))
+            .send(
+                &sc,
+                Method::POST,
+                start.clone(),
+                HeaderMap::new(),
+                Some(Body::Bytes(Bytes::new())),
+            )
             .await?;
         let resp = expect(resp, &[StatusCode::ACCEPTED], "POST", &start).await?;
         let location = header_text(&resp, LOCATION.as_str()).ok_or_else(|| RegistryError::Redirect {
@@ -309,6 +348,9 @@ impl Registry {
         put.query_pairs_mut().append_pair("digest", &digest.to_string());
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        if let Body::File { len_bytes, .. } = &data {
+            headers.insert(reqwest::header::CONTENT_LENGTH, HeaderValue::from(*len_bytes));
+        }
         let resp = self.send(&sc, Method::PUT, put.clone(), headers, Some(data)).await?;
         expect(resp, &[StatusCode::CREATED], "PUT", &put).await.map(drop)
     }
@@ -332,7 +374,7 @@ impl Registry {
                 Method::PUT,
                 url.clone(),
                 headers,
-                Some(body),
+                Some(Body::Bytes(body)),
             )
             .await?;
         expect(resp, &[StatusCode::CREATED], "PUT", &url).await?;
@@ -354,7 +396,7 @@ impl Registry {
         method: Method,
         url: Url,
         headers: HeaderMap,
-        body: Option<Bytes>,
+        body: Option<Body>,
     ) -> Result<Response> {
         let mut attempt = 0;
         loop {
@@ -380,7 +422,7 @@ impl Registry {
         method: &Method,
         url: &Url,
         headers: &HeaderMap,
-        body: Option<&Bytes>,
+        body: Option<&Body>,
     ) -> Result<Response> {
         let mut url = url.clone();
         let mut answered_challenge = false;
@@ -394,7 +436,7 @@ impl Registry {
                 }
             }
             if let Some(b) = body {
-                req = req.body(b.clone());
+                req = req.body(b.request_body(&url).await?);
             }
             let resp = req.send().await.map_err(|error| RegistryError::Transport {
                 method: method.to_string(),

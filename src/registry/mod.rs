@@ -15,6 +15,6 @@ pub mod error;
 pub mod manifest;
 pub mod resolve;
 
-pub use client::{Access, ClientOptions, Registry};
+pub use client::{Access, Body, ClientOptions, Registry};
 pub use error::RegistryError;
 pub use resolve::{resolve_image, ResolvedImage};

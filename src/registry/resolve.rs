@@ -105,7 +105,7 @@ pub async fn resolve_image(registry: &Registry, reference: &ImageRef, platform: 
         .blob_bytes(repo, &config_digest, manifest::MAX_CONFIG_BYTES)
         .await?;
     let config = manifest::parse_config(&reference.to_string(), &config_bytes)?;
-    let layers = layers_of(reference, &manifest, &config)?;
+    let layers = layers_of(&reference.to_string(), &manifest, &config)?;
     Ok(ResolvedImage {
         reference: reference.clone(),
         manifest_digest,
@@ -116,7 +116,7 @@ pub async fn resolve_image(registry: &Registry, reference: &ImageRef, platform: 
     })
 }
 
-fn bad(reference: &ImageRef, reason: String) -> RegistryError {
+fn bad(reference: &(impl std::fmt::Display + ?Sized), reason: String) -> RegistryError {
     RegistryError::BadManifest {
         reference: reference.to_string(),
         reason,
@@ -124,7 +124,7 @@ fn bad(reference: &ImageRef, reason: String) -> RegistryError {
 }
 
 /// Pair each layer descriptor with its diff id, checking media types and counts.
-fn layers_of(reference: &ImageRef, manifest: &ImageManifest, config: &ImageConfiguration) -> Result<Vec<Layer>> {
+pub fn layers_of(reference: &str, manifest: &ImageManifest, config: &ImageConfiguration) -> Result<Vec<Layer>> {
     let descriptors = manifest.layers();
     let diff_ids = config.rootfs().diff_ids();
     if descriptors.len() > MAX_LAYERS {

@@ -2,6 +2,7 @@
 //! real tools (umoci, skopeo) and by hand, checked against independent oracles.
 
 mod auth;
+mod convert;
 mod errors;
 mod hostile;
 mod platform;

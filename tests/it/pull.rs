@@ -37,7 +37,7 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Layer 1: a base tree with every kind of entry umoci emits.
-fn base_layer(r: &Path) {
+pub fn base_layer(r: &Path) {
     write(r, "etc/remove-me", b"bye\n");
     write(r, "etc/chmod-me", b"mode\n");
     write(r, "etc/thing", b"a file that becomes a directory\n");
@@ -71,7 +71,7 @@ fn base_layer(r: &Path) {
 }
 
 /// Layer 2: deletions, replaced contents, chmod, chown, hard links, symlinks, an xattr.
-fn changes_layer(r: &Path) {
+pub fn changes_layer(r: &Path) {
     std::fs::remove_file(r.join("etc/remove-me")).unwrap();
     std::fs::remove_dir_all(r.join("var/data")).unwrap();
     std::fs::remove_file(r.join("opt/replace/a")).unwrap();
@@ -90,7 +90,7 @@ fn changes_layer(r: &Path) {
 }
 
 /// Layer 3: file↔directory and symlink→file replacements, new content, a directory xattr.
-fn replacements_layer(r: &Path) {
+pub fn replacements_layer(r: &Path) {
     std::fs::remove_file(r.join("etc/thing")).unwrap();
     write(r, "etc/thing/inside", b"now a directory\n");
     std::fs::remove_dir_all(r.join("usr/share/dir-to-file")).unwrap();
@@ -104,7 +104,7 @@ fn replacements_layer(r: &Path) {
 }
 
 /// Layer 4, by hand (umoci never writes opaque markers): an opaque directory and devices.
-fn opaque_layer_tar() -> Vec<u8> {
+pub fn opaque_layer_tar() -> Vec<u8> {
     tar_bytes(&[
         Entry::Dir("opt/", 0o755),
         Entry::Dir("opt/opq/", 0o750),

@@ -1,0 +1,73 @@
+//! lamina's local cache directory, shared by every command and daemon on the machine.
+//!
+//! ```text
+//! CACHE/
+//!   blobs/sha256/<hex>              whole blobs lamina wrote (converted layers), named by digest
+//!   conversions/<src-hex>.<opts>.json   source layer → converted layer record
+//!   tmp/                            work files, renamed into place when complete
+//! ```
+//!
+//! Invariant: a file under `blobs/` always has the digest in its name (written under `tmp/`,
+//! verified, then renamed); a conversion record names a blob that was complete when written.
+
+use std::path::{Path, PathBuf};
+
+use crate::digest::Digest;
+
+/// Environment variable naming the cache directory.
+pub const CACHE_DIR_ENV: &str = "LAMINA_CACHE_DIR";
+
+/// The cache directory: `--cache-dir`, else `$LAMINA_CACHE_DIR`, else `/var/lib/lamina` for
+/// root and `$XDG_CACHE_HOME/lamina` (or `~/.cache/lamina`) otherwise.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os(CACHE_DIR_ENV) {
+        return PathBuf::from(d);
+    }
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/lamina");
+    }
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(x).join("lamina");
+    }
+    std::env::var_os("HOME").map_or_else(
+        || PathBuf::from("/tmp/lamina-cache"),
+        |h| PathBuf::from(h).join(".cache/lamina"),
+    )
+}
+
+/// An opened cache directory.
+#[derive(Clone, Debug)]
+pub struct CacheDir {
+    root: PathBuf,
+}
+
+impl CacheDir {
+    /// Open (creating) the cache at `root`.
+    pub fn open(root: &Path) -> std::io::Result<CacheDir> {
+        for sub in ["blobs/sha256", "conversions", "tmp"] {
+            std::fs::create_dir_all(root.join(sub))?;
+        }
+        Ok(CacheDir {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Where a whole blob with this digest lives.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// A fresh work file name under `tmp/`.
+    pub fn temp_path(&self, hint: &str) -> PathBuf {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.root.join("tmp").join(format!("{hint}.{}.{n}", std::process::id()))
+    }
+
+    /// The record of a conversion of `source` with settings `fingerprint`.
+    pub fn conversion_path(&self, source: &Digest, fingerprint: &str) -> PathBuf {
+        self.root
+            .join("conversions")
+            .join(format!("{}.{fingerprint}.json", source.hex()))
+    }
+}
