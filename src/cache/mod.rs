@@ -4,6 +4,7 @@
 //! CACHE/
 //!   blobs/sha256/<hex>              whole blobs lamina wrote (converted layers), named by digest
 //!   conversions/<src-hex>.<opts>.json   source layer → converted layer record
+//!   indexes/<layer-hex>.lidx            a layer's index (index::disk format), built from its TOC
 //!   tmp/                            work files, renamed into place when complete
 //! ```
 //!
@@ -44,7 +45,7 @@ pub struct CacheDir {
 impl CacheDir {
     /// Open (creating) the cache at `root`.
     pub fn open(root: &Path) -> std::io::Result<CacheDir> {
-        for sub in ["blobs/sha256", "conversions", "tmp"] {
+        for sub in ["blobs/sha256", "conversions", "indexes", "tmp"] {
             std::fs::create_dir_all(root.join(sub))?;
         }
         Ok(CacheDir {
@@ -62,6 +63,11 @@ impl CacheDir {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.root.join("tmp").join(format!("{hint}.{}.{n}", std::process::id()))
+    }
+
+    /// Where the index of a layer is kept.
+    pub fn index_path(&self, layer: &Digest) -> PathBuf {
+        self.root.join("indexes").join(format!("{}.lidx", layer.hex()))
     }
 
     /// The record of a conversion of `source` with settings `fingerprint`.

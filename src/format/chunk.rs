@@ -7,9 +7,10 @@ use std::io::Read;
 use crate::index::{Chunk, ChunkKind};
 
 /// How a layer's chunks are compressed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ChunkCodec {
     /// zstd frames (zstd:chunked).
+    #[default]
     Zstd,
     /// gzip members (eStargz), the chunk starting `inner_offset` into its member.
     Gzip,

@@ -140,7 +140,13 @@ pub fn to_index(layer: &str, toc: &Toc, blob_size: u64, dialect: Dialect) -> Res
         Dialect::Estargz { toc_offset } => Some(member_end_map(toc, toc_offset)),
         Dialect::ZstdChunked => None,
     };
-    let mut index = LayerIndex::default();
+    let mut index = LayerIndex {
+        codec: match dialect {
+            Dialect::ZstdChunked => crate::format::chunk::ChunkCodec::Zstd,
+            Dialect::Estargz { .. } => crate::format::chunk::ChunkCodec::Gzip,
+        },
+        ..LayerIndex::default()
+    };
     let mut i = 0;
     while i < toc.entries.len() {
         let e = &toc.entries[i];

@@ -1,8 +1,7 @@
 //! Fetch every chunk of a lazily mountable layer and check it against the index: what
 //! `lamina inspect --verify` does, and a proof that a TOC really describes its blob.
 
-use crate::format::chunk::{decode_chunk, ChunkCodec};
-use crate::format::locate::LazyFormat;
+use crate::format::chunk::decode_chunk;
 use crate::format::tar::EntryKind;
 use crate::index::{ChunkKind, LayerIndex};
 use crate::registry::resolve::Layer;
@@ -24,13 +23,9 @@ pub async fn verify_layer(
     registry: &Registry,
     repo: &str,
     layer: &Layer,
-    format: LazyFormat,
     index: &LayerIndex,
 ) -> Result<Verified, String> {
-    let codec = match format {
-        LazyFormat::Estargz => ChunkCodec::Gzip,
-        _ => ChunkCodec::Zstd,
-    };
+    let codec = index.codec;
     let mut v = Verified::default();
     for entry in index.entries.iter().filter(|e| e.kind == EntryKind::Regular) {
         let mut file_hash = crate::digest::Hasher::new();

@@ -15,7 +15,10 @@
 //! ([`crate::changeset::LayerPath`]); a regular file's chunks are in order, start at 0, touch
 //! without gaps or overlap and end at its size; every chunk's blob range lies inside the blob.
 
+pub mod disk;
+
 use crate::changeset::LayerPath;
+use crate::format::chunk::ChunkCodec;
 use crate::format::tar::EntryKind;
 
 /// Whether a chunk holds data or a run of zeros (no need to fetch it).
@@ -84,6 +87,8 @@ pub struct IndexEntry {
 /// A layer's entries and chunks.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LayerIndex {
+    /// How the chunks are compressed in the blob.
+    pub codec: ChunkCodec,
     /// Entries in layer order.
     pub entries: Vec<IndexEntry>,
     /// All chunks, grouped by entry.
