@@ -10,38 +10,14 @@
 #[path = "../tests/it/support/mod.rs"]
 mod support;
 
+#[path = "common.rs"]
+mod common;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::registry::TestRegistry;
 use support::run;
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("?")
-        .trim()
-        .to_string();
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .nth(1)
-        .and_then(|k| k.parse::<u64>().ok())
-        .map_or("?".into(), |k| format!("{:.0} GiB", k as f64 / 1048576.0));
-    let kernel = String::from_utf8_lossy(&run(Command::new("uname").arg("-r")).stdout)
-        .trim()
-        .to_string();
-    format!(
-        "{} cores ({cpu}), {mem}, Linux {kernel}",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    )
-}
 
 /// Write back the last run's files, then empty the page cache, so every run starts alike:
 /// no earlier run's writeback competes with it, and the registry's blobs come from disk.
@@ -89,7 +65,7 @@ fn main() {
         .arg(format!("oci:{image}"))
         .arg(format!("docker://{reference}")));
 
-    println!("machine: {}", machine());
+    println!("machine: {}", common::machine());
     println!("image:   {image} → {reference}");
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for i in 0..runs {
