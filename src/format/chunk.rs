@@ -56,7 +56,8 @@ pub fn decode_chunk(codec: ChunkCodec, chunk: &Chunk, compressed: &[u8]) -> Resu
             let mut d = flate2::bufread::GzDecoder::new(compressed);
             std::io::copy(&mut (&mut d).take(chunk.inner_offset), &mut std::io::sink())
                 .map_err(|e| decode_err(e.to_string()))?;
-            d.take(chunk.len + 1).read_to_end(&mut out)
+            // A member may hold more than the chunk (tar padding, the next header): take the chunk.
+            d.take(chunk.len).read_to_end(&mut out)
         }
     };
     got.map_err(|e| decode_err(e.to_string()))?;

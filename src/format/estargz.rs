@@ -110,4 +110,90 @@ pub(crate) mod tests {
         bad[20] = b'z';
         assert_eq!(parse_footer(&bad), None);
     }
+
+    fn gzip_member(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn tar_header(name: &str, size: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    /// An eStargz blob built from the spec: a member per payload chunk, the TOC as the last tar
+    /// entry in its own member, then the footer.
+    fn build(files: &[(&str, Vec<u8>, usize)]) -> (Vec<u8>, Digest) {
+        let mut blob = Vec::new();
+        let mut entries = Vec::new();
+        for (name, data, chunk) in files {
+            blob.extend(gzip_member(&tar_header(name, data.len() as u64)));
+            let digest = Digest::of(data).to_string();
+            for (i, piece) in data.chunks(*chunk).enumerate() {
+                let offset = blob.len();
+                let mut member = piece.to_vec();
+                if (i + 1) * chunk >= data.len() {
+                    member.resize(member.len() + (512 - data.len() % 512) % 512, 0);
+                }
+                blob.extend(gzip_member(&member));
+                let mut e = serde_json::json!({
+                    "type": if i == 0 { "reg" } else { "chunk" }, "name": name, "offset": offset,
+                    "chunkOffset": i * chunk, "chunkSize": piece.len(), "chunkDigest": Digest::of(piece).to_string(),
+                });
+                if i == 0 {
+                    e["size"] = data.len().into();
+                    e["digest"] = digest.clone().into();
+                    e["modtime"] = "2023-11-14T22:13:20Z".into();
+                }
+                entries.push(e);
+            }
+        }
+        let json = serde_json::to_vec(&serde_json::json!({"version": 1, "entries": entries})).unwrap();
+        let toc_offset = blob.len() as u64;
+        let mut toc_tar = tar_header(TOC_NAME, json.len() as u64);
+        toc_tar.extend_from_slice(&json);
+        toc_tar.resize(toc_tar.len().div_ceil(512) * 512 + 1024, 0);
+        blob.extend(gzip_member(&toc_tar));
+        blob.extend(footer(toc_offset));
+        (blob, Digest::of(&json))
+    }
+
+    #[test]
+    fn spec_built_blob_reads_back() {
+        use crate::format::chunk::{decode_chunk, ChunkCodec};
+        use crate::format::toc::{to_index, Dialect};
+        let big: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let files = [("etc/small", b"hello".to_vec(), 4096), ("usr/big", big.clone(), 4000)];
+        let (blob, toc_digest) = build(&files);
+        let (toc_offset, footer_len) = parse_footer(&blob).unwrap();
+        let member = &blob[toc_offset as usize..blob.len() - footer_len];
+        assert!(decode_toc(member, Some(&Digest::of(b"other")))
+            .unwrap_err()
+            .contains("digest mismatch"));
+        let toc = decode_toc(member, Some(&toc_digest)).unwrap();
+        let index = to_index("sha256:x", &toc, blob.len() as u64, Dialect::Estargz { toc_offset }).unwrap();
+        assert_eq!(index.codec, ChunkCodec::Gzip);
+        assert_eq!(index.entries.len(), 2);
+        assert_eq!(index.chunks_of(&index.entries[1]).len(), 3);
+        for (entry, (_, want, _)) in index.entries.iter().zip(&files) {
+            let mut got = Vec::new();
+            for c in index.chunks_of(entry) {
+                let raw = &blob[c.blob_offset as usize..(c.blob_offset + c.blob_len) as usize];
+                got.extend(decode_chunk(ChunkCodec::Gzip, c, raw).unwrap());
+            }
+            assert_eq!(&got, want, "{}", entry.path);
+        }
+        // A flipped byte inside a payload member is caught by the chunk digest.
+        let c = &index.chunks[1];
+        let mut bad = blob[c.blob_offset as usize..(c.blob_offset + c.blob_len) as usize].to_vec();
+        let n = bad.len();
+        bad[n / 2] ^= 1;
+        assert!(decode_chunk(ChunkCodec::Gzip, c, &bad).is_err());
+    }
 }

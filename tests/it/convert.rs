@@ -171,3 +171,49 @@ fn lamina_reads_zstd_chunked_written_by_skopeo() {
         (by_annotation.offset, by_annotation.compressed_len)
     );
 }
+
+#[test]
+fn multi_platform_index_is_converted_per_platform() {
+    if !require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    use crate::support::layout::{Entry, Layer, Layout};
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let mut layout = Layout::create(&w.join("layout"));
+    let amd = layout.image(&[Layer::gzip(&[Entry::File("platform", 0o644, b"amd64")])], "amd64");
+    let arm = layout.image(&[Layer::gzip(&[Entry::File("platform", 0o644, b"arm64")])], "arm64");
+    let index = layout.index_of(vec![amd, arm]);
+    layout.tag("multi", index);
+    let src = format!("{}/multi:t", registry.addr);
+    skopeo_push(&layout.dir, "multi", &src, None, true);
+
+    let dst = format!("{}/multi-zc:t", registry.addr);
+    let out = lamina_ok(&["convert", &src, &dst], &w.join("cache"));
+    assert!(out.contains("linux/amd64:") && out.contains("linux/arm64:"), "{out}");
+    for arch in ["amd64", "arm64"] {
+        let platform = format!("linux/{arch}");
+        let inspected = lamina_ok(
+            &["inspect", "--verify", "--platform", &platform, &dst],
+            &w.join("cache"),
+        );
+        assert!(inspected.contains("1 of 1 layers can be mounted lazily"), "{inspected}");
+        assert_ok(&lamina_pull(&dst, &w.join(arch), &["--platform", &platform]));
+        assert_eq!(std::fs::read(w.join(arch).join("platform")).unwrap(), arch.as_bytes());
+    }
+    let only = lamina_ok(
+        &[
+            "convert",
+            "--platform",
+            "linux/arm64",
+            &src,
+            &format!("{}/only-arm:t", registry.addr),
+        ],
+        &w.join("cache"),
+    );
+    assert!(
+        only.contains("linux/arm64:") && !only.contains("linux/amd64:"),
+        "{only}"
+    );
+}
