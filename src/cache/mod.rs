@@ -11,6 +11,8 @@
 //! Invariant: a file under `blobs/` always has the digest in its name (written under `tmp/`,
 //! verified, then renamed); a conversion record names a blob that was complete when written.
 
+pub mod chunks;
+
 use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;

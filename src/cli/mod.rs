@@ -31,6 +31,39 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Show an image's layers and whether each can be mounted lazily.
     Inspect(InspectArgs),
+    /// Mount an image read-only at MOUNTPOINT, fetching file chunks on first read.
+    Mount(MountArgs),
+    /// Unmount a lamina mount (also one whose daemon died).
+    Umount(UmountArgs),
+}
+
+/// `lamina mount`.
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// Image reference.
+    #[arg(value_parser = parse_reference)]
+    pub image: ImageRef,
+    /// Where to mount it (an existing directory).
+    pub mountpoint: PathBuf,
+    /// Stay attached instead of running as a daemon.
+    #[arg(long)]
+    pub foreground: bool,
+    /// Seconds a read waits for a chunk before failing with EIO.
+    #[arg(long, default_value_t = crate::fetch::DEFAULT_FETCH_TIMEOUT.as_secs())]
+    pub fetch_timeout: u64,
+    /// Cache directory (default: $LAMINA_CACHE_DIR, /var/lib/lamina as root, else ~/.cache/lamina).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Registry settings.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// `lamina umount`.
+#[derive(Args, Debug)]
+pub struct UmountArgs {
+    /// The mount point.
+    pub mountpoint: PathBuf,
 }
 
 /// `lamina convert`.
@@ -152,6 +185,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pull(args) => runtime.block_on(pull(args, !cli.quiet)),
         Command::Convert(args) => runtime.block_on(convert(args, !cli.quiet)),
         Command::Inspect(args) => runtime.block_on(inspect(args)),
+        Command::Mount(args) => mount(args, &runtime),
+        Command::Umount(args) => crate::mount::unmount(&args.mountpoint).map_err(anyhow::Error::msg),
     }
 }
 
@@ -312,4 +347,91 @@ async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     }
     println!("{lazy} of {} layers can be mounted lazily", image.layers.len());
     Ok(())
+}
+
+/// Environment variable carrying the readiness pipe from `lamina mount` to its daemon.
+const READY_FD_ENV: &str = "LAMINA_READY_FD";
+
+fn mount(args: MountArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(crate::cache::default_cache_dir);
+    if !args.mountpoint.is_dir() {
+        anyhow::bail!("mount point {} is not a directory", args.mountpoint.display());
+    }
+    if !args.foreground {
+        return spawn_mount_daemon(&args, &cache_dir);
+    }
+    let ready_fd: Option<i32> = std::env::var(READY_FD_ENV).ok().and_then(|v| v.parse().ok());
+    let options = crate::mount::MountOptions {
+        platform: args.registry.platform.clone().unwrap_or_else(Platform::host),
+        client: args.registry.client_options()?,
+        cache_dir,
+        fetch_timeout: std::time::Duration::from_secs(args.fetch_timeout.max(1)),
+    };
+    let prepared = match runtime.block_on(crate::mount::prepare(&args.image, &options)) {
+        Ok(p) => p,
+        Err(e) => {
+            crate::mount::signal_ready(ready_fd, &Err(format!("{e}\n")));
+            return Err(e.into());
+        }
+    };
+    let image = args.image.to_string();
+    let mountpoint = args.mountpoint.clone();
+    crate::mount::serve(prepared, &args.mountpoint, &options, runtime.handle().clone(), |r| {
+        if r.is_ok() && ready_fd.is_none() {
+            eprintln!(
+                "mounted {image} at {} (foreground; stop with lamina umount)",
+                mountpoint.display()
+            );
+        }
+        crate::mount::signal_ready(ready_fd, &r.map_err(|e| format!("{e}\n")));
+    })?;
+    Ok(())
+}
+
+/// Start `lamina mount --foreground` as a daemon and wait until it says the mount is ready.
+fn spawn_mount_daemon(args: &MountArgs, cache_dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    use std::os::fd::AsRawFd;
+    let logs = cache_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let log_path = logs.join(format!("mount.{}.log", std::process::id()));
+    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let (reader, writer) = rustix::pipe::pipe().context("creating the readiness pipe")?;
+    let exe = std::env::current_exe().context("finding the lamina executable")?;
+    let mut cmd = if std::path::Path::new("/usr/bin/setsid").exists() {
+        let mut c = std::process::Command::new("/usr/bin/setsid");
+        c.arg(exe);
+        c
+    } else {
+        std::process::Command::new(exe)
+    };
+    cmd.args(std::env::args_os().skip(1))
+        .arg("--foreground")
+        .env(READY_FD_ENV, writer.as_raw_fd().to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let child = cmd.spawn().context("starting the mount daemon")?;
+    drop(writer);
+    let mut line = String::new();
+    std::io::BufReader::new(std::fs::File::from(reader))
+        .read_line(&mut line)
+        .context("waiting for the mount daemon")?;
+    if line.trim() == "ready" {
+        println!(
+            "mounted {} at {} (daemon pid {}, log {})",
+            args.image,
+            args.mountpoint.display(),
+            child.id(),
+            log_path.display()
+        );
+        Ok(())
+    } else if line.trim().is_empty() {
+        anyhow::bail!(
+            "the mount daemon exited before the mount was ready; see {}",
+            log_path.display()
+        )
+    } else {
+        anyhow::bail!("{}", line.trim())
+    }
 }

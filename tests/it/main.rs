@@ -5,6 +5,7 @@ mod auth;
 mod convert;
 mod errors;
 mod hostile;
+mod mount;
 mod platform;
 mod pull;
 mod restart;

@@ -1,0 +1,101 @@
+//! The content-addressed chunk store: `CACHE/chunks/sha256/ab/<hex>`, one uncompressed chunk
+//! per file, shared by every layer, image, mount and process on the machine.
+//!
+//! Invariant: a file in the store always holds exactly the bytes its name is the sha256 of —
+//! bytes are checked, written under `tmp/` and renamed into place, so readers (other daemons
+//! included) never see a partial or wrong chunk.
+
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::digest::Digest;
+
+/// The chunk store inside a cache directory.
+#[derive(Clone, Debug)]
+pub struct ChunkStore {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+impl ChunkStore {
+    /// Open (creating) the store under `cache_root`.
+    pub fn open(cache_root: &Path) -> io::Result<ChunkStore> {
+        let root = cache_root.join("chunks/sha256");
+        let tmp = cache_root.join("tmp");
+        std::fs::create_dir_all(&root)?;
+        std::fs::create_dir_all(&tmp)?;
+        Ok(ChunkStore { root, tmp })
+    }
+
+    /// Where the chunk with this sha256 lives.
+    pub fn path(&self, digest: &[u8; 32]) -> PathBuf {
+        let hex = hex::encode(digest);
+        self.root.join(&hex[..2]).join(hex)
+    }
+
+    /// Whether the chunk is present.
+    pub fn contains(&self, digest: &[u8; 32]) -> bool {
+        self.path(digest).exists()
+    }
+
+    /// Store `data` under `digest` after checking it. Storing twice is harmless.
+    pub fn put(&self, digest: &[u8; 32], data: &[u8]) -> io::Result<()> {
+        if Digest::of(data).hex() != hex::encode(digest) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "chunk does not match its digest; not stored",
+            ));
+        }
+        let dest = self.path(digest);
+        if dest.exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(dest.parent().expect("has a parent"))?;
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.tmp.join(format!(
+            "chunk.{}.{}.{n}",
+            hex::encode(&digest[..8]),
+            std::process::id()
+        ));
+        std::fs::write(&tmp, data)?;
+        std::fs::rename(&tmp, &dest)
+    }
+
+    /// Read `buf.len()` bytes of a chunk from `offset` (fewer at its end).
+    pub fn read_at(&self, digest: &[u8; 32], offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let f = std::fs::File::open(self.path(digest))?;
+        let mut done = 0;
+        while done < buf.len() {
+            let n = f.read_at(&mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_matching_bytes_enter() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let data = b"chunk bytes";
+        let mut d = [0u8; 32];
+        hex::decode_to_slice(Digest::of(data).hex(), &mut d).unwrap();
+        assert!(store.put(&d, b"other bytes").is_err());
+        assert!(!store.contains(&d));
+        store.put(&d, data).unwrap();
+        store.put(&d, data).unwrap();
+        let mut buf = [0u8; 5];
+        assert_eq!(store.read_at(&d, 6, &mut buf).unwrap(), 5);
+        assert_eq!(&buf, b"bytes");
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,304 @@
+//! The FUSE adapter: decode a request, call an `ops` function returning `Result`, reply.
+//! [`errno`] is the one place errors become error numbers.
+//!
+//! Layers are immutable, so entries and attributes get long kernel timeouts and files keep
+//! their page cache across opens; writes are refused with EROFS.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenFlags,
+    ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+
+use crate::fetch::{FetchError, Fetcher, LayerSource};
+use crate::format::tar::EntryKind;
+use crate::index::LayerIndex;
+use crate::union::{Node, Union};
+
+/// Kernel cache lifetime for entries and attributes: the image never changes.
+const TTL: Duration = Duration::from_secs(3600);
+/// Block size reported.
+const BLOCK_SIZE: u32 = 4096;
+
+/// Why an operation failed.
+#[derive(Debug)]
+pub enum OpError {
+    /// No such entry.
+    NotFound,
+    /// Not a directory.
+    NotDir,
+    /// Not a symlink / wrong kind.
+    Invalid,
+    /// The image is read-only.
+    ReadOnly,
+    /// No such xattr.
+    NoXattr,
+    /// The caller's buffer is too small.
+    Range,
+    /// Chunk data could not be had.
+    Fetch(FetchError),
+    /// Local I/O failed.
+    Io(std::io::Error),
+}
+
+/// The one mapping from errors to errno.
+pub fn errno(e: &OpError) -> Errno {
+    match e {
+        OpError::NotFound => Errno::ENOENT,
+        OpError::NotDir => Errno::ENOTDIR,
+        OpError::Invalid => Errno::EINVAL,
+        OpError::ReadOnly => Errno::EROFS,
+        OpError::NoXattr => Errno::ENODATA,
+        OpError::Range => Errno::ERANGE,
+        OpError::Fetch(_) | OpError::Io(_) => Errno::EIO,
+    }
+}
+
+/// A mounted image.
+pub struct ImageFs {
+    union: Union,
+    layers: Vec<LayerIndex>,
+    sources: Vec<LayerSource>,
+    fetcher: Arc<Fetcher>,
+}
+
+fn file_type(k: EntryKind) -> FileType {
+    match k {
+        EntryKind::Regular | EntryKind::HardLink => FileType::RegularFile,
+        EntryKind::Directory => FileType::Directory,
+        EntryKind::Symlink => FileType::Symlink,
+        EntryKind::CharDevice => FileType::CharDevice,
+        EntryKind::BlockDevice => FileType::BlockDevice,
+        EntryKind::Fifo => FileType::NamedPipe,
+    }
+}
+
+fn time_of((secs, nanos): (i64, u32)) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nanos)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    }
+}
+
+impl ImageFs {
+    /// A filesystem over a merged image.
+    pub fn new(union: Union, layers: Vec<LayerIndex>, sources: Vec<LayerSource>, fetcher: Arc<Fetcher>) -> ImageFs {
+        ImageFs {
+            union,
+            layers,
+            sources,
+            fetcher,
+        }
+    }
+
+    fn node(&self, ino: INodeNo) -> Result<&Node, OpError> {
+        self.union.get(ino.0).ok_or(OpError::NotFound)
+    }
+
+    fn attr(&self, ino: u64, n: &Node) -> FileAttr {
+        let t = time_of(n.mtime);
+        let size = match n.kind {
+            EntryKind::Symlink => n.link.len() as u64,
+            EntryKind::Directory => BLOCK_SIZE as u64,
+            _ => n.size,
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind: file_type(n.kind),
+            perm: (n.mode & 0o7777) as u16,
+            nlink: n.nlink,
+            uid: n.uid,
+            gid: n.gid,
+            rdev: rustix::fs::makedev(n.rdev.0, n.rdev.1) as u32,
+            blksize: BLOCK_SIZE,
+            flags: 0,
+        }
+    }
+
+    /// `lookup`
+    pub fn op_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr, OpError> {
+        let p = self.node(parent)?;
+        if p.kind != EntryKind::Directory {
+            return Err(OpError::NotDir);
+        }
+        let ino = *p.children.get(name.as_bytes()).ok_or(OpError::NotFound)?;
+        Ok(self.attr(ino, self.union.node(ino)))
+    }
+
+    /// `read`: the bytes of a file range, fetching missing chunks.
+    pub fn op_read(&self, ino: INodeNo, offset: u64, size: u32) -> Result<Vec<u8>, OpError> {
+        let n = self.node(ino)?;
+        let Some((layer, entry)) = n.source else {
+            return if n.kind == EntryKind::Regular {
+                Ok(Vec::new())
+            } else {
+                Err(OpError::Invalid)
+            };
+        };
+        let end = (offset + size as u64).min(n.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let index = &self.layers[layer];
+        let chunks = index.chunks_of(&index.entries[entry]);
+        let mut out = vec![0u8; (end - offset) as usize];
+        let first = chunks.partition_point(|c| c.file_offset + c.len <= offset);
+        for c in &chunks[first..] {
+            if c.file_offset >= end {
+                break;
+            }
+            self.fetcher.ensure(&self.sources[layer], c).map_err(OpError::Fetch)?;
+            let from = offset.max(c.file_offset);
+            let to = end.min(c.file_offset + c.len);
+            let dst = &mut out[(from - offset) as usize..(to - offset) as usize];
+            let got = self
+                .fetcher
+                .store()
+                .read_at(&c.digest, from - c.file_offset, dst)
+                .map_err(OpError::Io)?;
+            if got != dst.len() {
+                return Err(OpError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "cached chunk is short",
+                )));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `getxattr`: one value.
+    pub fn op_getxattr(&self, ino: INodeNo, name: &OsStr) -> Result<Vec<u8>, OpError> {
+        let n = self.node(ino)?;
+        n.xattrs
+            .iter()
+            .find(|(k, _)| k.as_slice() == name.as_bytes())
+            .map(|(_, v)| v.clone())
+            .ok_or(OpError::NoXattr)
+    }
+
+    /// `listxattr`: NUL-terminated names.
+    pub fn op_listxattr(&self, ino: INodeNo) -> Result<Vec<u8>, OpError> {
+        let mut out = Vec::new();
+        for (k, _) in &self.node(ino)?.xattrs {
+            out.extend_from_slice(k);
+            out.push(0);
+        }
+        Ok(out)
+    }
+}
+
+fn reply_sized(reply: ReplyXattr, size: u32, data: Result<Vec<u8>, OpError>) {
+    match data {
+        Ok(d) if size == 0 => reply.size(d.len() as u32),
+        Ok(d) if d.len() <= size as usize => reply.data(&d),
+        Ok(_) => reply.error(errno(&OpError::Range)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+impl Filesystem for ImageFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.op_lookup(parent, name) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.node(ino) {
+            Ok(n) => reply.attr(&TTL, &self.attr(ino.0, n)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.node(ino) {
+            Ok(n) if n.kind == EntryKind::Symlink => reply.data(&n.link),
+            Ok(_) => reply.error(errno(&OpError::Invalid)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & (libc_flags::O_ACCMODE) != libc_flags::O_RDONLY || flags.0 & libc_flags::O_TRUNC != 0 {
+            return reply.error(errno(&OpError::ReadOnly));
+        }
+        match self.node(ino) {
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.op_read(ino, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => {
+                tracing::warn!(ino = ino.0, offset, error = ?e, "read failed");
+                reply.error(errno(&e))
+            }
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let n = match self.node(ino) {
+            Ok(n) if n.kind == EntryKind::Directory => n,
+            Ok(_) => return reply.error(errno(&OpError::NotDir)),
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let dots = [
+            (ino.0, FileType::Directory, &b"."[..]),
+            (n.parent, FileType::Directory, &b".."[..]),
+        ];
+        let children = n
+            .children
+            .iter()
+            .map(|(name, c)| (*c, file_type(self.union.node(*c).kind), name.as_slice()));
+        for (i, (child, kind, name)) in dots.into_iter().chain(children).enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), (i + 1) as u64, kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let files = self.union.len() as u64;
+        reply.statfs(0, 0, 0, files, 0, BLOCK_SIZE, 255, BLOCK_SIZE);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_sized(reply, size, self.op_getxattr(ino, name));
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_sized(reply, size, self.op_listxattr(ino));
+    }
+}
+
+/// The open(2) flag bits the adapter looks at (Linux values).
+mod libc_flags {
+    pub const O_ACCMODE: i32 = 0o3;
+    pub const O_RDONLY: i32 = 0;
+    pub const O_TRUNC: i32 = 0o1000;
+}

@@ -1,0 +1,197 @@
+//! `lamina mount` and `lamina umount`: resolve the image, read every layer's TOC (or its index
+//! from the cache), merge them, and serve the union through FUSE.
+//!
+//! ```text
+//! lamina mount IMAGE DIR ──(re-exec with --foreground, readiness pipe)──► daemon
+//!   daemon: resolve ─► TOCs in parallel (cached indexes first) ─► Union ─► FUSE session
+//!           └─ writes "ready" on the pipe once the kernel has the mount; the parent exits 0
+//! lamina umount DIR ──► unmount (lazy) ──► the daemon's session ends ─► it exits
+//! ```
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::cache::chunks::ChunkStore;
+use crate::cache::CacheDir;
+use crate::fetch::{Fetcher, LayerSource};
+use crate::format::locate::{read_layer_toc, LazyFormat, LocateError};
+use crate::fs::ImageFs;
+use crate::index::{disk, LayerIndex};
+use crate::reference::ImageRef;
+use crate::registry::manifest::Platform;
+use crate::registry::{resolve_image, ClientOptions, Registry, RegistryError};
+use crate::union::{Union, UnionError};
+
+/// FUSE worker threads: reads of different files wait on the network in parallel.
+const FUSE_THREADS: usize = 8;
+
+/// Settings for a mount.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Platform from an index.
+    pub platform: Platform,
+    /// Registry settings.
+    pub client: ClientOptions,
+    /// Cache directory.
+    pub cache_dir: PathBuf,
+    /// How long a read waits for a missing chunk.
+    pub fetch_timeout: Duration,
+}
+
+/// A mount could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A TOC failed.
+    #[error(transparent)]
+    Locate(#[from] LocateError),
+    /// The layers could not be merged.
+    #[error(transparent)]
+    Union(#[from] UnionError),
+    /// A layer has no TOC.
+    #[error("layer {0} has no table of contents (a plain tar layer), so it cannot be mounted lazily yet; convert the image with `lamina convert`")]
+    Plain(String),
+    /// Local trouble.
+    #[error("{0}")]
+    Local(String),
+}
+
+/// Everything a mount serves.
+pub struct Prepared {
+    /// The merged tree.
+    pub union: Union,
+    /// Layer indexes, bottom first.
+    pub layers: Vec<LayerIndex>,
+    /// Where each layer's chunks come from.
+    pub sources: Vec<LayerSource>,
+}
+
+/// Resolve and index an image.
+pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Prepared, MountError> {
+    let registry = Arc::new(Registry::new(
+        &reference.registry,
+        reference.api_host(),
+        &options.client,
+    )?);
+    let image = resolve_image(&registry, reference, &options.platform).await?;
+    let cache = CacheDir::open(&options.cache_dir)
+        .map_err(|e| MountError::Local(format!("cache {}: {e}", options.cache_dir.display())))?;
+    let indexes = futures_util::future::join_all(image.layers.iter().map(|l| {
+        let (registry, cache) = (registry.clone(), cache.clone());
+        async move {
+            let path = cache.index_path(&l.digest);
+            if let Ok(index) = disk::load(&path) {
+                return Ok(index);
+            }
+            let toc = read_layer_toc(&registry, &reference.repository, l).await?;
+            if toc.format == LazyFormat::Plain {
+                return Err(MountError::Plain(l.digest.to_string()));
+            }
+            let index = toc.index.expect("lazy formats have an index");
+            if let Err(e) = disk::save(&index, &path) {
+                tracing::warn!(error = %e, "could not keep the layer index");
+            }
+            Ok(index)
+        }
+    }))
+    .await;
+    let layers = indexes.into_iter().collect::<Result<Vec<_>, MountError>>()?;
+    let sources = image
+        .layers
+        .iter()
+        .zip(&layers)
+        .map(|(l, ix)| LayerSource {
+            registry: registry.clone(),
+            repo: reference.repository.clone(),
+            digest: l.digest.clone(),
+            codec: ix.codec,
+        })
+        .collect();
+    let union = Union::build(&layers)?;
+    Ok(Prepared { union, layers, sources })
+}
+
+/// Serve `prepared` at `mountpoint` until it is unmounted. `ready` is told once the mount is
+/// live (or why it failed).
+pub fn serve(
+    prepared: Prepared,
+    mountpoint: &Path,
+    options: &MountOptions,
+    runtime: tokio::runtime::Handle,
+    ready: impl FnOnce(Result<(), String>),
+) -> std::io::Result<()> {
+    let store = match ChunkStore::open(&options.cache_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            ready(Err(format!("chunk store: {e}")));
+            return Err(e);
+        }
+    };
+    let fetcher = Fetcher::new(runtime, store, options.fetch_timeout);
+    let fs = ImageFs::new(prepared.union, prepared.layers, prepared.sources, fetcher);
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::FSName("lamina".into()),
+        MountOption::Subtype("lamina".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if rustix::process::geteuid().is_root() {
+        config.mount_options.extend([MountOption::Dev, MountOption::Suid]);
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(FUSE_THREADS);
+    match fuser::spawn_mount(fs, mountpoint, &config) {
+        Ok(session) => {
+            ready(Ok(()));
+            session.join()
+        }
+        Err(e) => {
+            ready(Err(format!("mounting on {}: {e}", mountpoint.display())));
+            Err(e)
+        }
+    }
+}
+
+/// Unmount (lazily, so a dead daemon's mount goes too).
+pub fn unmount(mountpoint: &Path) -> Result<(), String> {
+    if rustix::process::geteuid().is_root() {
+        return rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::DETACH)
+            .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()));
+    }
+    let out = std::process::Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(mountpoint)
+        .output()
+        .map_err(|e| format!("running fusermount3: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "fusermount3 -u {}: {}",
+            mountpoint.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Tell the parent process how the start went, through the pipe it gave us.
+pub fn signal_ready(fd: Option<i32>, result: &Result<(), String>) {
+    let Some(fd) = fd else { return };
+    // Re-opening the inherited pipe through /proc avoids taking ownership of a raw descriptor.
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/self/fd/{fd}"))
+    {
+        let _ = match result {
+            Ok(()) => f.write_all(b"ready\n"),
+            Err(e) => f.write_all(e.as_bytes()),
+        };
+    }
+}

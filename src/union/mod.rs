@@ -1,0 +1,361 @@
+//! The union view: layer indexes merged bottom to top into one tree with stable inode numbers,
+//! by the same changeset rules as the full pull ([`crate::changeset`], ARCHITECTURE.md).
+//!
+//! ```text
+//! for each layer, bottom first:
+//!   1. its whiteouts and opaque markers act on what the layers below built
+//!      (they never touch entries of their own layer, wherever they stand in the tar)
+//!   2. its entries are applied: a directory over a directory merges; anything else replaces;
+//!      a parent that is not a directory is replaced by one (never followed)
+//! ```
+//!
+//! Invariants: inode numbers are indexes into `nodes` (+1), fixed for the life of a mount;
+//! hard links of one layer are one node reached by several names; only nodes reachable from
+//! the root are ever served.
+
+use std::collections::BTreeMap;
+
+use crate::changeset::{classify, LayerPath, Marker};
+use crate::format::tar::EntryKind;
+use crate::index::{IndexEntry, LayerIndex};
+
+/// The root's inode number.
+pub const ROOT_INO: u64 = 1;
+
+/// One object of the union.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Object kind (never `HardLink`: links are resolved to their target's node).
+    pub kind: EntryKind,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time.
+    pub mtime: (i64, u32),
+    /// File size.
+    pub size: u64,
+    /// Symlink target.
+    pub link: Vec<u8>,
+    /// Device numbers.
+    pub rdev: (u32, u32),
+    /// xattrs.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Where a regular file's chunks are: (layer index, entry index).
+    pub source: Option<(usize, usize)>,
+    /// Names (hard links) pointing at this node, for nlink.
+    pub nlink: u32,
+    /// Children of a directory, by name.
+    pub children: BTreeMap<Vec<u8>, u64>,
+    /// The parent directory's inode (for `..`).
+    pub parent: u64,
+}
+
+/// The merged tree of an image.
+#[derive(Debug)]
+pub struct Union {
+    nodes: Vec<Node>,
+}
+
+/// A layer cannot be merged.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("layer {layer}: entry {entry}: {reason}")]
+pub struct UnionError {
+    /// Index of the layer, bottom = 0.
+    pub layer: usize,
+    /// The entry.
+    pub entry: String,
+    /// Why.
+    pub reason: String,
+}
+
+fn implicit_dir(parent: u64) -> Node {
+    Node {
+        kind: EntryKind::Directory,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: (0, 0),
+        size: 0,
+        link: Vec::new(),
+        rdev: (0, 0),
+        xattrs: Vec::new(),
+        source: None,
+        nlink: 1,
+        children: BTreeMap::new(),
+        parent,
+    }
+}
+
+impl Union {
+    /// Merge `layers`, bottom first.
+    pub fn build(layers: &[LayerIndex]) -> Result<Union, UnionError> {
+        let mut u = Union {
+            nodes: vec![implicit_dir(ROOT_INO)],
+        };
+        for (li, layer) in layers.iter().enumerate() {
+            let mut plain = Vec::new();
+            for (ei, e) in layer.entries.iter().enumerate() {
+                let err = |reason: String| UnionError {
+                    layer: li,
+                    entry: e.path.to_string(),
+                    reason,
+                };
+                match classify(&e.path).map_err(|x| err(x.to_string()))? {
+                    Marker::AufsMeta => {}
+                    Marker::Whiteout { target } => u.remove(&target),
+                    Marker::Opaque { dir } => {
+                        if let Some(ino) = u.lookup_path(&dir) {
+                            if u.node(ino).kind == EntryKind::Directory {
+                                u.nodes[(ino - 1) as usize].children.clear();
+                            }
+                        }
+                    }
+                    Marker::Plain => plain.push(ei),
+                }
+            }
+            for ei in plain {
+                let e = &layer.entries[ei];
+                u.apply(li, ei, e).map_err(|reason| UnionError {
+                    layer: li,
+                    entry: e.path.to_string(),
+                    reason,
+                })?;
+            }
+        }
+        u.count_links();
+        Ok(u)
+    }
+
+    /// A node by inode number.
+    pub fn node(&self, ino: u64) -> &Node {
+        &self.nodes[(ino - 1) as usize]
+    }
+
+    /// A node by inode number, if it exists.
+    pub fn get(&self, ino: u64) -> Option<&Node> {
+        ino.checked_sub(1).and_then(|i| self.nodes.get(i as usize))
+    }
+
+    /// The child `name` of directory `ino`.
+    pub fn child(&self, ino: u64, name: &[u8]) -> Option<u64> {
+        self.get(ino)?.children.get(name).copied()
+    }
+
+    /// Resolve a normalized path without following symlinks.
+    pub fn lookup_path(&self, path: &LayerPath) -> Option<u64> {
+        let mut ino = ROOT_INO;
+        for c in path.components() {
+            ino = self.child(ino, c)?;
+        }
+        Some(ino)
+    }
+
+    /// Number of nodes (reachable or not).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the union is only its root.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.len() == 1
+    }
+
+    fn push(&mut self, node: Node) -> u64 {
+        self.nodes.push(node);
+        self.nodes.len() as u64
+    }
+
+    fn remove(&mut self, path: &LayerPath) {
+        if let Some((parent, name)) = path.split_last() {
+            if let Some(p) = self.lookup_path(&parent) {
+                self.nodes[(p - 1) as usize].children.remove(name);
+            }
+        }
+    }
+
+    /// The directory at `path`, creating missing components and replacing non-directories.
+    fn dir_for(&mut self, path: &LayerPath) -> u64 {
+        let mut ino = ROOT_INO;
+        for c in path.components() {
+            ino = match self.child(ino, c) {
+                Some(child) if self.node(child).kind == EntryKind::Directory => child,
+                _ => {
+                    let new = self.push(implicit_dir(ino));
+                    self.nodes[(ino - 1) as usize].children.insert(c.to_vec(), new);
+                    new
+                }
+            };
+        }
+        ino
+    }
+
+    fn apply(&mut self, layer: usize, entry: usize, e: &IndexEntry) -> Result<(), String> {
+        let Some((parent_path, name)) = e.path.split_last() else {
+            if e.kind != EntryKind::Directory {
+                return Err("the root entry is not a directory".into());
+            }
+            let root = &mut self.nodes[0];
+            (root.mode, root.uid, root.gid, root.mtime) = (e.mode, e.uid, e.gid, (e.mtime_secs, e.mtime_nanos));
+            root.xattrs = e.xattrs.clone();
+            return Ok(());
+        };
+        let parent = self.dir_for(&parent_path);
+        let existing = self.child(parent, name);
+        if e.kind == EntryKind::HardLink {
+            let target = LayerPath::normalize(&e.link).map_err(|x| x.to_string())?;
+            let t = self
+                .lookup_path(&target)
+                .ok_or_else(|| format!("hard link target {target} does not exist in the image"))?;
+            if self.node(t).kind == EntryKind::Directory {
+                return Err(format!("hard link target {target} is a directory"));
+            }
+            self.nodes[(parent - 1) as usize].children.insert(name.to_vec(), t);
+            return Ok(());
+        }
+        if e.kind == EntryKind::Directory {
+            if let Some(d) = existing.filter(|d| self.node(*d).kind == EntryKind::Directory) {
+                let n = &mut self.nodes[(d - 1) as usize];
+                (n.mode, n.uid, n.gid, n.mtime) = (e.mode, e.uid, e.gid, (e.mtime_secs, e.mtime_nanos));
+                n.xattrs = e.xattrs.clone();
+                return Ok(());
+            }
+        }
+        let node = Node {
+            kind: e.kind,
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            mtime: (e.mtime_secs, e.mtime_nanos),
+            size: e.size,
+            link: if e.kind == EntryKind::Symlink {
+                e.link.clone()
+            } else {
+                Vec::new()
+            },
+            rdev: (e.dev_major, e.dev_minor),
+            xattrs: e.xattrs.clone(),
+            source: (e.kind == EntryKind::Regular).then_some((layer, entry)),
+            nlink: 1,
+            children: BTreeMap::new(),
+            parent,
+        };
+        let ino = self.push(node);
+        self.nodes[(parent - 1) as usize].children.insert(name.to_vec(), ino);
+        Ok(())
+    }
+
+    /// nlink: names for files, 2 + subdirectories for directories (reachable nodes only).
+    fn count_links(&mut self) {
+        for n in &mut self.nodes {
+            n.nlink = 0;
+        }
+        let mut stack = vec![ROOT_INO];
+        self.nodes[0].nlink = 2;
+        while let Some(dir) = stack.pop() {
+            let children: Vec<u64> = self.node(dir).children.values().copied().collect();
+            for c in children {
+                let is_dir = self.node(c).kind == EntryKind::Directory;
+                if is_dir {
+                    self.nodes[(c - 1) as usize].nlink = 2;
+                    self.nodes[(c - 1) as usize].parent = dir;
+                    self.nodes[(dir - 1) as usize].nlink += 1;
+                    stack.push(c);
+                } else {
+                    self.nodes[(c - 1) as usize].nlink += 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(path: &str, kind: EntryKind) -> IndexEntry {
+        IndexEntry {
+            path: LayerPath::normalize(path.as_bytes()).unwrap(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_secs: 0,
+            mtime_nanos: 0,
+            size: 0,
+            link: Vec::new(),
+            dev_major: 0,
+            dev_minor: 0,
+            xattrs: Vec::new(),
+            digest: None,
+            first_chunk: 0,
+            chunk_count: 0,
+        }
+    }
+
+    fn layer(entries: Vec<IndexEntry>) -> LayerIndex {
+        LayerIndex {
+            entries,
+            ..Default::default()
+        }
+    }
+
+    fn names(u: &Union, path: &str) -> Vec<String> {
+        let ino = u.lookup_path(&LayerPath::normalize(path.as_bytes()).unwrap()).unwrap();
+        u.node(ino)
+            .children
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn whiteouts_opaque_and_replacement() {
+        use EntryKind::*;
+        let mut link = e("d/link", HardLink);
+        link.link = b"d/file".to_vec();
+        let mut sym = e("s", Symlink);
+        sym.link = b"/etc".to_vec();
+        let l0 = layer(vec![
+            e("d", Directory),
+            e("d/file", Regular),
+            e("d/gone", Regular),
+            e("o/old", Regular),
+            sym,
+            e("f", Regular),
+        ]);
+        // Whiteout after the same-layer entry it names: the entry survives (lower-only rule).
+        let l1 = layer(vec![
+            e("d/gone", Regular),
+            e("d/.wh.gone", Regular),
+            e("o/new", Regular),
+            e("o/.wh..wh..opq", Regular),
+            e("s/inside", Regular),
+            e("f/now-dir", Regular),
+            link,
+        ]);
+        let u = Union::build(&[l0, l1]).unwrap();
+        assert_eq!(names(&u, "d"), ["file", "gone", "link"]);
+        assert_eq!(names(&u, "o"), ["new"]);
+        assert_eq!(names(&u, "s"), ["inside"]);
+        assert_eq!(names(&u, "f"), ["now-dir"]);
+        let p = |s: &str| LayerPath::normalize(s.as_bytes()).unwrap();
+        let (a, b) = (
+            u.lookup_path(&p("d/file")).unwrap(),
+            u.lookup_path(&p("d/link")).unwrap(),
+        );
+        assert_eq!(a, b);
+        assert_eq!(u.node(a).nlink, 2);
+        assert_eq!(u.node(u.lookup_path(&p("d")).unwrap()).nlink, 2);
+    }
+
+    #[test]
+    fn hard_link_to_nothing_is_an_error() {
+        let mut link = e("x", EntryKind::HardLink);
+        link.link = b"missing".to_vec();
+        let err = Union::build(&[layer(vec![link])]).unwrap_err();
+        assert!(err.reason.contains("does not exist"), "{err}");
+    }
+}

@@ -1,0 +1,273 @@
+//! `lamina mount`: real FUSE mounts of real images, compared entry by entry with `umoci
+//! unpack`; warm remounts fetch nothing; concurrent readers share fetches; a dead registry
+//! gives EIO at the deadline and the mount recovers; a killed daemon's mount is cleared.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::image::{skopeo_push, Umoci};
+use crate::support::registry::TestRegistry;
+use crate::support::tree::assert_same_tree;
+use crate::support::{assert_ok, lamina, require_root, require_tools, run};
+
+/// A mount that is unmounted when dropped (also if the test fails).
+struct Mounted {
+    point: PathBuf,
+    pid: u32,
+}
+
+impl Mounted {
+    fn new(image: &str, point: &Path, cache: &Path, extra: &[&str]) -> Mounted {
+        std::fs::create_dir_all(point).unwrap();
+        let out = lamina()
+            .arg("mount")
+            .args(extra)
+            .arg(image)
+            .arg(point)
+            .env("LAMINA_CACHE_DIR", cache)
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let pid = text
+            .split("daemon pid ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {text}"));
+        Mounted {
+            point: point.to_path_buf(),
+            pid,
+        }
+    }
+
+    fn unmount(&self) {
+        let _ = lamina().arg("umount").arg(&self.point).output();
+    }
+
+    fn daemon_alive(&self) -> bool {
+        Path::new(&format!("/proc/{}", self.pid)).exists()
+            && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+                .unwrap_or_default()
+                .contains(") Z ")
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+fn require_fuse() -> bool {
+    if Path::new("/dev/fuse").exists() {
+        return true;
+    }
+    if crate::support::in_ci() {
+        panic!("/dev/fuse is missing; CI=true makes this a failure");
+    }
+    eprintln!("SKIPPED: /dev/fuse is missing");
+    false
+}
+
+/// Range GETs of the layer blobs of `repo` in the registry's access log.
+fn blob_gets(registry: &TestRegistry, repo: &str, config_digest: &str) -> usize {
+    registry
+        .log()
+        .lines()
+        .filter(|l| l.contains(&format!("\"GET /v2/{repo}/blobs/")) && !l.contains(config_digest))
+        .count()
+}
+
+fn config_digest(image: &str) -> String {
+    let raw = run(Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{image}")))
+    .stdout;
+    let m: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    m["config"]["digest"].as_str().unwrap().to_string()
+}
+
+/// The umoci test image with its oracle, pushed and converted.
+struct Fixture {
+    registry: TestRegistry,
+    work: tempfile::TempDir,
+    converted: String,
+    oracle: PathBuf,
+    layout: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let umoci = Umoci::init(&w.join("layout"), "t");
+    let bundle = w.join("bundle");
+    umoci.unpack("t", &bundle);
+    crate::pull::base_layer(&bundle.join("rootfs"));
+    std::fs::write(bundle.join("rootfs/usr/lib/big"), crate::pull::noise(6 << 20, 42)).unwrap();
+    umoci.repack("t", &bundle);
+    crate::pull::changes_layer(&bundle.join("rootfs"));
+    umoci.repack("t", &bundle);
+    crate::pull::replacements_layer(&bundle.join("rootfs"));
+    umoci.repack("t", &bundle);
+    std::fs::write(w.join("opaque.tar"), crate::pull::opaque_layer_tar()).unwrap();
+    umoci.add_layer("t", &w.join("opaque.tar"));
+    umoci.unpack("t", &w.join("oracle"));
+    let src = format!("{}/mnt-src:t", registry.addr);
+    skopeo_push(&umoci.layout, "t", &src, None, false);
+    let converted = format!("{}/mnt-zc:t", registry.addr);
+    assert_ok(
+        &lamina()
+            .args(["convert", &src, &converted])
+            .env("LAMINA_CACHE_DIR", w.join("convert-cache"))
+            .output()
+            .unwrap(),
+    );
+    Fixture {
+        oracle: w.join("oracle/rootfs"),
+        layout: umoci.layout,
+        registry,
+        work,
+        converted,
+    }
+}
+
+#[test]
+fn mounted_tree_equals_umoci_unpack_and_warm_mounts_fetch_nothing() {
+    if !require_tools(&["docker-registry", "umoci", "skopeo", "setfattr", "mknod"])
+        || !require_root()
+        || !require_fuse()
+    {
+        return;
+    }
+    let f = fixture();
+    let w = f.work.path();
+    let cache = w.join("cache");
+    let config = config_digest(&f.converted);
+    let m = Mounted::new(&f.converted, &w.join("mnt"), &cache, &[]);
+    assert_same_tree(&m.point, &f.oracle);
+    let cold = blob_gets(&f.registry, "mnt-zc", &config);
+    assert!(cold > 0);
+    m.unmount();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while m.daemon_alive() {
+        assert!(Instant::now() < deadline, "the daemon did not exit after umount");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(m);
+
+    // Warm: same cache, a second mount reads every byte again without one blob request.
+    let m = Mounted::new(&f.converted, &w.join("mnt2"), &cache, &[]);
+    assert_same_tree(&m.point, &f.oracle);
+    assert_eq!(
+        blob_gets(&f.registry, "mnt-zc", &config),
+        cold,
+        "a warm mount fetched blob bytes"
+    );
+}
+
+#[test]
+fn skopeo_written_zstd_chunked_mounts() {
+    if !require_tools(&["docker-registry", "umoci", "skopeo", "unshare", "setfattr", "mknod"])
+        || !require_root()
+        || !require_fuse()
+    {
+        return;
+    }
+    let f = fixture();
+    let w = f.work.path();
+    let image = format!("{}/mnt-skopeo:t", f.registry.addr);
+    run(Command::new("unshare").args(["-m", "sh", "-c"]).arg(format!(
+        "mkdir -p /var/lib/containers/cache && mount -t tmpfs none /var/lib/containers/cache && \
+         exec skopeo copy --quiet --dest-tls-verify=false --dest-compress-format zstd:chunked oci:{}:t docker://{image}",
+        f.layout.display()
+    )));
+    let m = Mounted::new(&image, &w.join("mnt"), &w.join("cache"), &[]);
+    assert_same_tree(&m.point, &f.oracle);
+}
+
+#[test]
+fn concurrent_readers_share_fetches_and_a_dead_registry_gives_eio() {
+    if !require_tools(&["docker-registry", "umoci", "skopeo", "setfattr", "mknod"])
+        || !require_root()
+        || !require_fuse()
+    {
+        return;
+    }
+    let mut f = fixture();
+    let w = f.work.path().to_path_buf();
+    let config = config_digest(&f.converted);
+    let m = Mounted::new(
+        &f.converted,
+        &w.join("mnt"),
+        &w.join("cache"),
+        &["--fetch-timeout", "3"],
+    );
+    let big = m.point.join("usr/lib/big");
+    let before = blob_gets(&f.registry, "mnt-zc", &config);
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let p = big.clone();
+            std::thread::spawn(move || std::fs::read(p).unwrap())
+        })
+        .collect();
+    let want = crate::pull::noise(6 << 20, 42);
+    for r in readers {
+        assert!(r.join().unwrap() == want, "a reader got wrong bytes");
+    }
+    let requests = blob_gets(&f.registry, "mnt-zc", &config) - before;
+    // Each chunk once: 6 MiB in chunks of at most 128 KiB is at least 48 chunks; eight readers
+    // without sharing would make eight times as many requests.
+    assert!(
+        (48..=6 * 1024 / 8).contains(&requests),
+        "{requests} range requests for one 6 MiB file read 8 times"
+    );
+
+    // Registry gone: a file not yet fetched fails with EIO near the deadline; cached data is served.
+    f.registry.kill();
+    let started = Instant::now();
+    let err = std::fs::read(m.point.join("usr/lib/libx.so.2")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(5), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "EIO took {:?}",
+        started.elapsed()
+    );
+    assert!(std::fs::read(&big).unwrap() == want);
+    // Back again: the same read works, the daemon never left.
+    f.registry.restart();
+    assert_eq!(
+        std::fs::read(m.point.join("usr/lib/libx.so.2")).unwrap(),
+        crate::pull::noise(70_000, 3)
+    );
+    assert!(m.daemon_alive());
+}
+
+#[test]
+fn a_killed_daemon_is_cleared_by_umount_and_remounts_from_cache() {
+    if !require_tools(&["docker-registry", "umoci", "skopeo", "setfattr", "mknod"])
+        || !require_root()
+        || !require_fuse()
+    {
+        return;
+    }
+    let f = fixture();
+    let w = f.work.path();
+    let cache = w.join("cache");
+    let m = Mounted::new(&f.converted, &w.join("mnt"), &cache, &[]);
+    assert_same_tree(&m.point, &f.oracle);
+    run(Command::new("kill").args(["-KILL", &m.pid.to_string()]));
+    std::thread::sleep(Duration::from_millis(200));
+    let err = std::fs::read_dir(&m.point).map(|_| ()).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(107),
+        "expected ENOTCONN from a dead mount: {err}"
+    );
+    assert_ok(&lamina().arg("umount").arg(&m.point).output().unwrap());
+    drop(m);
+    let m = Mounted::new(&f.converted, &w.join("mnt"), &cache, &[]);
+    assert_same_tree(&m.point, &f.oracle);
+}
