@@ -13,7 +13,9 @@
 //!
 //! Invariants: one request in flight per chunk, whatever the number of readers; FUSE threads
 //! only ever wait (with a deadline), never drive the network; nothing unverified is stored.
-//! Not yet here (DESIGN.md): merging neighbouring chunks into one request, priorities.
+//! Chunks asked for together whose compressed bytes are neighbours in the blob (gaps up to
+//! `MERGE_GAP_BYTES`) are fetched with one Range request of at most `MAX_MERGE_BYTES`.
+//! Not yet here (DESIGN.md): priorities between demand reads and prefetch.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +34,11 @@ use crate::registry::Registry;
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Tries per chunk when the bytes arrive but do not verify.
 const VERIFY_ATTEMPTS: u32 = 3;
+/// Largest merged Range request: big enough to fill a thin link's bandwidth-delay product,
+/// small enough that a read never waits long for bytes it did not ask for.
+pub const MAX_MERGE_BYTES: u64 = 4 << 20;
+/// A gap this small between two chunks' bytes is read through rather than costing a request.
+pub const MERGE_GAP_BYTES: u64 = 16 << 10;
 
 /// Where one layer's blob is.
 #[derive(Clone)]
@@ -88,6 +95,27 @@ pub struct Fetcher {
     pub stats: FetchStats,
 }
 
+/// Group chunks (in blob order) into runs that one Range request can fetch.
+fn merge_runs<T>(chunks: Vec<(Chunk, T)>) -> Vec<Vec<(Chunk, T)>> {
+    let mut runs: Vec<Vec<(Chunk, T)>> = Vec::new();
+    for (chunk, t) in chunks {
+        let joins = runs.last().is_some_and(|run| {
+            let first = run[0].0.blob_offset;
+            let last = &run[run.len() - 1].0;
+            let last_end = last.blob_offset + last.blob_len;
+            chunk.blob_offset >= last_end
+                && chunk.blob_offset - last_end <= MERGE_GAP_BYTES
+                && chunk.blob_offset + chunk.blob_len - first <= MAX_MERGE_BYTES
+        });
+        if joins {
+            runs.last_mut().expect("checked").push((chunk, t));
+        } else {
+            runs.push(vec![(chunk, t)]);
+        }
+    }
+    runs
+}
+
 impl Fetcher {
     /// A fetcher running its requests on `runtime`.
     pub fn new(runtime: tokio::runtime::Handle, store: ChunkStore, timeout: Duration) -> Arc<Fetcher> {
@@ -105,49 +133,106 @@ impl Fetcher {
         &self.store
     }
 
+    /// Whether `chunk` is neither stored nor on its way.
+    pub fn is_missing(&self, chunk: &Chunk) -> bool {
+        !self.store.contains(&chunk.digest) && !self.inflight.lock().contains_key(&chunk.digest)
+    }
+
     /// Make sure `chunk` is in the store; blocks the calling (non-async) thread up to the
     /// deadline.
     pub fn ensure(self: &Arc<Self>, layer: &LayerSource, chunk: &Chunk) -> Result<(), FetchError> {
-        if self.store.contains(&chunk.digest) {
-            self.stats.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        if chunk.kind == ChunkKind::Zeros {
-            let zeros = vec![0u8; chunk.len as usize];
-            return self
-                .store
-                .put(&chunk.digest, &zeros)
-                .map_err(|e| FetchError::Failed(e.to_string()));
-        }
-        let (flight, leader) = {
+        self.ensure_all(layer, std::slice::from_ref(chunk))
+    }
+
+    /// Make sure every chunk of `chunks` (in blob order) is in the store, fetching the missing
+    /// ones with as few requests as their positions allow; blocks up to one deadline.
+    pub fn ensure_all(self: &Arc<Self>, layer: &LayerSource, chunks: &[Chunk]) -> Result<(), FetchError> {
+        let mut waits = Vec::new();
+        let mut mine: Vec<(Chunk, Arc<Flight>)> = Vec::new();
+        for chunk in chunks {
+            if self.store.contains(&chunk.digest) {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if chunk.kind == ChunkKind::Zeros {
+                let zeros = vec![0u8; chunk.len as usize];
+                self.store
+                    .put(&chunk.digest, &zeros)
+                    .map_err(|e| FetchError::Failed(e.to_string()))?;
+                continue;
+            }
             let mut map = self.inflight.lock();
             match map.get(&chunk.digest) {
-                Some(f) => (f.clone(), false),
+                Some(f) => waits.push(f.clone()),
                 None => {
                     let f = Arc::new(Flight::default());
                     map.insert(chunk.digest, f.clone());
-                    (f, true)
+                    waits.push(f.clone());
+                    mine.push((chunk.clone(), f));
                 }
             }
-        };
-        if leader {
-            let (me, layer, chunk, flight) = (self.clone(), layer.clone(), chunk.clone(), flight.clone());
-            self.runtime.spawn(async move {
-                let result = me.fetch(&layer, &chunk).await;
-                *flight.result.lock() = Some(result);
-                flight.done.notify_all();
-                me.inflight.lock().remove(&chunk.digest);
-            });
+        }
+        for run in merge_runs(mine) {
+            let (me, layer) = (self.clone(), layer.clone());
+            self.runtime.spawn(async move { me.fetch_run(&layer, run).await });
         }
         let deadline = Instant::now() + self.timeout;
-        let mut result = flight.result.lock();
-        while result.is_none() {
-            if flight.done.wait_until(&mut result, deadline).timed_out() {
-                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                return Err(FetchError::Timeout(self.timeout));
+        for flight in waits {
+            let mut result = flight.result.lock();
+            while result.is_none() {
+                if flight.done.wait_until(&mut result, deadline).timed_out() {
+                    self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                    return Err(FetchError::Timeout(self.timeout));
+                }
             }
+            result.clone().expect("checked above")?;
         }
-        result.clone().expect("checked above")
+        Ok(())
+    }
+
+    /// Fetch a run of neighbouring chunks with one request; a chunk that does not verify is
+    /// fetched again on its own.
+    async fn fetch_run(&self, layer: &LayerSource, run: Vec<(Chunk, Arc<Flight>)>) {
+        let start = run[0].0.blob_offset;
+        let end = run
+            .iter()
+            .map(|(c, _)| c.blob_offset + c.blob_len)
+            .max()
+            .expect("runs are not empty");
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let fetched = layer
+            .registry
+            .blob_range(&layer.repo, &layer.digest, start, end - start)
+            .await;
+        if let Ok(bytes) = &fetched {
+            self.stats
+                .fetched_bytes
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+        for (chunk, flight) in run {
+            let result = match &fetched {
+                Err(e) => Err(FetchError::Failed(e.to_string())),
+                Ok(bytes) => {
+                    let from = (chunk.blob_offset - start) as usize;
+                    let raw = &bytes[from..from + chunk.blob_len as usize];
+                    match decode_chunk(layer.codec, &chunk, raw) {
+                        Ok(data) => {
+                            self.stats.fetched_chunks.fetch_add(1, Ordering::Relaxed);
+                            self.store
+                                .put(&chunk.digest, &data)
+                                .map_err(|e| FetchError::Failed(e.to_string()))
+                        }
+                        Err(e) => {
+                            tracing::warn!(layer = %layer.digest, error = %e, "chunk did not verify; fetching it again");
+                            self.fetch(layer, &chunk).await
+                        }
+                    }
+                }
+            };
+            *flight.result.lock() = Some(result);
+            flight.done.notify_all();
+            self.inflight.lock().remove(&chunk.digest);
+        }
     }
 
     async fn fetch(&self, layer: &LayerSource, chunk: &Chunk) -> Result<(), FetchError> {
@@ -177,5 +262,50 @@ impl Fetcher {
             }
         }
         Err(FetchError::Failed(format!("layer {}: {last}", layer.digest)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(blob_offset: u64, blob_len: u64) -> (Chunk, ()) {
+        let c = Chunk {
+            file_offset: 0,
+            len: 1,
+            blob_offset,
+            blob_len,
+            inner_offset: 0,
+            digest: [0; 32],
+            kind: ChunkKind::Data,
+        };
+        (c, ())
+    }
+
+    #[test]
+    fn runs_merge_neighbours_only() {
+        let spans = |runs: Vec<Vec<(Chunk, ())>>| {
+            runs.iter()
+                .map(|r| r.iter().map(|(c, _)| c.blob_offset).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        };
+        // Touching, a small gap, a large gap, then out of order.
+        let input = vec![
+            chunk(0, 100),
+            chunk(100, 100),
+            chunk(200 + MERGE_GAP_BYTES, 10),
+            chunk(1 << 30, 10),
+            chunk(50, 10),
+        ];
+        assert_eq!(
+            spans(merge_runs(input)),
+            vec![vec![0, 100, 200 + MERGE_GAP_BYTES], vec![1 << 30], vec![50]]
+        );
+        // The size cap splits a long run.
+        let input = (0..6).map(|i| chunk(i * (1 << 20), 1 << 20)).collect();
+        assert_eq!(
+            spans(merge_runs(input)).iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![4, 2]
+        );
     }
 }

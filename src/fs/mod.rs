@@ -23,6 +23,11 @@ use crate::union::{Node, Union};
 const TTL: Duration = Duration::from_secs(3600);
 /// Block size reported.
 const BLOCK_SIZE: u32 = 4096;
+/// Chunks past the end of a read fetched along with it (in the same merged request): a file
+/// being read is usually read on, and one round trip more costs more than the bytes.
+const READAHEAD_BYTES: u64 = 1 << 20;
+/// Kernel readahead asked for.
+const KERNEL_READAHEAD_BYTES: u32 = 1 << 20;
 
 /// Why an operation failed.
 #[derive(Debug)]
@@ -154,11 +159,21 @@ impl ImageFs {
         let chunks = index.chunks_of(&index.entries[entry]);
         let mut out = vec![0u8; (end - offset) as usize];
         let first = chunks.partition_point(|c| c.file_offset + c.len <= offset);
+        let needed = chunks.partition_point(|c| c.file_offset < end);
+        // Read ahead only when this read starts a request of its own: otherwise the chunks are
+        // already there or on their way, and waiting for them is all there is to do.
+        let wanted = if chunks[first..needed].iter().any(|c| self.fetcher.is_missing(c)) {
+            chunks.partition_point(|c| c.file_offset < end.saturating_add(READAHEAD_BYTES))
+        } else {
+            needed
+        };
+        self.fetcher
+            .ensure_all(&self.sources[layer], &chunks[first..wanted.max(first)])
+            .map_err(OpError::Fetch)?;
         for c in &chunks[first..] {
             if c.file_offset >= end {
                 break;
             }
-            self.fetcher.ensure(&self.sources[layer], c).map_err(OpError::Fetch)?;
             let from = offset.max(c.file_offset);
             let to = end.min(c.file_offset + c.len);
             let dst = &mut out[(from - offset) as usize..(to - offset) as usize];
@@ -208,6 +223,13 @@ fn reply_sized(reply: ReplyXattr, size: u32, data: Result<Vec<u8>, OpError>) {
 }
 
 impl Filesystem for ImageFs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        if let Err(max) = config.set_max_readahead(KERNEL_READAHEAD_BYTES) {
+            let _ = config.set_max_readahead(max);
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.op_lookup(parent, name) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
