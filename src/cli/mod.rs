@@ -35,6 +35,21 @@ pub enum Command {
     Mount(MountArgs),
     /// Unmount a lamina mount (also one whose daemon died).
     Umount(UmountArgs),
+    /// Show what a mount has fetched: bytes and requests per layer, cache hits, wait latency.
+    Stats(StatsArgs),
+}
+
+/// `lamina stats`.
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// The mount point.
+    pub mountpoint: PathBuf,
+    /// Cache directory the mount uses.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `lamina mount`.
@@ -187,6 +202,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(args) => runtime.block_on(inspect(args)),
         Command::Mount(args) => mount(args, &runtime),
         Command::Umount(args) => crate::mount::unmount(&args.mountpoint).map_err(anyhow::Error::msg),
+        Command::Stats(args) => stats(args),
     }
 }
 
@@ -376,15 +392,23 @@ fn mount(args: MountArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<(
     };
     let image = args.image.to_string();
     let mountpoint = args.mountpoint.clone();
-    crate::mount::serve(prepared, &args.mountpoint, &options, runtime.handle().clone(), |r| {
-        if r.is_ok() && ready_fd.is_none() {
-            eprintln!(
-                "mounted {image} at {} (foreground; stop with lamina umount)",
-                mountpoint.display()
-            );
-        }
-        crate::mount::signal_ready(ready_fd, &r.map_err(|e| format!("{e}\n")));
-    })?;
+    let image_for_state = image.clone();
+    crate::mount::serve(
+        &image_for_state,
+        prepared,
+        &args.mountpoint,
+        &options,
+        runtime.handle().clone(),
+        |r| {
+            if r.is_ok() && ready_fd.is_none() {
+                eprintln!(
+                    "mounted {image} at {} (foreground; stop with lamina umount)",
+                    mountpoint.display()
+                );
+            }
+            crate::mount::signal_ready(ready_fd, &r.map_err(|e| format!("{e}\n")));
+        },
+    )?;
     Ok(())
 }
 
@@ -434,4 +458,68 @@ fn spawn_mount_daemon(args: &MountArgs, cache_dir: &std::path::Path) -> anyhow::
     } else {
         anyhow::bail!("{}", line.trim())
     }
+}
+
+fn stats(args: StatsArgs) -> anyhow::Result<()> {
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(crate::cache::default_cache_dir);
+    let path = crate::mount::state_path(&cache_dir, &args.mountpoint);
+    let text = std::fs::read(&path).with_context(|| {
+        format!(
+            "no running lamina mount at {} (looked for {})",
+            args.mountpoint.display(),
+            path.display()
+        )
+    })?;
+    if args.json {
+        println!("{}", String::from_utf8_lossy(&text));
+        return Ok(());
+    }
+    let state: crate::mount::MountState = serde_json::from_slice(&text).context("reading the mount state")?;
+    let s = &state.stats;
+    println!("image      {}", state.image);
+    println!("mount      {} (daemon pid {})", state.mountpoint.display(), state.pid);
+    println!(
+        "fetched    {} in {} requests, {} chunks; {} cache hits; {} timeouts",
+        mb(s.fetched_bytes),
+        s.requests,
+        s.fetched_chunks,
+        s.hits,
+        s.timeouts
+    );
+    println!(
+        "chunk wait p50 {:.1} ms, p99 {:.1} ms",
+        s.wait_p50_micros as f64 / 1e3,
+        s.wait_p99_micros as f64 / 1e3
+    );
+    let cache = crate::cache::CacheDir::open(&cache_dir)?;
+    let store = crate::cache::chunks::ChunkStore::open(&cache_dir)?;
+    for digest in &state.layers {
+        let c = s.layers.get(digest).cloned().unwrap_or_default();
+        let local = digest
+            .parse()
+            .ok()
+            .and_then(|d| crate::index::disk::load(&cache.index_path(&d)).ok())
+            .map(|ix| {
+                let total: u64 = ix.chunks.iter().map(|c| c.len).sum();
+                let here: u64 = ix
+                    .chunks
+                    .iter()
+                    .filter(|c| store.contains(&c.digest))
+                    .map(|c| c.len)
+                    .sum();
+                if total == 0 {
+                    100.0
+                } else {
+                    100.0 * here as f64 / total as f64
+                }
+            });
+        let local = local.map_or("?".to_string(), |p| format!("{p:.1}%"));
+        println!(
+            "layer      {} fetched {:>10} in {:>5} requests, {local} local",
+            &digest[..19],
+            mb(c.bytes),
+            c.requests
+        );
+    }
+    Ok(())
 }

@@ -64,9 +64,27 @@ pub enum FetchError {
     Failed(String),
 }
 
+/// Most chunk-wait samples kept for the latency percentiles.
+const MAX_LATENCY_SAMPLES: usize = 100_000;
+
+/// Per-layer counters.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct LayerCounters {
+    /// Range requests made.
+    pub requests: u64,
+    /// Compressed bytes fetched.
+    pub bytes: u64,
+    /// Chunks stored.
+    pub chunks: u64,
+}
+
 /// Counters, for `lamina stats` and the benchmarks.
 #[derive(Debug, Default)]
 pub struct FetchStats {
+    /// Per layer blob digest.
+    pub layers: Mutex<HashMap<String, LayerCounters>>,
+    /// How long reads waited for missing chunks, in microseconds (most recent samples).
+    pub wait_micros: Mutex<Vec<u32>>,
     /// Chunks found in the store.
     pub hits: AtomicU64,
     /// Chunks fetched.
@@ -116,7 +134,51 @@ fn merge_runs<T>(chunks: Vec<(Chunk, T)>) -> Vec<Vec<(Chunk, T)>> {
     runs
 }
 
+/// A snapshot of a mount's counters, as written to its state file.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct StatsSnapshot {
+    /// Chunks found in the store.
+    pub hits: u64,
+    /// Chunks fetched.
+    pub fetched_chunks: u64,
+    /// Compressed bytes fetched.
+    pub fetched_bytes: u64,
+    /// Range requests.
+    pub requests: u64,
+    /// Reads that hit the deadline.
+    pub timeouts: u64,
+    /// Median wait for a missing chunk, microseconds.
+    pub wait_p50_micros: u32,
+    /// 99th percentile wait, microseconds.
+    pub wait_p99_micros: u32,
+    /// Per layer blob digest.
+    pub layers: HashMap<String, LayerCounters>,
+}
+
 impl Fetcher {
+    /// The counters now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let mut waits = self.stats.wait_micros.lock().clone();
+        waits.sort_unstable();
+        let pct = |p: usize| {
+            if waits.is_empty() {
+                0
+            } else {
+                waits[(waits.len() - 1) * p / 100]
+            }
+        };
+        StatsSnapshot {
+            hits: self.stats.hits.load(Ordering::Relaxed),
+            fetched_chunks: self.stats.fetched_chunks.load(Ordering::Relaxed),
+            fetched_bytes: self.stats.fetched_bytes.load(Ordering::Relaxed),
+            requests: self.stats.requests.load(Ordering::Relaxed),
+            timeouts: self.stats.timeouts.load(Ordering::Relaxed),
+            wait_p50_micros: pct(50),
+            wait_p99_micros: pct(99),
+            layers: self.stats.layers.lock().clone(),
+        }
+    }
+
     /// A fetcher running its requests on `runtime`.
     pub fn new(runtime: tokio::runtime::Handle, store: ChunkStore, timeout: Duration) -> Arc<Fetcher> {
         Arc::new(Fetcher {
@@ -176,7 +238,9 @@ impl Fetcher {
             let (me, layer) = (self.clone(), layer.clone());
             self.runtime.spawn(async move { me.fetch_run(&layer, run).await });
         }
-        let deadline = Instant::now() + self.timeout;
+        let waited_from = Instant::now();
+        let deadline = waited_from + self.timeout;
+        let any_wait = !waits.is_empty();
         for flight in waits {
             let mut result = flight.result.lock();
             while result.is_none() {
@@ -187,7 +251,22 @@ impl Fetcher {
             }
             result.clone().expect("checked above")?;
         }
+        if any_wait {
+            let mut samples = self.stats.wait_micros.lock();
+            if samples.len() >= MAX_LATENCY_SAMPLES {
+                samples.drain(..MAX_LATENCY_SAMPLES / 2);
+            }
+            samples.push(waited_from.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        }
         Ok(())
+    }
+
+    fn count(&self, layer: &LayerSource, requests: u64, bytes: u64, chunks: u64) {
+        let mut map = self.stats.layers.lock();
+        let c = map.entry(layer.digest.to_string()).or_default();
+        c.requests += requests;
+        c.bytes += bytes;
+        c.chunks += chunks;
     }
 
     /// Fetch a run of neighbouring chunks with one request; a chunk that does not verify is
@@ -208,6 +287,7 @@ impl Fetcher {
             self.stats
                 .fetched_bytes
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            self.count(layer, 1, bytes.len() as u64, 0);
         }
         for (chunk, flight) in run {
             let result = match &fetched {
@@ -218,6 +298,7 @@ impl Fetcher {
                     match decode_chunk(layer.codec, &chunk, raw) {
                         Ok(data) => {
                             self.stats.fetched_chunks.fetch_add(1, Ordering::Relaxed);
+                            self.count(layer, 0, 0, 1);
                             self.store
                                 .put(&chunk.digest, &data)
                                 .map_err(|e| FetchError::Failed(e.to_string()))
@@ -247,8 +328,10 @@ impl Fetcher {
             self.stats
                 .fetched_bytes
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            self.count(layer, 1, bytes.len() as u64, 0);
             match decode_chunk(layer.codec, chunk, &bytes) {
                 Ok(data) => {
+                    self.count(layer, 0, 0, 1);
                     self.store
                         .put(&chunk.digest, &data)
                         .map_err(|e| FetchError::Failed(e.to_string()))?;

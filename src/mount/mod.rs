@@ -117,9 +117,44 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
     Ok(Prepared { union, layers, sources })
 }
 
+/// What a running mount publishes for `lamina stats`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct MountState {
+    /// The image.
+    pub image: String,
+    /// The mount point.
+    pub mountpoint: PathBuf,
+    /// The daemon's pid.
+    pub pid: u32,
+    /// Layer blob digests, bottom first.
+    pub layers: Vec<String>,
+    /// Counters.
+    pub stats: crate::fetch::StatsSnapshot,
+}
+
+/// How often a mount's state file is rewritten.
+const STATE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The state file of the mount at `mountpoint`.
+pub fn state_path(cache_dir: &Path, mountpoint: &Path) -> PathBuf {
+    let canonical = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    let key = crate::digest::Digest::of(canonical.as_os_str().as_encoded_bytes());
+    cache_dir.join("mounts").join(format!("{}.json", &key.hex()[..16]))
+}
+
+fn write_state(path: &Path, state: &MountState) {
+    let tmp = path.with_extension("partial");
+    if let Ok(text) = serde_json::to_vec_pretty(state) {
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, path);
+        }
+    }
+}
+
 /// Serve `prepared` at `mountpoint` until it is unmounted. `ready` is told once the mount is
 /// live (or why it failed).
 pub fn serve(
+    image: &str,
     prepared: Prepared,
     mountpoint: &Path,
     options: &MountOptions,
@@ -134,7 +169,8 @@ pub fn serve(
         }
     };
     let fetcher = Fetcher::new(runtime, store, options.fetch_timeout);
-    let fs = ImageFs::new(prepared.union, prepared.layers, prepared.sources, fetcher);
+    let layer_digests: Vec<String> = prepared.sources.iter().map(|s| s.digest.to_string()).collect();
+    let fs = ImageFs::new(prepared.union, prepared.layers, prepared.sources, fetcher.clone());
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
@@ -150,7 +186,31 @@ pub fn serve(
     match fuser::spawn_mount(fs, mountpoint, &config) {
         Ok(session) => {
             ready(Ok(()));
-            session.join()
+            let state = state_path(&options.cache_dir, mountpoint);
+            let _ = std::fs::create_dir_all(state.parent().expect("has a parent"));
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let publisher = {
+                let (stop, state, image, mountpoint) =
+                    (stop.clone(), state.clone(), image.to_string(), mountpoint.to_path_buf());
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let s = MountState {
+                            image: image.clone(),
+                            mountpoint: mountpoint.clone(),
+                            pid: std::process::id(),
+                            layers: layer_digests.clone(),
+                            stats: fetcher.snapshot(),
+                        };
+                        write_state(&state, &s);
+                        std::thread::sleep(STATE_INTERVAL);
+                    }
+                })
+            };
+            let result = session.join();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = publisher.join();
+            let _ = std::fs::remove_file(&state);
+            result
         }
         Err(e) => {
             ready(Err(format!("mounting on {}: {e}", mountpoint.display())));

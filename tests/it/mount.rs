@@ -217,6 +217,7 @@ fn concurrent_readers_share_fetches_and_a_dead_registry_gives_eio() {
         &["--fetch-timeout", "3"],
     );
     let big = m.point.join("usr/lib/big");
+    let (mounted, mounted_bytes) = blob_gets_and_bytes(&f.registry, "mnt-zc", &config);
     let (before, bytes_before) = blob_gets_and_bytes(&f.registry, "mnt-zc", &config);
     let readers: Vec<_> = (0..8)
         .map(|_| {
@@ -239,6 +240,26 @@ fn concurrent_readers_share_fetches_and_a_dead_registry_gives_eio() {
     assert!(
         (2..24).contains(&requests),
         "{requests} range requests for one 6 MiB file"
+    );
+    // `lamina stats` counts what the registry's log shows (TOC reads at mount time aside).
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = lamina()
+        .args(["stats", "--json"])
+        .arg(&m.point)
+        .env("LAMINA_CACHE_DIR", w.join("cache"))
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        state["stats"]["requests"].as_u64().unwrap() as usize,
+        after - mounted,
+        "{state}"
+    );
+    assert_eq!(
+        state["stats"]["fetched_bytes"].as_u64().unwrap(),
+        bytes_after - mounted_bytes,
+        "{state}"
     );
 
     // Registry gone: a file not yet fetched fails with EIO near the deadline; cached data is served.
