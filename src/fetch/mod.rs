@@ -279,10 +279,19 @@ impl Fetcher {
             .max()
             .expect("runs are not empty");
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let fetched = layer
-            .registry
-            .blob_range(&layer.repo, &layer.digest, start, end - start)
-            .await;
+        // A request that outlives the read deadline is given up, so a stalled connection never
+        // holds a chunk's flight: the next read starts afresh.
+        let fetched = match tokio::time::timeout(
+            self.timeout,
+            layer
+                .registry
+                .blob_range(&layer.repo, &layer.digest, start, end - start),
+        )
+        .await
+        {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        };
         if let Ok(bytes) = &fetched {
             self.stats
                 .fetched_bytes
@@ -291,7 +300,7 @@ impl Fetcher {
         }
         for (chunk, flight) in run {
             let result = match &fetched {
-                Err(e) => Err(FetchError::Failed(e.to_string())),
+                Err(e) => Err(FetchError::Failed(e.clone())),
                 Ok(bytes) => {
                     let from = (chunk.blob_offset - start) as usize;
                     let raw = &bytes[from..from + chunk.blob_len as usize];
@@ -320,10 +329,12 @@ impl Fetcher {
         let mut last = String::new();
         for _ in 0..VERIFY_ATTEMPTS {
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let bytes = layer
+            let request = layer
                 .registry
-                .blob_range(&layer.repo, &layer.digest, chunk.blob_offset, chunk.blob_len)
+                .blob_range(&layer.repo, &layer.digest, chunk.blob_offset, chunk.blob_len);
+            let bytes = tokio::time::timeout(self.timeout, request)
                 .await
+                .map_err(|_| FetchError::Failed(format!("no answer within {:?}", self.timeout)))?
                 .map_err(|e| FetchError::Failed(e.to_string()))?;
             self.stats
                 .fetched_bytes

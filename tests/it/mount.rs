@@ -308,3 +308,73 @@ fn a_killed_daemon_is_cleared_by_umount_and_remounts_from_cache() {
     let m = Mounted::new(&f.converted, &w.join("mnt"), &cache, &[]);
     assert_same_tree(&m.point, &f.oracle);
 }
+
+#[test]
+fn faults_never_give_wrong_bytes_hangs_or_crashes() {
+    if !require_tools(&["docker-registry", "umoci", "skopeo", "python3", "setfattr", "mknod"])
+        || !require_root()
+        || !require_fuse()
+    {
+        return;
+    }
+    let f = fixture();
+    let w = f.work.path();
+    let mode = w.join("fault-mode");
+    std::fs::write(&mode, "pass").unwrap();
+    let port = crate::support::registry::free_port();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/fault_proxy.py");
+    let mut proxy = Command::new("python3")
+        .arg(script)
+        .args([&port.to_string(), &f.registry.addr])
+        .arg(&mode)
+        .stdout(std::process::Stdio::from(
+            std::fs::File::create(w.join("proxy.log")).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    let proxy_addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::support::registry::http_status(&proxy_addr, "/v2/").is_none() {
+        assert!(Instant::now() < deadline, "fault proxy did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let image = f.converted.replace(&f.registry.addr, &proxy_addr);
+    let m = Mounted::new(&image, &w.join("mnt"), &w.join("cache"), &["--fetch-timeout", "3"]);
+    let files = [
+        "etc/chmod-me",
+        "usr/bin/tool",
+        "usr/lib/libx.so.1",
+        "usr/bin/suid",
+        "home/user/notes",
+        "opt/replace/c",
+        "usr/lib/libx.so.2",
+    ];
+    let modes = ["drop", "stall", "truncate", "flip", "500", "503", "drop"];
+    for (file, fault) in files.iter().zip(modes) {
+        std::fs::write(&mode, fault).unwrap();
+        let started = Instant::now();
+        let got = std::fs::read(m.point.join(file));
+        let took = started.elapsed();
+        let err = got.expect_err(&format!("{fault}: reading {file} through a faulty registry succeeded"));
+        assert_eq!(err.raw_os_error(), Some(5), "{fault}: {err}");
+        assert!(took < Duration::from_secs(20), "{fault}: EIO took {took:?}");
+        assert!(m.daemon_alive(), "{fault}: the daemon died");
+        // The fault gone, the same file reads right: nothing wrong was kept.
+        std::fs::write(&mode, "pass").unwrap();
+        let expected = std::fs::read(f.oracle.join(file)).unwrap();
+        assert!(
+            std::fs::read(m.point.join(file)).unwrap() == expected,
+            "{fault}: wrong bytes after recovery"
+        );
+    }
+    let log = std::fs::read_to_string(w.join("proxy.log")).unwrap();
+    for fault in ["drop", "stall", "truncate", "flip", "500", "503"] {
+        assert!(
+            log.contains(&format!("FAULT {fault} ")),
+            "the proxy never injected {fault}:\n{log}"
+        );
+    }
+    drop(m);
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+}

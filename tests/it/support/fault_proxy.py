@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""A fault-injecting proxy in front of a registry, for tests.
+
+Usage: fault_proxy.py PORT UPSTREAM MODE_FILE
+Blob GETs (/v2/.../blobs/...) are treated according to the word in MODE_FILE, read at each
+request: pass, drop (close without answering), stall (answer nothing for 60 s), truncate
+(announce the full length, send half, close), flip (change one byte of the body), 500, 503.
+Everything else is forwarded untouched. Each faulted request is logged as `FAULT mode path`.
+"""
+import http.client
+import http.server
+import sys
+import time
+
+port, upstream, mode_file = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+
+def mode():
+    try:
+        return open(mode_file).read().strip() or "pass"
+    except OSError:
+        return "pass"
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def forward(self):
+        m = mode() if "/blobs/" in self.path and self.command == "GET" else "pass"
+        if m != "pass":
+            print(f"FAULT {m} {self.path}", flush=True)
+        if m == "drop":
+            self.close_connection = True
+            return
+        if m == "stall":
+            time.sleep(60)
+            self.close_connection = True
+            return
+        if m in ("500", "503"):
+            body = b'{"errors":[{"code":"UNAVAILABLE","message":"injected"}]}'
+            self.send_response(int(m))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+        conn = http.client.HTTPConnection(upstream, timeout=30)
+        conn.request(self.command, self.path, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        conn.close()
+        if m == "flip" and data:
+            data = bytearray(data)
+            data[len(data) // 2] ^= 0x55
+            data = bytes(data)
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        if m == "truncate":
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(data)
+
+    do_GET = do_HEAD = forward
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
+
+Server(("127.0.0.1", port), Handler).serve_forever()
