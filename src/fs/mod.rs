@@ -282,6 +282,18 @@ impl Filesystem for ImageFs {
         }
     }
 
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.node(ino) {
+            // Directories never change: the kernel may keep their listings.
+            Ok(n) if n.kind == EntryKind::Directory => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
+            Ok(_) => reply.error(errno(&OpError::NotDir)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let n = match self.node(ino) {
             Ok(n) if n.kind == EntryKind::Directory => n,
