@@ -59,7 +59,14 @@ impl ChunkStore {
         if let Some(f) = self.open.lock().get(digest) {
             return Ok(f.clone());
         }
-        let f = std::sync::Arc::new(std::fs::File::open(self.path(digest))?);
+        let file = std::fs::File::open(self.path(digest))?;
+        // Mark it used, for least-recently-used eviction (at most once per interval).
+        if let Ok(m) = file.metadata().and_then(|m| m.modified()) {
+            if m.elapsed().unwrap_or_default() > super::gc::TOUCH_INTERVAL {
+                let _ = file.set_modified(std::time::SystemTime::now());
+            }
+        }
+        let f = std::sync::Arc::new(file);
         self.open.lock().put(*digest, f.clone());
         Ok(f)
     }

@@ -12,6 +12,7 @@
 //! verified, then renamed); a conversion record names a blob that was complete when written.
 
 pub mod chunks;
+pub mod gc;
 
 use std::path::{Path, PathBuf};
 

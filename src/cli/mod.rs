@@ -37,6 +37,34 @@ pub enum Command {
     Umount(UmountArgs),
     /// Show what a mount has fetched: bytes and requests per layer, cache hits, wait latency.
     Stats(StatsArgs),
+    /// Look after the local cache: `stats`, `ls`, `gc --max-bytes N`.
+    Cache(CacheArgs),
+}
+
+/// `lamina cache`.
+#[derive(Args, Debug)]
+pub struct CacheArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: CacheAction,
+    /// Cache directory (default: $LAMINA_CACHE_DIR, /var/lib/lamina as root, else ~/.cache/lamina).
+    #[arg(long, global = true)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `lamina cache` actions.
+#[derive(Subcommand, Debug)]
+pub enum CacheAction {
+    /// Count chunks, blobs and indexes and their bytes.
+    Stats,
+    /// List the layers indexed in the cache and how much of each is local.
+    Ls,
+    /// Evict least recently used chunks down to a quota; remove stale work files.
+    Gc {
+        /// The quota for chunks, in bytes (0 empties the chunk store).
+        #[arg(long)]
+        max_bytes: u64,
+    },
 }
 
 /// `lamina stats`.
@@ -66,6 +94,9 @@ pub struct MountArgs {
     /// Seconds a read waits for a chunk before failing with EIO.
     #[arg(long, default_value_t = crate::fetch::DEFAULT_FETCH_TIMEOUT.as_secs())]
     pub fetch_timeout: u64,
+    /// Keep cached chunks within this many bytes, evicting the least recently used.
+    #[arg(long)]
+    pub cache_max_bytes: Option<u64>,
     /// Cache directory (default: $LAMINA_CACHE_DIR, /var/lib/lamina as root, else ~/.cache/lamina).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -203,6 +234,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mount(args) => mount(args, &runtime),
         Command::Umount(args) => crate::mount::unmount(&args.mountpoint).map_err(anyhow::Error::msg),
         Command::Stats(args) => stats(args),
+        Command::Cache(args) => cache(args),
     }
 }
 
@@ -382,6 +414,7 @@ fn mount(args: MountArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<(
         client: args.registry.client_options()?,
         cache_dir,
         fetch_timeout: std::time::Duration::from_secs(args.fetch_timeout.max(1)),
+        cache_max_bytes: args.cache_max_bytes,
     };
     let prepared = match runtime.block_on(crate::mount::prepare(&args.image, &options)) {
         Ok(p) => p,
@@ -520,6 +553,63 @@ fn stats(args: StatsArgs) -> anyhow::Result<()> {
             mb(c.bytes),
             c.requests
         );
+    }
+    Ok(())
+}
+
+fn cache(args: CacheArgs) -> anyhow::Result<()> {
+    let dir = args.cache_dir.clone().unwrap_or_else(crate::cache::default_cache_dir);
+    match args.action {
+        CacheAction::Stats => {
+            let u = crate::cache::gc::usage(&dir);
+            println!("cache   {}", dir.display());
+            println!("chunks  {:>8} {:>12}", u.chunks, mb(u.chunk_bytes));
+            println!("blobs   {:>8} {:>12}", u.blobs, mb(u.blob_bytes));
+            println!("indexes {:>8} {:>12}", u.indexes, mb(u.index_bytes));
+        }
+        CacheAction::Ls => {
+            let store = crate::cache::chunks::ChunkStore::open(&dir)?;
+            let Ok(entries) = std::fs::read_dir(dir.join("indexes")) else {
+                return Ok(());
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(hex) = name.strip_suffix(".lidx") else {
+                    continue;
+                };
+                match crate::index::disk::load(&e.path()) {
+                    Ok(ix) => {
+                        let total: u64 = ix.chunks.iter().map(|c| c.len).sum();
+                        let here: u64 = ix
+                            .chunks
+                            .iter()
+                            .filter(|c| store.contains(&c.digest))
+                            .map(|c| c.len)
+                            .sum();
+                        let share = if total == 0 {
+                            100.0
+                        } else {
+                            100.0 * here as f64 / total as f64
+                        };
+                        println!(
+                            "sha256:{hex} {:>7} entries {:>12} of files, {share:5.1}% local",
+                            ix.entries.len(),
+                            mb(total)
+                        );
+                    }
+                    Err(err) => println!("sha256:{hex} unreadable: {err}"),
+                }
+            }
+        }
+        CacheAction::Gc { max_bytes } => {
+            let c = crate::cache::gc::collect(&dir, max_bytes);
+            println!(
+                "evicted {} chunks ({}), removed {} stale work files",
+                c.chunks,
+                mb(c.bytes),
+                c.temp_files
+            );
+        }
     }
     Ok(())
 }

@@ -177,11 +177,16 @@ impl ImageFs {
             let from = offset.max(c.file_offset);
             let to = end.min(c.file_offset + c.len);
             let dst = &mut out[(from - offset) as usize..(to - offset) as usize];
-            let got = self
-                .fetcher
-                .store()
-                .read_at(&c.digest, from - c.file_offset, dst)
-                .map_err(OpError::Io)?;
+            let store = self.fetcher.store();
+            let got = match store.read_at(&c.digest, from - c.file_offset, dst) {
+                // Evicted since it was checked (another process collected the cache): fetch again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.fetcher.ensure(&self.sources[layer], c).map_err(OpError::Fetch)?;
+                    store.read_at(&c.digest, from - c.file_offset, dst)
+                }
+                r => r,
+            }
+            .map_err(OpError::Io)?;
             if got != dst.len() {
                 return Err(OpError::Io(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,

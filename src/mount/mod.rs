@@ -40,6 +40,8 @@ pub struct MountOptions {
     pub cache_dir: PathBuf,
     /// How long a read waits for a missing chunk.
     pub fetch_timeout: Duration,
+    /// Keep the cache's chunks within this many bytes (least recently used go first).
+    pub cache_max_bytes: Option<u64>,
 }
 
 /// A mount could not be set up.
@@ -134,6 +136,8 @@ pub struct MountState {
 
 /// How often a mount's state file is rewritten.
 const STATE_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a mount with a cache quota collects.
+const GC_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The state file of the mount at `mountpoint`.
 pub fn state_path(cache_dir: &Path, mountpoint: &Path) -> PathBuf {
@@ -192,8 +196,21 @@ pub fn serve(
             let publisher = {
                 let (stop, state, image, mountpoint) =
                     (stop.clone(), state.clone(), image.to_string(), mountpoint.to_path_buf());
+                let (quota, cache_dir) = (options.cache_max_bytes, options.cache_dir.clone());
                 std::thread::spawn(move || {
+                    let mut last_gc = std::time::Instant::now() - GC_INTERVAL;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if let Some(max) = quota.filter(|_| last_gc.elapsed() >= GC_INTERVAL) {
+                            let c = crate::cache::gc::collect(&cache_dir, max);
+                            if c.chunks > 0 {
+                                tracing::info!(
+                                    chunks = c.chunks,
+                                    bytes = c.bytes,
+                                    "cache over its quota: evicted least recently used chunks"
+                                );
+                            }
+                            last_gc = std::time::Instant::now();
+                        }
                         let s = MountState {
                             image: image.clone(),
                             mountpoint: mountpoint.clone(),

@@ -177,6 +177,32 @@ fn mounted_tree_equals_umoci_unpack_and_warm_mounts_fetch_nothing() {
         cold,
         "a warm mount fetched blob bytes"
     );
+    drop(m);
+
+    // Another image (another repository) with the same layers: its chunks are already local.
+    let other = format!("{}/mnt-other:t", f.registry.addr);
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false"])
+        .arg(format!("docker://{}", f.converted))
+        .arg(format!("docker://{other}")));
+    let m = Mounted::new(&other, &w.join("mnt3"), &cache, &[]);
+    assert_same_tree(&m.point, &f.oracle);
+    assert_eq!(
+        blob_gets(&f.registry, "mnt-other", &config),
+        0,
+        "shared chunks were fetched again"
+    );
+
+    // Evicting everything under a live mount: reads still give the right bytes (re-fetched).
+    let out = lamina()
+        .args(["cache", "gc", "--max-bytes", "0"])
+        .env("LAMINA_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("evicted"), "{out:?}");
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    assert_same_tree(&m.point, &f.oracle);
 }
 
 #[test]
