@@ -223,6 +223,12 @@ impl Fetcher {
                     .map_err(|e| FetchError::Failed(e.to_string()))?;
                 continue;
             }
+            if layer.codec == ChunkCodec::Stream {
+                return Err(FetchError::Failed(format!(
+                    "layer {} has no random access and its chunk left the cache; mount the image again",
+                    layer.digest
+                )));
+            }
             let mut map = self.inflight.lock();
             match map.get(&chunk.digest) {
                 Some(f) => waits.push(f.clone()),

@@ -14,6 +14,9 @@ pub enum ChunkCodec {
     Zstd,
     /// gzip members (eStargz), the chunk starting `inner_offset` into its member.
     Gzip,
+    /// No random access (a plain tar layer): chunks exist only in the chunk store, put there
+    /// while the whole layer was streamed.
+    Stream,
 }
 
 /// Why a chunk was refused.
@@ -51,6 +54,9 @@ pub fn decode_chunk(codec: ChunkCodec, chunk: &Chunk, compressed: &[u8]) -> Resu
         ChunkCodec::Zstd => {
             let d = zstd::stream::read::Decoder::with_buffer(compressed).map_err(|e| decode_err(e.to_string()))?;
             d.take(chunk.len + 1).read_to_end(&mut out)
+        }
+        ChunkCodec::Stream => {
+            return Err(decode_err("a plain layer's chunks cannot be fetched one by one".into()));
         }
         ChunkCodec::Gzip => {
             let mut d = flate2::bufread::GzDecoder::new(compressed);

@@ -10,6 +10,7 @@ pub mod chunk;
 pub mod compression;
 pub mod estargz;
 pub mod locate;
+pub mod plain;
 pub mod tar;
 pub mod tar_scan;
 pub mod toc;

@@ -5,7 +5,7 @@
 //! offset  size          field
 //! 0       8             magic "LAMIDX01"
 //! 8       4             version (1)
-//! 12      4             flags: chunk codec (0 zstd, 1 gzip)
+//! 12      4             flags: chunk codec (0 zstd, 1 gzip, 2 stream-only)
 //! 16      8             entry_count  E
 //! 24      8             chunk_count  C
 //! 32      8             xattr_count  X
@@ -125,6 +125,7 @@ pub fn encode(index: &LayerIndex) -> Vec<u8> {
     let codec: u32 = match index.codec {
         ChunkCodec::Zstd => 0,
         ChunkCodec::Gzip => 1,
+        ChunkCodec::Stream => 2,
     };
     out.extend_from_slice(&codec.to_le_bytes());
     for v in [
@@ -195,6 +196,7 @@ pub fn decode_unchecked(body: &[u8]) -> Result<LayerIndex, IndexFormatError> {
     let codec = match r.u32(12)? {
         0 => ChunkCodec::Zstd,
         1 => ChunkCodec::Gzip,
+        2 => ChunkCodec::Stream,
         other => return Err(IndexFormatError(format!("unknown chunk codec {other}"))),
     };
     let (ne, nc, nx, ns) = (count(16)?, count(24)?, count(32)?, count(40)?);

@@ -18,7 +18,7 @@ use fuser::{Config, MountOption, SessionACL};
 use crate::cache::chunks::ChunkStore;
 use crate::cache::CacheDir;
 use crate::fetch::{Fetcher, LayerSource};
-use crate::format::locate::{read_layer_toc, LazyFormat, LocateError};
+use crate::format::locate::{read_layer_toc, LocateError};
 use crate::fs::ImageFs;
 use crate::index::{disk, LayerIndex};
 use crate::reference::ImageRef;
@@ -56,8 +56,8 @@ pub enum MountError {
     /// The layers could not be merged.
     #[error(transparent)]
     Union(#[from] UnionError),
-    /// A layer has no TOC.
-    #[error("layer {0} has no table of contents (a plain tar layer), so it cannot be mounted lazily yet; convert the image with `lamina convert`")]
+    /// A plain layer could not be streamed and indexed.
+    #[error("plain layer {0}")]
     Plain(String),
     /// Local trouble.
     #[error("{0}")]
@@ -92,10 +92,10 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
                 return Ok(index);
             }
             let toc = read_layer_toc(&registry, &reference.repository, l).await?;
-            if toc.format == LazyFormat::Plain {
-                return Err(MountError::Plain(l.digest.to_string()));
-            }
-            let index = toc.index.expect("lazy formats have an index");
+            let index = match toc.index {
+                Some(index) => index,
+                None => stream_plain_layer(&registry, &reference.repository, l, &cache, &options.cache_dir).await?,
+            };
             if let Err(e) = disk::save(&index, &path) {
                 tracing::warn!(error = %e, "could not keep the layer index");
             }
@@ -153,6 +153,50 @@ fn write_state(path: &Path, state: &MountState) {
             let _ = std::fs::rename(&tmp, path);
         }
     }
+}
+
+/// A plain layer has no TOC: stream it once, indexing it and putting every file's bytes into
+/// the chunk store; the next mount then needs nothing from the registry.
+async fn stream_plain_layer(
+    registry: &Arc<Registry>,
+    repo: &str,
+    layer: &crate::registry::resolve::Layer,
+    cache: &CacheDir,
+    cache_dir: &Path,
+) -> Result<LayerIndex, MountError> {
+    let fail = |what: String| MountError::Plain(format!("{}: {what}", layer.digest));
+    tracing::info!(layer = %layer.digest, bytes = layer.size, "plain layer: streaming it whole to index it");
+    let store = ChunkStore::open(cache_dir).map_err(|e| fail(format!("chunk store: {e}")))?;
+    let spool =
+        crate::pull::spool::Spool::create(&cache.temp_path("plain")).map_err(|e| fail(format!("spool: {e}")))?;
+    let download = tokio::spawn(crate::pull::download::download_layer(
+        registry.clone(),
+        repo.to_string(),
+        layer.clone(),
+        spool.clone(),
+        |_| {},
+    ));
+    let reader = spool.reader().map_err(|e| fail(format!("spool: {e}")))?;
+    let (compression, diff_id) = (layer.compression, layer.diff_id.clone());
+    let indexed = tokio::task::spawn_blocking(move || -> std::io::Result<LayerIndex> {
+        let tar = crate::format::compression::decompressor(reader, compression)?;
+        let mut hashing = crate::digest::HashingReader::new(tar);
+        let index = crate::format::plain::index_plain_layer(&mut hashing, &store)?;
+        let (actual, _) = hashing.finish();
+        if actual != diff_id {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("uncompressed digest {actual} does not match diff_id {diff_id}"),
+            ));
+        }
+        Ok(index)
+    })
+    .await
+    .map_err(|e| fail(format!("indexer: {e}")))?;
+    let downloaded = download.await.map_err(|e| fail(format!("download: {e}")))?;
+    let _ = std::fs::remove_file(spool.path());
+    downloaded.map_err(|e| fail(e.to_string()))?;
+    indexed.map_err(|e| fail(e.to_string()))
 }
 
 /// Serve `prepared` at `mountpoint` until it is unmounted. `ready` is told once the mount is

@@ -404,3 +404,29 @@ fn faults_never_give_wrong_bytes_hangs_or_crashes() {
     let _ = proxy.kill();
     let _ = proxy.wait();
 }
+
+#[test]
+fn plain_gzip_images_mount_and_then_come_from_the_cache() {
+    if !require_tools(&["docker-registry", "umoci", "skopeo", "setfattr", "mknod"])
+        || !require_root()
+        || !require_fuse()
+    {
+        return;
+    }
+    let f = fixture();
+    let w = f.work.path();
+    let plain = f.converted.replace("/mnt-zc:", "/mnt-src:");
+    let config = config_digest(&plain);
+    let cache = w.join("cache");
+    let m = Mounted::new(&plain, &w.join("mnt"), &cache, &[]);
+    assert_same_tree(&m.point, &f.oracle);
+    let first = blob_gets(&f.registry, "mnt-src", &config);
+    drop(m);
+    let m = Mounted::new(&plain, &w.join("mnt2"), &cache, &[]);
+    assert_same_tree(&m.point, &f.oracle);
+    assert_eq!(
+        blob_gets(&f.registry, "mnt-src", &config),
+        first,
+        "a second mount of a plain image fetched blob bytes"
+    );
+}

@@ -1,0 +1,129 @@
+//! Indexing a plain tar layer (no TOC) by streaming it once: every entry goes into a
+//! [`LayerIndex`], and every regular file's bytes go into the chunk store as they pass, so the
+//! layer then mounts from the cache alone.
+//!
+//! Chunks are fixed pieces of `PLAIN_CHUNK_BYTES` (files smaller than that are one chunk): the
+//! bytes are already here, so nothing is gained by content-defined boundaries, and the pieces
+//! bound the memory used per file.
+
+use std::io::{self, Read};
+
+use crate::cache::chunks::ChunkStore;
+use crate::changeset::LayerPath;
+use crate::format::chunk::ChunkCodec;
+use crate::format::tar::{entry_meta, is_metadata_only, EntryKind};
+use crate::index::{Chunk, ChunkKind, IndexEntry, LayerIndex};
+
+/// Size of the pieces a plain layer's files are cut into.
+pub const PLAIN_CHUNK_BYTES: usize = 1 << 20;
+
+fn raw(d: &crate::digest::Digest) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(d.hex(), &mut out).expect("64 hex digits");
+    out
+}
+
+/// Stream an uncompressed layer tar into an index, storing file contents as chunks. Reads the
+/// stream to its end.
+pub fn index_plain_layer<R: Read>(tar: R, store: &ChunkStore) -> io::Result<LayerIndex> {
+    let mut index = LayerIndex {
+        codec: ChunkCodec::Stream,
+        ..LayerIndex::default()
+    };
+    let mut archive = tar::Archive::new(tar);
+    let mut buf = vec![0u8; PLAIN_CHUNK_BYTES];
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if is_metadata_only(entry.header().entry_type()) {
+            continue;
+        }
+        let meta = entry_meta(&mut entry)?;
+        let bad = |e: crate::changeset::PathError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+        let path = LayerPath::normalize(&meta.path).map_err(bad)?;
+        let link = match (&meta.kind, &meta.link) {
+            (EntryKind::HardLink, Some(l)) => LayerPath::normalize(l).map_err(bad)?.as_bytes().to_vec(),
+            (_, l) => l.clone().unwrap_or_default(),
+        };
+        let first_chunk = index.chunks.len() as u32;
+        let mut file_hash = crate::digest::Hasher::new();
+        let mut offset = 0u64;
+        if meta.kind == EntryKind::Regular {
+            while offset < meta.size {
+                let want = (meta.size - offset).min(PLAIN_CHUNK_BYTES as u64) as usize;
+                entry.read_exact(&mut buf[..want])?;
+                let data = &buf[..want];
+                file_hash.update(data);
+                let digest = raw(&crate::digest::Digest::of(data));
+                store.put(&digest, data)?;
+                index.chunks.push(Chunk {
+                    file_offset: offset,
+                    len: want as u64,
+                    blob_offset: 0,
+                    blob_len: 0,
+                    inner_offset: 0,
+                    digest,
+                    kind: if data.iter().all(|b| *b == 0) {
+                        ChunkKind::Zeros
+                    } else {
+                        ChunkKind::Data
+                    },
+                });
+                offset += want as u64;
+            }
+        }
+        index.entries.push(IndexEntry {
+            path,
+            kind: meta.kind,
+            mode: meta.mode,
+            uid: meta.uid,
+            gid: meta.gid,
+            mtime_secs: meta.mtime_secs,
+            mtime_nanos: meta.mtime_nanos,
+            size: if meta.kind == EntryKind::Regular { meta.size } else { 0 },
+            link,
+            dev_major: meta.dev_major,
+            dev_minor: meta.dev_minor,
+            xattrs: meta.xattrs,
+            digest: (meta.kind == EntryKind::Regular && meta.size > 0).then(|| raw(&file_hash.finish())),
+            first_chunk,
+            chunk_count: index.chunks.len() as u32 - first_chunk,
+        });
+    }
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink())?;
+    Ok(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_indexed_and_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let big: Vec<u8> = (0..(PLAIN_CHUNK_BYTES * 2 + 10)).map(|i| (i % 253) as u8).collect();
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in [("a/small", &b"hello"[..]), ("a/big", &big[..]), ("a/empty", &b""[..])] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            b.append_data(&mut h, name, data).unwrap();
+        }
+        let index = index_plain_layer(b.into_inner().unwrap().as_slice(), &store).unwrap();
+        assert_eq!(index.entries.len(), 3);
+        let big_entry = &index.entries[1];
+        assert_eq!(index.chunks_of(big_entry).len(), 3);
+        let mut got = Vec::new();
+        for c in index.chunks_of(big_entry) {
+            let mut piece = vec![0u8; c.len as usize];
+            assert_eq!(store.read_at(&c.digest, 0, &mut piece).unwrap(), piece.len());
+            got.extend(piece);
+        }
+        assert_eq!(got, big);
+        assert_eq!(index.chunks_of(&index.entries[2]).len(), 0);
+    }
+}
