@@ -430,3 +430,65 @@ fn plain_gzip_images_mount_and_then_come_from_the_cache() {
         "a second mount of a plain image fetched blob bytes"
     );
 }
+
+#[test]
+fn hostile_images_never_reach_outside_through_the_mount() {
+    if !require_tools(&["docker-registry", "skopeo"]) || !require_root() || !require_fuse() {
+        return;
+    }
+    use crate::support::layout::{Entry, Layer, Layout};
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let canary = w.join("canary");
+    std::fs::create_dir_all(&canary).unwrap();
+    std::fs::write(canary.join("secret"), b"host secret").unwrap();
+    let c = canary.to_str().unwrap();
+    let secret = format!("{c}/secret");
+    let push = |name: &str, layers: Vec<Vec<Entry<'_>>>| {
+        let mut layout = Layout::create(&w.join(format!("layout-{name}")));
+        let built: Vec<Layer> = layers.iter().map(|l| Layer::gzip(l)).collect();
+        let desc = layout.image(&built, "amd64");
+        layout.tag("t", desc);
+        let image = format!("{}/hostile-{name}:t", registry.addr);
+        skopeo_push(&layout.dir, "t", &image, None, false);
+        image
+    };
+    let image = push(
+        "links",
+        vec![
+            vec![Entry::Symlink("evil", c), Entry::Symlink("lnk", &secret)],
+            vec![Entry::File("evil/planted", 0o644, b"inside"), Entry::Link("hl", "lnk")],
+        ],
+    );
+    let m = Mounted::new(&image, &w.join("mnt"), &w.join("cache"), &[]);
+    // The lower symlink was replaced by a directory, not followed.
+    assert!(m.point.join("evil").is_dir() && !m.point.join("evil").is_symlink());
+    assert_eq!(std::fs::read(m.point.join("evil/planted")).unwrap(), b"inside");
+    // Symlinks are served as text; the daemon never opens what they name.
+    assert_eq!(
+        std::fs::read_link(m.point.join("lnk")).unwrap().to_str().unwrap(),
+        secret
+    );
+    assert!(std::fs::symlink_metadata(m.point.join("hl"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(crate::support::dir_names(&canary), ["secret"]);
+    assert_eq!(std::fs::read(canary.join("secret")).unwrap(), b"host secret");
+    drop(m);
+
+    // `..` refuses the mount with an error naming the entry.
+    let image = push("dotdot", vec![vec![Entry::File("../../escape", 0o644, b"x")]]);
+    std::fs::create_dir_all(w.join("mnt2")).unwrap();
+    let out = lamina()
+        .arg("mount")
+        .arg(&image)
+        .arg(w.join("mnt2"))
+        .env("LAMINA_CACHE_DIR", w.join("cache"))
+        .output()
+        .unwrap();
+    let err = crate::support::assert_failed(&out);
+    assert!(err.contains("../../escape"), "{err}");
+    assert_eq!(crate::support::dir_names(&w.join("mnt2")), Vec::<String>::new());
+}
