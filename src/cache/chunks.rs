@@ -19,6 +19,7 @@ const OPEN_FILES: usize = 512;
 #[derive(Clone)]
 pub struct ChunkStore {
     root: PathBuf,
+    files: PathBuf,
     tmp: PathBuf,
     open: std::sync::Arc<parking_lot::Mutex<lru::LruCache<[u8; 32], std::sync::Arc<std::fs::File>>>>,
 }
@@ -33,12 +34,15 @@ impl ChunkStore {
     /// Open (creating) the store under `cache_root`.
     pub fn open(cache_root: &Path) -> io::Result<ChunkStore> {
         let root = cache_root.join("chunks/sha256");
+        let files = cache_root.join("files/sha256");
         let tmp = cache_root.join("tmp");
+        std::fs::create_dir_all(&files)?;
         std::fs::create_dir_all(&root)?;
         std::fs::create_dir_all(&tmp)?;
         let open = lru::LruCache::new(std::num::NonZeroUsize::new(OPEN_FILES).expect("not zero"));
         Ok(ChunkStore {
             root,
+            files,
             tmp,
             open: std::sync::Arc::new(parking_lot::Mutex::new(open)),
         })
@@ -93,6 +97,78 @@ impl ChunkStore {
         ));
         std::fs::write(&tmp, data)?;
         std::fs::rename(&tmp, &dest)
+    }
+
+    /// Where the assembled copy of a multi-chunk file lives (keyed by the file's digest).
+    pub fn assembled_path(&self, file_digest: &[u8; 32]) -> PathBuf {
+        let hex = hex::encode(file_digest);
+        self.files.join(&hex[..2]).join(hex)
+    }
+
+    /// Read from the assembled copy of a file, if there is one.
+    pub fn read_assembled(&self, file_digest: &[u8; 32], offset: u64, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        // Assembled files share the open-file cache under a key that cannot be a chunk's:
+        // the digest with its first byte flipped.
+        let mut key = *file_digest;
+        key[0] ^= 0xff;
+        let cached = self.open.lock().get(&key).cloned();
+        let f = match cached {
+            Some(f) => f,
+            None => match std::fs::File::open(self.assembled_path(file_digest)) {
+                Ok(f) => {
+                    let f = std::sync::Arc::new(f);
+                    self.open.lock().put(key, f.clone());
+                    f
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            },
+        };
+        let mut done = 0;
+        while done < buf.len() {
+            let n = f.read_at(&mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        Ok(Some(done))
+    }
+
+    /// Copy a file's chunks, all present, into one local file (verified against the file's
+    /// digest), so later reads are one `pread`. Returns whether the file is now assembled.
+    pub fn assemble(&self, file_digest: &[u8; 32], chunks: &[[u8; 32]]) -> io::Result<bool> {
+        let dest = self.assembled_path(file_digest);
+        if dest.exists() {
+            return Ok(true);
+        }
+        if !chunks.iter().all(|c| self.contains(c)) {
+            return Ok(false);
+        }
+        std::fs::create_dir_all(dest.parent().expect("has a parent"))?;
+        let tmp = self.tmp.join(format!(
+            "file.{}.{}",
+            hex::encode(&file_digest[..8]),
+            std::process::id()
+        ));
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let mut hasher = crate::digest::Hasher::new();
+        for c in chunks {
+            let data = std::fs::read(self.path(c))?;
+            hasher.update(&data);
+            std::io::Write::write_all(&mut out, &data)?;
+        }
+        std::io::Write::flush(&mut out)?;
+        drop(out);
+        if hasher.finish().hex() != hex::encode(file_digest) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "assembled file does not match its digest",
+            ));
+        }
+        std::fs::rename(&tmp, &dest)?;
+        Ok(true)
     }
 
     /// Read `buf.len()` bytes of a chunk from `offset` (fewer at its end).

@@ -18,7 +18,7 @@ const STALE_TMP: Duration = Duration::from_secs(3600);
 /// What is in the cache.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
-    /// Chunk files.
+    /// Chunk files (and assembled files).
     pub chunks: u64,
     /// Their bytes.
     pub chunk_bytes: u64,
@@ -52,6 +52,8 @@ pub fn usage(root: &Path) -> Usage {
         (v.len() as u64, v.iter().map(|f| f.1).sum::<u64>())
     };
     let (chunks, chunk_bytes) = count("chunks");
+    let (assembled, assembled_bytes) = count("files");
+    let (chunks, chunk_bytes) = (chunks + assembled, chunk_bytes + assembled_bytes);
     let (blobs, blob_bytes) = count("blobs");
     let (indexes, index_bytes) = count("indexes");
     Usage {
@@ -87,8 +89,10 @@ pub fn collect(root: &Path, max_bytes: u64) -> Collected {
             out.temp_files += 1;
         }
     }
+    // Chunks and assembled files share the quota; least recently used go first, whichever.
     let mut chunks = Vec::new();
     files(&root.join("chunks"), &mut chunks);
+    files(&root.join("files"), &mut chunks);
     let mut total: u64 = chunks.iter().map(|c| c.1).sum();
     if total <= max_bytes {
         return out;

@@ -5,6 +5,9 @@
 //!   blobs/sha256/<hex>              whole blobs lamina wrote (converted layers), named by digest
 //!   conversions/<src-hex>.<opts>.json   source layer → converted layer record
 //!   indexes/<layer-hex>.lidx            a layer's index (index::disk format), built from its TOC
+//!   chunks/sha256/ab/<hex>             one uncompressed chunk, named by its sha256 (chunks.rs)
+//!   files/sha256/ab/<hex>              a multi-chunk file assembled whole, named by its sha256
+//!   mounts/<key>.json                  a running mount's counters (lamina stats)
 //!   tmp/                            work files, renamed into place when complete
 //! ```
 //!

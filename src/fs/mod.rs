@@ -156,6 +156,40 @@ impl ImageFs {
             return Ok(Vec::new());
         }
         let index = &self.layers[layer];
+        let entry_ix = &index.entries[entry];
+        let assembled = entry_ix.chunk_count > 1 && entry_ix.digest.is_some();
+        if let Some(digest) = entry_ix.digest.filter(|_| assembled) {
+            let mut out = vec![0u8; (end - offset) as usize];
+            if let Some(got) = self
+                .fetcher
+                .store()
+                .read_assembled(&digest, offset, &mut out)
+                .map_err(OpError::Io)?
+            {
+                if got == out.len() {
+                    return Ok(out);
+                }
+            }
+        }
+        let data = self.read_chunks(layer, entry, offset, end)?;
+        if assembled && end == n.size {
+            // The file has been read to its end: if every chunk is here, keep one copy of it
+            // whole, so later reads (this mount's and the next) are one pread.
+            let digests: Vec<[u8; 32]> = index.chunks_of(entry_ix).iter().map(|c| c.digest).collect();
+            if let Err(e) = self
+                .fetcher
+                .store()
+                .assemble(&entry_ix.digest.expect("checked"), &digests)
+            {
+                tracing::debug!(ino = ino.0, error = %e, "could not assemble the file");
+            }
+        }
+        Ok(data)
+    }
+
+    /// The bytes `offset..end` of a file from its chunks, fetching missing ones.
+    fn read_chunks(&self, layer: usize, entry: usize, offset: u64, end: u64) -> Result<Vec<u8>, OpError> {
+        let index = &self.layers[layer];
         let chunks = index.chunks_of(&index.entries[entry]);
         let mut out = vec![0u8; (end - offset) as usize];
         let first = chunks.partition_point(|c| c.file_offset + c.len <= offset);
