@@ -146,8 +146,10 @@ impl ChunkStore {
             return Ok(false);
         }
         std::fs::create_dir_all(dest.parent().expect("has a parent"))?;
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = self.tmp.join(format!(
-            "file.{}.{}",
+            "file.{}.{}.{n}",
             hex::encode(&file_digest[..8]),
             std::process::id()
         ));
@@ -204,6 +206,34 @@ mod tests {
         let mut buf = [0u8; 5];
         assert_eq!(store.read_at(&d, 6, &mut buf).unwrap(), 5);
         assert_eq!(&buf, b"bytes");
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn files_are_assembled_only_whole_and_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let raw = |d: &[u8]| {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(Digest::of(d).hex(), &mut out).unwrap();
+            out
+        };
+        let (a, b) = (b"first part ".to_vec(), b"second part".to_vec());
+        let whole = [a.clone(), b.clone()].concat();
+        let (da, db, dw) = (raw(&a), raw(&b), raw(&whole));
+        store.put(&da, &a).unwrap();
+        assert!(
+            !store.assemble(&dw, &[da, db]).unwrap(),
+            "assembled with a chunk missing"
+        );
+        store.put(&db, &b).unwrap();
+        assert!(store.assemble(&dw, &[da, db]).unwrap());
+        let mut buf = vec![0u8; 6];
+        assert_eq!(store.read_assembled(&dw, 11, &mut buf).unwrap(), Some(6));
+        assert_eq!(&buf, b"second");
+        // A wrong file digest is refused and leaves nothing behind.
+        assert!(store.assemble(&da, &[da, db]).is_err());
+        assert_eq!(store.read_assembled(&raw(b"nothing"), 0, &mut buf).unwrap(), None);
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 }

@@ -158,31 +158,18 @@ impl ImageFs {
         let index = &self.layers[layer];
         let entry_ix = &index.entries[entry];
         let assembled = entry_ix.chunk_count > 1 && entry_ix.digest.is_some();
-        if let Some(digest) = entry_ix.digest.filter(|_| assembled) {
-            let mut out = vec![0u8; (end - offset) as usize];
-            if let Some(got) = self
-                .fetcher
-                .store()
-                .read_assembled(&digest, offset, &mut out)
-                .map_err(OpError::Io)?
-            {
-                if got == out.len() {
-                    return Ok(out);
-                }
-            }
-        }
         let data = self.read_chunks(layer, entry, offset, end)?;
         if assembled && end == n.size {
             // The file has been read to its end: if every chunk is here, keep one copy of it
             // whole, so later reads (this mount's and the next) are one pread.
+            // In the background: the read that finished the file does not wait for the copy.
             let digests: Vec<[u8; 32]> = index.chunks_of(entry_ix).iter().map(|c| c.digest).collect();
-            if let Err(e) = self
-                .fetcher
-                .store()
-                .assemble(&entry_ix.digest.expect("checked"), &digests)
-            {
-                tracing::debug!(ino = ino.0, error = %e, "could not assemble the file");
-            }
+            let (store, file_digest) = (self.fetcher.store().clone(), entry_ix.digest.expect("checked"));
+            std::thread::spawn(move || {
+                if let Err(e) = store.assemble(&file_digest, &digests) {
+                    tracing::debug!(error = %e, "could not assemble a file");
+                }
+            });
         }
         Ok(data)
     }
@@ -229,6 +216,40 @@ impl ImageFs {
             }
         }
         Ok(out)
+    }
+
+    /// Serve a read from the assembled copy of a multi-chunk file, if there is one, into a
+    /// per-thread buffer (no allocation or zeroing per read). Gives the reply back if not.
+    fn read_assembled(&self, ino: INodeNo, offset: u64, size: u32, reply: ReplyData) -> Option<ReplyData> {
+        thread_local! {
+            static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let Ok(n) = self.node(ino) else { return Some(reply) };
+        let Some((layer, entry)) = n.source else {
+            return Some(reply);
+        };
+        let e = &self.layers[layer].entries[entry];
+        let (Some(digest), true) = (e.digest, e.chunk_count > 1) else {
+            return Some(reply);
+        };
+        let end = (offset + size as u64).min(n.size);
+        if offset >= end {
+            return Some(reply);
+        }
+        let len = (end - offset) as usize;
+        BUFFER.with(|b| {
+            let mut b = b.borrow_mut();
+            if b.len() < len {
+                b.resize(len, 0);
+            }
+            match self.fetcher.store().read_assembled(&digest, offset, &mut b[..len]) {
+                Ok(Some(got)) if got == len => {
+                    reply.data(&b[..len]);
+                    None
+                }
+                _ => Some(reply),
+            }
+        })
     }
 
     /// `getxattr`: one value.
@@ -312,6 +333,9 @@ impl Filesystem for ImageFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let Some(reply) = self.read_assembled(ino, offset, size, reply) else {
+            return;
+        };
         match self.op_read(ino, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => {
