@@ -287,6 +287,9 @@ impl Filesystem for ImageFs {
         if let Err(max) = config.set_max_readahead(KERNEL_READAHEAD_BYTES) {
             let _ = config.set_max_readahead(max);
         }
+        // Listings come with attributes: one round trip per directory, not one per entry.
+        let _ =
+            config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO);
         Ok(())
     }
 
@@ -373,6 +376,37 @@ impl Filesystem for ImageFs {
             .map(|(name, c)| (*c, file_type(self.union.node(*c).kind), name.as_slice()));
         for (i, (child, kind, name)) in dots.into_iter().chain(children).enumerate().skip(offset as usize) {
             if reply.add(INodeNo(child), (i + 1) as u64, kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: fuser::ReplyDirectoryPlus,
+    ) {
+        let n = match self.node(ino) {
+            Ok(n) if n.kind == EntryKind::Directory => n,
+            Ok(_) => return reply.error(errno(&OpError::NotDir)),
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let dots = [(ino.0, &b"."[..]), (n.parent, &b".."[..])];
+        let children = n.children.iter().map(|(name, c)| (*c, name.as_slice()));
+        for (i, (child, name)) in dots.into_iter().chain(children).enumerate().skip(offset as usize) {
+            let attr = self.attr(child, self.union.node(child));
+            if reply.add(
+                INodeNo(child),
+                (i + 1) as u64,
+                OsStr::from_bytes(name),
+                &TTL,
+                &attr,
+                Generation(0),
+            ) {
                 break;
             }
         }
