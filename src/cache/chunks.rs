@@ -48,6 +48,17 @@ impl ChunkStore {
         })
     }
 
+    /// A fresh name under `tmp/` for a file being written.
+    fn temp_path(&self, kind: &str, digest: &[u8; 32]) -> PathBuf {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.tmp.join(format!(
+            "{kind}.{}.{}.{n}",
+            hex::encode(&digest[..8]),
+            std::process::id()
+        ))
+    }
+
     /// Where the chunk with this sha256 lives.
     pub fn path(&self, digest: &[u8; 32]) -> PathBuf {
         let hex = hex::encode(digest);
@@ -88,13 +99,7 @@ impl ChunkStore {
             return Ok(());
         }
         std::fs::create_dir_all(dest.parent().expect("has a parent"))?;
-        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = self.tmp.join(format!(
-            "chunk.{}.{}.{n}",
-            hex::encode(&digest[..8]),
-            std::process::id()
-        ));
+        let tmp = self.temp_path("chunk", digest);
         std::fs::write(&tmp, data)?;
         std::fs::rename(&tmp, &dest)
     }
@@ -124,15 +129,7 @@ impl ChunkStore {
                 Err(e) => return Err(e),
             },
         };
-        let mut done = 0;
-        while done < buf.len() {
-            let n = f.read_at(&mut buf[done..], offset + done as u64)?;
-            if n == 0 {
-                break;
-            }
-            done += n;
-        }
-        Ok(Some(done))
+        pread_full(&f, offset, buf).map(Some)
     }
 
     /// Copy a file's chunks, all present, into one local file (verified against the file's
@@ -146,13 +143,7 @@ impl ChunkStore {
             return Ok(false);
         }
         std::fs::create_dir_all(dest.parent().expect("has a parent"))?;
-        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = self.tmp.join(format!(
-            "file.{}.{}.{n}",
-            hex::encode(&file_digest[..8]),
-            std::process::id()
-        ));
+        let tmp = self.temp_path("file", file_digest);
         let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         let mut hasher = crate::digest::Hasher::new();
         for c in chunks {
@@ -176,16 +167,21 @@ impl ChunkStore {
     /// Read `buf.len()` bytes of a chunk from `offset` (fewer at its end).
     pub fn read_at(&self, digest: &[u8; 32], offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let f = self.file(digest)?;
-        let mut done = 0;
-        while done < buf.len() {
-            let n = f.read_at(&mut buf[done..], offset + done as u64)?;
-            if n == 0 {
-                break;
-            }
-            done += n;
-        }
-        Ok(done)
+        pread_full(&f, offset, buf)
     }
+}
+
+/// Read until `buf` is full or the file ends.
+fn pread_full(f: &std::fs::File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = f.read_at(&mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
 }
 
 #[cfg(test)]
