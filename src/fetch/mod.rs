@@ -34,6 +34,8 @@ use crate::registry::Registry;
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Tries per chunk when the bytes arrive but do not verify.
 const VERIFY_ATTEMPTS: u32 = 3;
+/// Flights a read may wait on before it gives up on a failing chunk (within its deadline).
+const FLIGHT_ATTEMPTS: u32 = 3;
 /// Largest merged Range request: big enough to fill a thin link's bandwidth-delay product,
 /// small enough that a read never waits long for bytes it did not ask for.
 pub const MAX_MERGE_BYTES: u64 = 4 << 20;
@@ -209,6 +211,25 @@ impl Fetcher {
     /// Make sure every chunk of `chunks` (in blob order) is in the store, fetching the missing
     /// ones with as few requests as their positions allow; blocks up to one deadline.
     pub fn ensure_all(self: &Arc<Self>, layer: &LayerSource, chunks: &[Chunk]) -> Result<(), FetchError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.ensure_once(layer, chunks, deadline) {
+                // A flight that failed may have been another reader's, started before the
+                // registry came back: try afresh while this read's deadline allows.
+                Err(FetchError::Failed(_)) if attempt < FLIGHT_ATTEMPTS && Instant::now() < deadline => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn ensure_once(
+        self: &Arc<Self>,
+        layer: &LayerSource,
+        chunks: &[Chunk],
+        deadline: Instant,
+    ) -> Result<(), FetchError> {
         let mut waits = Vec::new();
         let mut mine: Vec<(Chunk, Arc<Flight>)> = Vec::new();
         for chunk in chunks {
@@ -245,7 +266,6 @@ impl Fetcher {
             self.runtime.spawn(async move { me.fetch_run(&layer, run).await });
         }
         let waited_from = Instant::now();
-        let deadline = waited_from + self.timeout;
         let any_wait = !waits.is_empty();
         for flight in waits {
             let mut result = flight.result.lock();

@@ -2,7 +2,7 @@
 //! bearer-token flow (a token endpoint in front of the real registry), including refresh.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -71,7 +71,7 @@ impl TokenProxy {
     fn start(upstream: &str, user: &str, password: &str, uses_per_token: u32, log: &Path) -> TokenProxy {
         let port = free_port();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/token_proxy.py");
-        let child = Command::new("python3")
+        let child = crate::support::python()
             .arg(script)
             .args([&port.to_string(), upstream, user, password, &uses_per_token.to_string()])
             .stdout(Stdio::from(std::fs::File::create(log).unwrap()))

@@ -71,8 +71,23 @@ fn require_fuse() -> bool {
     false
 }
 
-/// Layer blob GETs of `repo` in the registry's access log: (requests, bytes sent).
+/// Layer blob GETs of `repo` in the registry's access log: (requests, bytes sent), once the
+/// log has settled (the registry writes a line after the response has gone out, so a client
+/// can be done before its last line is there).
 fn blob_gets_and_bytes(registry: &TestRegistry, repo: &str, config_digest: &str) -> (usize, u64) {
+    let mut last = blob_gets_now(registry, repo, config_digest);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = blob_gets_now(registry, repo, config_digest);
+        if now == last || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
+fn blob_gets_now(registry: &TestRegistry, repo: &str, config_digest: &str) -> (usize, u64) {
     let lines: Vec<String> = registry
         .log()
         .lines()
@@ -322,12 +337,15 @@ fn a_killed_daemon_is_cleared_by_umount_and_remounts_from_cache() {
     let m = Mounted::new(&f.converted, &w.join("mnt"), &cache, &[]);
     assert_same_tree(&m.point, &f.oracle);
     run(Command::new("kill").args(["-KILL", &m.pid.to_string()]));
-    std::thread::sleep(Duration::from_millis(200));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while m.daemon_alive() {
+        assert!(Instant::now() < deadline, "the daemon survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let err = std::fs::read_dir(&m.point).map(|_| ()).unwrap_err();
-    assert_eq!(
-        err.raw_os_error(),
-        Some(107),
-        "expected ENOTCONN from a dead mount: {err}"
+    assert!(
+        matches!(err.raw_os_error(), Some(107 | 103)),
+        "expected ENOTCONN or ECONNABORTED from a dead mount: {err}"
     );
     assert_ok(&lamina().arg("umount").arg(&m.point).output().unwrap());
     drop(m);
@@ -349,15 +367,17 @@ fn faults_never_give_wrong_bytes_hangs_or_crashes() {
     std::fs::write(&mode, "pass").unwrap();
     let port = crate::support::registry::free_port();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/fault_proxy.py");
-    let mut proxy = Command::new("python3")
-        .arg(script)
-        .args([&port.to_string(), &f.registry.addr])
-        .arg(&mode)
-        .stdout(std::process::Stdio::from(
-            std::fs::File::create(w.join("proxy.log")).unwrap(),
-        ))
-        .spawn()
-        .unwrap();
+    let _proxy = crate::support::KillOnDrop(
+        crate::support::python()
+            .arg(script)
+            .args([&port.to_string(), &f.registry.addr])
+            .arg(&mode)
+            .stdout(std::process::Stdio::from(
+                std::fs::File::create(w.join("proxy.log")).unwrap(),
+            ))
+            .spawn()
+            .unwrap(),
+    );
     let proxy_addr = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while crate::support::registry::http_status(&proxy_addr, "/v2/").is_none() {
@@ -401,8 +421,6 @@ fn faults_never_give_wrong_bytes_hangs_or_crashes() {
         );
     }
     drop(m);
-    let _ = proxy.kill();
-    let _ = proxy.wait();
 }
 
 #[test]

@@ -60,6 +60,27 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// The Python for the test helpers: Debian's (scripts/setup.sh installs it), whose pid is the
+/// interpreter's own — a version-manager shim in PATH may fork, and killing the shim would
+/// leave the helper running.
+pub fn python() -> Command {
+    if Path::new("/usr/bin/python3").exists() {
+        Command::new("/usr/bin/python3")
+    } else {
+        Command::new("python3")
+    }
+}
+
+/// A child process killed when dropped (also when a test fails).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The lamina binary under test.
 pub fn lamina() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lamina"));
