@@ -304,40 +304,14 @@ impl Fetcher {
             .map(|(c, _)| c.blob_offset + c.blob_len)
             .max()
             .expect("runs are not empty");
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        // A request that outlives the read deadline is given up, so a stalled connection never
-        // holds a chunk's flight: the next read starts afresh.
-        let fetched = match tokio::time::timeout(
-            self.timeout,
-            layer
-                .registry
-                .blob_range(&layer.repo, &layer.digest, start, end - start),
-        )
-        .await
-        {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
-        };
-        if let Ok(bytes) = &fetched {
-            self.stats
-                .fetched_bytes
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            self.count(layer, 1, bytes.len() as u64, 0);
-        }
+        let fetched = self.range(layer, start, end - start).await;
         for (chunk, flight) in run {
             let result = match &fetched {
-                Err(e) => Err(FetchError::Failed(e.clone())),
+                Err(e) => Err(e.clone()),
                 Ok(bytes) => {
                     let from = (chunk.blob_offset - start) as usize;
-                    let raw = &bytes[from..from + chunk.blob_len as usize];
-                    match decode_chunk(layer.codec, &chunk, raw) {
-                        Ok(data) => {
-                            self.stats.fetched_chunks.fetch_add(1, Ordering::Relaxed);
-                            self.count(layer, 0, 0, 1);
-                            self.store
-                                .put(&chunk.digest, &data)
-                                .map_err(|e| FetchError::Failed(e.to_string()))
-                        }
+                    match self.store_chunk(layer, &chunk, &bytes[from..from + chunk.blob_len as usize]) {
+                        Ok(stored) => stored,
                         Err(e) => {
                             tracing::warn!(layer = %layer.digest, error = %e, "chunk did not verify; fetching it again");
                             self.fetch(layer, &chunk).await
@@ -351,37 +325,56 @@ impl Fetcher {
         }
     }
 
+    /// Fetch one chunk on its own, again while its bytes do not verify.
     async fn fetch(&self, layer: &LayerSource, chunk: &Chunk) -> Result<(), FetchError> {
         let mut last = String::new();
         for _ in 0..VERIFY_ATTEMPTS {
-            self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let request = layer
-                .registry
-                .blob_range(&layer.repo, &layer.digest, chunk.blob_offset, chunk.blob_len);
-            let bytes = tokio::time::timeout(self.timeout, request)
-                .await
-                .map_err(|_| FetchError::Failed(format!("no answer within {:?}", self.timeout)))?
-                .map_err(|e| FetchError::Failed(e.to_string()))?;
-            self.stats
-                .fetched_bytes
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            self.count(layer, 1, bytes.len() as u64, 0);
-            match decode_chunk(layer.codec, chunk, &bytes) {
-                Ok(data) => {
-                    self.count(layer, 0, 0, 1);
-                    self.store
-                        .put(&chunk.digest, &data)
-                        .map_err(|e| FetchError::Failed(e.to_string()))?;
-                    self.stats.fetched_chunks.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
-                }
-                Err(e @ (ChunkError::Digest { .. } | ChunkError::Decode { .. })) => {
+            let bytes = self.range(layer, chunk.blob_offset, chunk.blob_len).await?;
+            match self.store_chunk(layer, chunk, &bytes) {
+                Ok(stored) => return stored,
+                Err(e) => {
                     tracing::warn!(layer = %layer.digest, error = %e, "chunk did not verify; fetching again");
                     last = e.to_string();
                 }
             }
         }
         Err(FetchError::Failed(format!("layer {}: {last}", layer.digest)))
+    }
+
+    /// One Range request, counted, and given up at the read deadline so a stalled connection
+    /// never holds a chunk's flight: the next read starts afresh.
+    async fn range(&self, layer: &LayerSource, start: u64, len: u64) -> Result<bytes::Bytes, FetchError> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let request = layer.registry.blob_range(&layer.repo, &layer.digest, start, len);
+        let bytes = tokio::time::timeout(self.timeout, request)
+            .await
+            .map_err(|_| FetchError::Failed(format!("no answer within {:?}", self.timeout)))?
+            .map_err(|e| FetchError::Failed(e.to_string()))?;
+        self.stats
+            .fetched_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.count(layer, 1, bytes.len() as u64, 0);
+        Ok(bytes)
+    }
+
+    /// Decode and verify one chunk from exactly its compressed bytes and store it. The outer
+    /// error means the bytes were wrong (worth fetching again); the inner one, the store failed.
+    fn store_chunk(
+        &self,
+        layer: &LayerSource,
+        chunk: &Chunk,
+        raw: &[u8],
+    ) -> Result<Result<(), FetchError>, ChunkError> {
+        let data = decode_chunk(layer.codec, chunk, raw)?;
+        let stored = self
+            .store
+            .put(&chunk.digest, &data)
+            .map_err(|e| FetchError::Failed(e.to_string()));
+        if stored.is_ok() {
+            self.stats.fetched_chunks.fetch_add(1, Ordering::Relaxed);
+            self.count(layer, 0, 0, 1);
+        }
+        Ok(stored)
     }
 }
 
