@@ -144,6 +144,37 @@ pub enum Marker {
     AufsMeta,
 }
 
+/// What one layer has done so far, for the lower-only rules every consumer applies in stream
+/// order: a whiteout or opaque marker hides what the layers below made, never what this layer
+/// made (or makes later), wherever the marker stands in the tar.
+#[derive(Debug, Default)]
+pub struct LayerRules {
+    /// Paths this layer created or described (implicit parent directories included).
+    pub touched: std::collections::HashSet<LayerPath>,
+    /// Directories this layer made opaque.
+    pub opaque: std::collections::HashSet<LayerPath>,
+    /// Paths this layer whited out.
+    pub whited_out: std::collections::HashSet<LayerPath>,
+}
+
+impl LayerRules {
+    /// Whether `path`, if it exists, belongs to a lower layer this layer has hidden.
+    pub fn hides_lower(&self, path: &LayerPath) -> bool {
+        if self.touched.contains(path) || (self.opaque.is_empty() && self.whited_out.is_empty()) {
+            return false;
+        }
+        self.whited_out.contains(path)
+            || path
+                .split_last()
+                .is_some_and(|(parent, _)| self.opaque.contains(&parent))
+    }
+
+    /// Whether this layer created or described `path`.
+    pub fn made(&self, path: &LayerPath) -> bool {
+        self.touched.contains(path)
+    }
+}
+
 /// Classify a normalized path.
 pub fn classify(path: &LayerPath) -> Result<Marker, PathError> {
     let Some((parent, name)) = path.split_last() else {

@@ -24,7 +24,7 @@ use std::path::Path;
 
 use rustix::fs::{FileType, Timespec};
 
-use crate::changeset::{classify, LayerPath, Marker};
+use crate::changeset::{classify, LayerPath, LayerRules, Marker};
 use crate::format::tar::{entry_meta, is_metadata_only, EntryKind, EntryMeta};
 
 /// Size of the copy buffer for file contents.
@@ -86,29 +86,12 @@ pub struct Applier {
 /// What one layer has done so far, for the lower-only rules.
 #[derive(Default)]
 struct LayerState {
-    /// Paths this layer created or described.
-    touched: HashSet<LayerPath>,
-    /// Directories this layer made opaque.
-    opaque: HashSet<LayerPath>,
-    /// Paths this layer whited out.
-    whited_out: HashSet<LayerPath>,
+    /// The lower-only rules' record of this layer.
+    rules: LayerRules,
     /// Directory mtimes, set once the layer is complete.
     dir_times: Vec<(LayerPath, Timespec)>,
     /// The last parent directory opened, reused by its siblings.
     cached_parent: Option<(LayerPath, OwnedFd)>,
-}
-
-impl LayerState {
-    /// Whether `path`, if it exists, belongs to a lower layer this layer has hidden.
-    fn hides_lower(&self, path: &LayerPath) -> bool {
-        if self.touched.contains(path) || (self.opaque.is_empty() && self.whited_out.is_empty()) {
-            return false;
-        }
-        self.whited_out.contains(path)
-            || path
-                .split_last()
-                .is_some_and(|(parent, _)| self.opaque.contains(&parent))
-    }
 }
 
 impl Applier {
@@ -176,13 +159,13 @@ impl Applier {
                     .map_err(io_err("opening the opaque directory"))?;
                 self.remove_lower_children(state, fd.as_fd(), &dir)
                     .map_err(io_err("clearing the opaque directory"))?;
-                state.opaque.insert(dir);
+                state.rules.opaque.insert(dir);
                 Ok(())
             }
             Marker::Whiteout { target } => {
                 stats.whiteouts += 1;
                 self.whiteout(state, &target).map_err(io_err("applying the whiteout"))?;
-                state.whited_out.insert(target);
+                state.rules.whited_out.insert(target);
                 Ok(())
             }
             Marker::Plain if path.is_root() => self.apply_root(state, meta).map_err(io_err("setting root attributes")),
@@ -191,12 +174,12 @@ impl Applier {
                 let dir = self
                     .resolve_dir(state, &parent)
                     .map_err(io_err("resolving the parent directory"))?;
-                if state.hides_lower(&path) {
+                if state.rules.hides_lower(&path) {
                     fsops::remove_all(dir.as_fd(), name).map_err(io_err("removing a hidden lower entry"))?;
                 }
                 let written = self.create(state, dir.as_fd(), &path, name, meta, data)?;
                 stats.file_bytes += written;
-                state.touched.insert(path);
+                state.rules.touched.insert(path);
                 Ok(())
             }
         }
@@ -337,7 +320,7 @@ impl Applier {
             return Ok(()); // nothing below to delete
         };
         state.cached_parent = None;
-        if !state.touched.contains(target) {
+        if !state.rules.touched.contains(target) {
             return fsops::remove_all(dir.as_fd(), name);
         }
         if fsops::file_type_at(dir.as_fd(), name)? == Some(FileType::Directory) {
@@ -358,7 +341,7 @@ impl Applier {
         state.cached_parent = None;
         for name in fsops::list_dir(dir)? {
             let child_path = dir_path.join(name.as_bytes());
-            if !state.touched.contains(&child_path) {
+            if !state.rules.touched.contains(&child_path) {
                 fsops::remove_all(dir, name.as_bytes())?;
             } else if fsops::file_type_at(dir, name.as_bytes())? == Some(FileType::Directory) {
                 let child = fsops::open_dir(dir, name.as_bytes())?;
@@ -380,7 +363,7 @@ impl Applier {
         let mut walked = LayerPath::root();
         for component in path.components() {
             walked = walked.join(component);
-            if state.hides_lower(&walked) {
+            if state.rules.hides_lower(&walked) {
                 fsops::remove_all(fd.as_fd(), component)?;
             }
             fd = match fsops::open_dir(fd.as_fd(), component) {
@@ -416,7 +399,7 @@ impl Applier {
             fsops::chown(dir, name, 0, 0)?;
         }
         fsops::fchmod(fd.as_fd(), IMPLICIT_DIR_MODE)?;
-        state.touched.insert(path.clone());
+        state.rules.touched.insert(path.clone());
         Ok(fd)
     }
 

@@ -60,6 +60,11 @@ impl CacheDir {
     }
 
     /// Where a whole blob with this digest lives.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a blob is kept.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("blobs/sha256").join(digest.hex())
     }

@@ -526,8 +526,9 @@ fn stats(args: StatsArgs) -> anyhow::Result<()> {
     );
     let cache = crate::cache::CacheDir::open(&cache_dir)?;
     let store = crate::cache::chunks::ChunkStore::open(&cache_dir)?;
-    for digest in &state.layers {
+    for (i, digest) in state.layers.iter().enumerate() {
         let c = s.layers.get(digest).cloned().unwrap_or_default();
+        let status = state.layer_status.get(i).map(String::as_str).unwrap_or("indexed");
         let local = digest
             .parse()
             .ok()
@@ -546,7 +547,10 @@ fn stats(args: StatsArgs) -> anyhow::Result<()> {
                     100.0 * here as f64 / total as f64
                 }
             });
-        let local = local.map_or("?".to_string(), |p| format!("{p:.1}%"));
+        let local = match status {
+            "indexed" => local.map_or("?".to_string(), |p| format!("{p:.1}%")),
+            other => other.to_string(),
+        };
         println!(
             "layer      {} fetched {:>10} in {:>5} requests, {local} local",
             &digest[..19],

@@ -287,7 +287,8 @@ impl Fetcher {
         Ok(())
     }
 
-    fn count(&self, layer: &LayerSource, requests: u64, bytes: u64, chunks: u64) {
+    /// Count work done for `layer` (by the fetcher, or by a layer stream).
+    pub fn count(&self, layer: &LayerSource, requests: u64, bytes: u64, chunks: u64) {
         let mut map = self.stats.layers.lock();
         let c = map.entry(layer.digest.to_string()).or_default();
         c.requests += requests;

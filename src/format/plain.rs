@@ -30,11 +30,35 @@ pub fn index_plain_layer<R: Read>(tar: R, store: &ChunkStore) -> io::Result<Laye
         codec: ChunkCodec::Stream,
         ..LayerIndex::default()
     };
+    stream_plain_layer(tar, store, 0, |mut entry, chunks| {
+        entry.first_chunk = index.chunks.len() as u32;
+        index.chunks.extend(chunks);
+        index.entries.push(entry);
+        Ok(())
+    })?;
+    Ok(index)
+}
+
+/// Stream an uncompressed layer tar, storing each regular file's bytes as chunks and then
+/// handing its entry (with `chunk_count` set; `first_chunk` is the receiver's) and chunks to
+/// `each`, in stream order. The first `skip` entries were handed over by an earlier attempt:
+/// they are read past, not stored again. Reads the stream to its end.
+pub fn stream_plain_layer<R: Read>(
+    tar: R,
+    store: &ChunkStore,
+    skip: usize,
+    mut each: impl FnMut(IndexEntry, Vec<Chunk>) -> io::Result<()>,
+) -> io::Result<()> {
     let mut archive = tar::Archive::new(tar);
     let mut buf = vec![0u8; PLAIN_CHUNK_BYTES];
+    let mut seen = 0usize;
     for entry in archive.entries()? {
         let mut entry = entry?;
         if is_metadata_only(entry.header().entry_type()) {
+            continue;
+        }
+        seen += 1;
+        if seen <= skip {
             continue;
         }
         let meta = entry_meta(&mut entry)?;
@@ -44,7 +68,7 @@ pub fn index_plain_layer<R: Read>(tar: R, store: &ChunkStore) -> io::Result<Laye
             (EntryKind::HardLink, Some(l)) => LayerPath::normalize(l).map_err(bad)?.as_bytes().to_vec(),
             (_, l) => l.clone().unwrap_or_default(),
         };
-        let first_chunk = index.chunks.len() as u32;
+        let mut chunks = Vec::new();
         let mut file_hash = crate::digest::Hasher::new();
         let mut offset = 0u64;
         if meta.kind == EntryKind::Regular {
@@ -55,7 +79,7 @@ pub fn index_plain_layer<R: Read>(tar: R, store: &ChunkStore) -> io::Result<Laye
                 file_hash.update(data);
                 let digest = raw(&crate::digest::Digest::of(data));
                 store.put(&digest, data)?;
-                index.chunks.push(Chunk {
+                chunks.push(Chunk {
                     file_offset: offset,
                     len: want as u64,
                     blob_offset: 0,
@@ -71,7 +95,7 @@ pub fn index_plain_layer<R: Read>(tar: R, store: &ChunkStore) -> io::Result<Laye
                 offset += want as u64;
             }
         }
-        index.entries.push(IndexEntry {
+        let entry = IndexEntry {
             path,
             kind: meta.kind,
             mode: meta.mode,
@@ -85,13 +109,14 @@ pub fn index_plain_layer<R: Read>(tar: R, store: &ChunkStore) -> io::Result<Laye
             dev_minor: meta.dev_minor,
             xattrs: meta.xattrs,
             digest: (meta.kind == EntryKind::Regular && meta.size > 0).then(|| raw(&file_hash.finish())),
-            first_chunk,
-            chunk_count: index.chunks.len() as u32 - first_chunk,
-        });
+            first_chunk: 0,
+            chunk_count: chunks.len() as u32,
+        };
+        each(entry, chunks)?;
     }
     let mut rest = archive.into_inner();
     io::copy(&mut rest, &mut io::sink())?;
-    Ok(index)
+    Ok(())
 }
 
 #[cfg(test)]

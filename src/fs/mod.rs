@@ -2,7 +2,9 @@
 //! [`errno`] is the one place errors become error numbers.
 //!
 //! Layers are immutable, so entries and attributes get long kernel timeouts and files keep
-//! their page cache across opens; writes are refused with EROFS.
+//! their page cache across opens; writes are refused with EROFS. While plain layers are still
+//! streaming, lookups and listings wait for the [`LiveUnion`] to settle them, and attributes
+//! get a short lifetime.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -16,11 +18,14 @@ use fuser::{
 
 use crate::fetch::{FetchError, Fetcher, LayerSource};
 use crate::format::tar::EntryKind;
-use crate::index::LayerIndex;
-use crate::union::{Node, Union};
+use crate::index::Chunk;
+use crate::union::live::{LiveError, LiveUnion};
+use crate::union::Node;
 
 /// Kernel cache lifetime for entries and attributes: the image never changes.
 const TTL: Duration = Duration::from_secs(3600);
+/// The lifetime while the union is still growing (link counts may still change).
+const GROWING_TTL: Duration = Duration::from_secs(1);
 /// Block size reported.
 const BLOCK_SIZE: u32 = 4096;
 /// Chunks past the end of a read fetched along with it (in the same merged request): a file
@@ -46,6 +51,8 @@ pub enum OpError {
     Range,
     /// Chunk data could not be had.
     Fetch(FetchError),
+    /// A streaming layer could not settle the answer.
+    Live(LiveError),
     /// Local I/O failed.
     Io(std::io::Error),
 }
@@ -59,16 +66,29 @@ pub fn errno(e: &OpError) -> Errno {
         OpError::ReadOnly => Errno::EROFS,
         OpError::NoXattr => Errno::ENODATA,
         OpError::Range => Errno::ERANGE,
-        OpError::Fetch(_) | OpError::Io(_) => Errno::EIO,
+        OpError::Fetch(_) | OpError::Io(_) | OpError::Live(_) => Errno::EIO,
     }
 }
 
 /// A mounted image.
 pub struct ImageFs {
-    union: Union,
-    layers: Vec<LayerIndex>,
+    live: Arc<LiveUnion>,
     sources: Vec<LayerSource>,
     fetcher: Arc<Fetcher>,
+}
+
+/// What a read needs of a file, copied out of the union's lock.
+struct FilePlan {
+    layer: usize,
+    size: u64,
+    /// The whole file's digest, when it is assembled from several chunks.
+    assembled: Option<[u8; 32]>,
+    /// Chunks from the first one the read needs to the last one it may read ahead into.
+    chunks: Vec<Chunk>,
+    /// How many of `chunks` the read itself needs.
+    needed: usize,
+    /// Every chunk digest of the file, when the read reaches its end and it is assembled.
+    all_digests: Option<Vec<[u8; 32]>>,
 }
 
 fn file_type(k: EntryKind) -> FileType {
@@ -92,17 +112,21 @@ fn time_of((secs, nanos): (i64, u32)) -> SystemTime {
 
 impl ImageFs {
     /// A filesystem over a merged image.
-    pub fn new(union: Union, layers: Vec<LayerIndex>, sources: Vec<LayerSource>, fetcher: Arc<Fetcher>) -> ImageFs {
-        ImageFs {
-            union,
-            layers,
-            sources,
-            fetcher,
-        }
+    pub fn new(live: Arc<LiveUnion>, sources: Vec<LayerSource>, fetcher: Arc<Fetcher>) -> ImageFs {
+        ImageFs { live, sources, fetcher }
     }
 
-    fn node(&self, ino: INodeNo) -> Result<&Node, OpError> {
-        self.union.get(ino.0).ok_or(OpError::NotFound)
+    /// Run `f` on node `ino`.
+    fn with_node<R>(&self, ino: INodeNo, f: impl FnOnce(&Node) -> R) -> Result<R, OpError> {
+        self.live.read(|st| st.union.get(ino.0).map(f)).ok_or(OpError::NotFound)
+    }
+
+    fn ttl(&self) -> &'static Duration {
+        if self.live.is_complete() {
+            &TTL
+        } else {
+            &GROWING_TTL
+        }
     }
 
     fn attr(&self, ino: u64, n: &Node) -> FileAttr {
@@ -133,38 +157,68 @@ impl ImageFs {
 
     /// `lookup`
     pub fn op_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr, OpError> {
-        let p = self.node(parent)?;
-        if p.kind != EntryKind::Directory {
+        if self.with_node(parent, |p| p.kind)? != EntryKind::Directory {
             return Err(OpError::NotDir);
         }
-        let ino = *p.children.get(name.as_bytes()).ok_or(OpError::NotFound)?;
-        Ok(self.attr(ino, self.union.node(ino)))
+        self.live
+            .lookup(parent.0, name.as_bytes(), |u, child| {
+                child.map(|ino| self.attr(ino, u.node(ino)))
+            })
+            .map_err(OpError::Live)?
+            .ok_or(OpError::NotFound)
+    }
+
+    /// What reading `offset..offset+size` of file `ino` needs; None: nothing to read.
+    fn plan(&self, ino: INodeNo, offset: u64, size: u32) -> Result<Option<FilePlan>, OpError> {
+        self.live.read(|st| {
+            let n = st.union.get(ino.0).ok_or(OpError::NotFound)?;
+            let Some((layer, entry)) = n.source else {
+                return if n.kind == EntryKind::Regular {
+                    Ok(None)
+                } else {
+                    Err(OpError::Invalid)
+                };
+            };
+            let end = (offset + size as u64).min(n.size);
+            if offset >= end {
+                return Ok(None);
+            }
+            let index = &st.layers[layer];
+            let e = &index.entries[entry];
+            let chunks = index.chunks_of(e);
+            let first = chunks.partition_point(|c| c.file_offset + c.len <= offset);
+            let needed = chunks.partition_point(|c| c.file_offset < end);
+            // Read ahead only when this read starts a request of its own: otherwise the
+            // chunks are already there or on their way, and waiting for them is all there is.
+            let wanted = if chunks[first..needed].iter().any(|c| self.fetcher.is_missing(c)) {
+                chunks.partition_point(|c| c.file_offset < end.saturating_add(READAHEAD_BYTES))
+            } else {
+                needed
+            };
+            let assembled = e.digest.filter(|_| e.chunk_count > 1);
+            Ok(Some(FilePlan {
+                layer,
+                size: n.size,
+                assembled,
+                chunks: chunks[first..wanted.max(needed)].to_vec(),
+                needed: needed - first,
+                all_digests: (assembled.is_some() && end == n.size).then(|| chunks.iter().map(|c| c.digest).collect()),
+            }))
+        })
     }
 
     /// `read`: the bytes of a file range, fetching missing chunks.
     pub fn op_read(&self, ino: INodeNo, offset: u64, size: u32) -> Result<Vec<u8>, OpError> {
-        let n = self.node(ino)?;
-        let Some((layer, entry)) = n.source else {
-            return if n.kind == EntryKind::Regular {
-                Ok(Vec::new())
-            } else {
-                Err(OpError::Invalid)
-            };
-        };
-        let end = (offset + size as u64).min(n.size);
-        if offset >= end {
+        let Some(plan) = self.plan(ino, offset, size)? else {
             return Ok(Vec::new());
-        }
-        let index = &self.layers[layer];
-        let entry_ix = &index.entries[entry];
-        let assembled = entry_ix.chunk_count > 1 && entry_ix.digest.is_some();
-        let data = self.read_chunks(layer, entry, offset, end)?;
-        if assembled && end == n.size {
+        };
+        let end = (offset + size as u64).min(plan.size);
+        let data = self.read_chunks(&plan, offset, end)?;
+        if let (Some(file_digest), Some(digests)) = (plan.assembled, plan.all_digests) {
             // The file has been read to its end: if every chunk is here, keep one copy of it
             // whole, so later reads (this mount's and the next) are one pread.
             // In the background: the read that finished the file does not wait for the copy.
-            let digests: Vec<[u8; 32]> = index.chunks_of(entry_ix).iter().map(|c| c.digest).collect();
-            let (store, file_digest) = (self.fetcher.store().clone(), entry_ix.digest.expect("checked"));
+            let store = self.fetcher.store().clone();
             std::thread::spawn(move || {
                 if let Err(e) = store.assemble(&file_digest, &digests) {
                     tracing::debug!(error = %e, "could not assemble a file");
@@ -175,26 +229,13 @@ impl ImageFs {
     }
 
     /// The bytes `offset..end` of a file from its chunks, fetching missing ones.
-    fn read_chunks(&self, layer: usize, entry: usize, offset: u64, end: u64) -> Result<Vec<u8>, OpError> {
-        let index = &self.layers[layer];
-        let chunks = index.chunks_of(&index.entries[entry]);
+    fn read_chunks(&self, plan: &FilePlan, offset: u64, end: u64) -> Result<Vec<u8>, OpError> {
+        let layer = plan.layer;
         let mut out = vec![0u8; (end - offset) as usize];
-        let first = chunks.partition_point(|c| c.file_offset + c.len <= offset);
-        let needed = chunks.partition_point(|c| c.file_offset < end);
-        // Read ahead only when this read starts a request of its own: otherwise the chunks are
-        // already there or on their way, and waiting for them is all there is to do.
-        let wanted = if chunks[first..needed].iter().any(|c| self.fetcher.is_missing(c)) {
-            chunks.partition_point(|c| c.file_offset < end.saturating_add(READAHEAD_BYTES))
-        } else {
-            needed
-        };
         self.fetcher
-            .ensure_all(&self.sources[layer], &chunks[first..wanted.max(first)])
+            .ensure_all(&self.sources[layer], &plan.chunks)
             .map_err(OpError::Fetch)?;
-        for c in &chunks[first..] {
-            if c.file_offset >= end {
-                break;
-            }
+        for c in &plan.chunks[..plan.needed] {
             let from = offset.max(c.file_offset);
             let to = end.min(c.file_offset + c.len);
             let dst = &mut out[(from - offset) as usize..(to - offset) as usize];
@@ -224,15 +265,16 @@ impl ImageFs {
         thread_local! {
             static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let Ok(n) = self.node(ino) else { return Some(reply) };
-        let Some((layer, entry)) = n.source else {
+        let found = self.live.read(|st| {
+            let n = st.union.get(ino.0)?;
+            let (layer, entry) = n.source?;
+            let e = &st.layers[layer].entries[entry];
+            e.digest.filter(|_| e.chunk_count > 1).map(|d| (d, n.size))
+        });
+        let Some((digest, file_size)) = found else {
             return Some(reply);
         };
-        let e = &self.layers[layer].entries[entry];
-        let (Some(digest), true) = (e.digest, e.chunk_count > 1) else {
-            return Some(reply);
-        };
-        let end = (offset + size as u64).min(n.size);
+        let end = (offset + size as u64).min(file_size);
         if offset >= end {
             return Some(reply);
         }
@@ -254,22 +296,25 @@ impl ImageFs {
 
     /// `getxattr`: one value.
     pub fn op_getxattr(&self, ino: INodeNo, name: &OsStr) -> Result<Vec<u8>, OpError> {
-        let n = self.node(ino)?;
-        n.xattrs
-            .iter()
-            .find(|(k, _)| k.as_slice() == name.as_bytes())
-            .map(|(_, v)| v.clone())
-            .ok_or(OpError::NoXattr)
+        self.with_node(ino, |n| {
+            n.xattrs
+                .iter()
+                .find(|(k, _)| k.as_slice() == name.as_bytes())
+                .map(|(_, v)| v.clone())
+        })?
+        .ok_or(OpError::NoXattr)
     }
 
     /// `listxattr`: NUL-terminated names.
     pub fn op_listxattr(&self, ino: INodeNo) -> Result<Vec<u8>, OpError> {
-        let mut out = Vec::new();
-        for (k, _) in &self.node(ino)?.xattrs {
-            out.extend_from_slice(k);
-            out.push(0);
-        }
-        Ok(out)
+        self.with_node(ino, |n| {
+            let mut out = Vec::new();
+            for (k, _) in &n.xattrs {
+                out.extend_from_slice(k);
+                out.push(0);
+            }
+            out
+        })
     }
 }
 
@@ -295,22 +340,22 @@ impl Filesystem for ImageFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.op_lookup(parent, name) {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Ok(attr) => reply.entry(self.ttl(), &attr, Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.node(ino) {
-            Ok(n) => reply.attr(&TTL, &self.attr(ino.0, n)),
+        match self.with_node(ino, |n| self.attr(ino.0, n)) {
+            Ok(attr) => reply.attr(self.ttl(), &attr),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.node(ino) {
-            Ok(n) if n.kind == EntryKind::Symlink => reply.data(&n.link),
-            Ok(_) => reply.error(errno(&OpError::Invalid)),
+        match self.with_node(ino, |n| (n.kind == EntryKind::Symlink).then(|| n.link.clone())) {
+            Ok(Some(link)) => reply.data(&link),
+            Ok(None) => reply.error(errno(&OpError::Invalid)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -319,8 +364,8 @@ impl Filesystem for ImageFs {
         if flags.0 & (libc_flags::O_ACCMODE) != libc_flags::O_RDONLY || flags.0 & libc_flags::O_TRUNC != 0 {
             return reply.error(errno(&OpError::ReadOnly));
         }
-        match self.node(ino) {
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+        match self.with_node(ino, |_| ()) {
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -349,9 +394,9 @@ impl Filesystem for ImageFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.node(ino) {
+        match self.with_node(ino, |n| n.kind) {
             // Directories never change: the kernel may keep their listings.
-            Ok(n) if n.kind == EntryKind::Directory => reply.opened(
+            Ok(EntryKind::Directory) => reply.opened(
                 FileHandle(0),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
             ),
@@ -361,25 +406,34 @@ impl Filesystem for ImageFs {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let n = match self.node(ino) {
-            Ok(n) if n.kind == EntryKind::Directory => n,
-            Ok(_) => return reply.error(errno(&OpError::NotDir)),
-            Err(e) => return reply.error(errno(&e)),
-        };
-        let dots = [
-            (ino.0, FileType::Directory, &b"."[..]),
-            (n.parent, FileType::Directory, &b".."[..]),
-        ];
-        let children = n
-            .children
-            .iter()
-            .map(|(name, c)| (*c, file_type(self.union.node(*c).kind), name.as_slice()));
-        for (i, (child, kind, name)) in dots.into_iter().chain(children).enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), (i + 1) as u64, kind, OsStr::from_bytes(name)) {
-                break;
-            }
+        if let Err(e) = self.live.wait_complete() {
+            return reply.error(errno(&OpError::Live(e)));
         }
-        reply.ok();
+        let listed = self.live.read(|st| {
+            let u = &st.union;
+            let n = u.get(ino.0).ok_or(OpError::NotFound)?;
+            if n.kind != EntryKind::Directory {
+                return Err(OpError::NotDir);
+            }
+            let dots = [
+                (ino.0, FileType::Directory, &b"."[..]),
+                (n.parent, FileType::Directory, &b".."[..]),
+            ];
+            let children = n
+                .children
+                .iter()
+                .map(|(name, c)| (*c, file_type(u.node(*c).kind), name.as_slice()));
+            for (i, (child, kind, name)) in dots.into_iter().chain(children).enumerate().skip(offset as usize) {
+                if reply.add(INodeNo(child), (i + 1) as u64, kind, OsStr::from_bytes(name)) {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn readdirplus(
@@ -390,31 +444,40 @@ impl Filesystem for ImageFs {
         offset: u64,
         mut reply: fuser::ReplyDirectoryPlus,
     ) {
-        let n = match self.node(ino) {
-            Ok(n) if n.kind == EntryKind::Directory => n,
-            Ok(_) => return reply.error(errno(&OpError::NotDir)),
-            Err(e) => return reply.error(errno(&e)),
-        };
-        let dots = [(ino.0, &b"."[..]), (n.parent, &b".."[..])];
-        let children = n.children.iter().map(|(name, c)| (*c, name.as_slice()));
-        for (i, (child, name)) in dots.into_iter().chain(children).enumerate().skip(offset as usize) {
-            let attr = self.attr(child, self.union.node(child));
-            if reply.add(
-                INodeNo(child),
-                (i + 1) as u64,
-                OsStr::from_bytes(name),
-                &TTL,
-                &attr,
-                Generation(0),
-            ) {
-                break;
-            }
+        if let Err(e) = self.live.wait_complete() {
+            return reply.error(errno(&OpError::Live(e)));
         }
-        reply.ok();
+        let listed = self.live.read(|st| {
+            let u = &st.union;
+            let n = u.get(ino.0).ok_or(OpError::NotFound)?;
+            if n.kind != EntryKind::Directory {
+                return Err(OpError::NotDir);
+            }
+            let dots = [(ino.0, &b"."[..]), (n.parent, &b".."[..])];
+            let children = n.children.iter().map(|(name, c)| (*c, name.as_slice()));
+            for (i, (child, name)) in dots.into_iter().chain(children).enumerate().skip(offset as usize) {
+                let attr = self.attr(child, u.node(child));
+                if reply.add(
+                    INodeNo(child),
+                    (i + 1) as u64,
+                    OsStr::from_bytes(name),
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                ) {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let files = self.union.len() as u64;
+        let files = self.live.read(|st| st.union.len()) as u64;
         reply.statfs(0, 0, 0, files, 0, BLOCK_SIZE, 255, BLOCK_SIZE);
     }
 

@@ -3,10 +3,13 @@
 //!
 //! ```text
 //! lamina mount IMAGE DIR ──(re-exec with --foreground, readiness pipe)──► daemon
-//!   daemon: resolve ─► TOCs in parallel (cached indexes first) ─► Union ─► FUSE session
-//!           └─ writes "ready" on the pipe once the kernel has the mount; the parent exits 0
+//!   daemon: resolve ─► TOCs in parallel (cached indexes first) ─► LiveUnion ─► FUSE session
+//!           ├─ writes "ready" on the pipe once the kernel has the mount; the parent exits 0
+//!           └─ plain layers without a cached index stream in the background ([`stream`])
 //! lamina umount DIR ──► unmount (lazy) ──► the daemon's session ends ─► it exits
 //! ```
+
+pub mod stream;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,11 +23,12 @@ use crate::cache::CacheDir;
 use crate::fetch::{Fetcher, LayerSource};
 use crate::format::locate::{read_layer_toc, LocateError};
 use crate::fs::ImageFs;
-use crate::index::{disk, LayerIndex};
+use crate::index::{disk, ChunkKind, LayerIndex};
 use crate::reference::ImageRef;
 use crate::registry::manifest::Platform;
 use crate::registry::{resolve_image, ClientOptions, Registry, RegistryError};
-use crate::union::{Union, UnionError};
+use crate::union::live::{LayerStatus, LiveUnion};
+use crate::union::UnionError;
 
 /// FUSE worker threads: reads of different files wait on the network in parallel.
 const FUSE_THREADS: usize = 8;
@@ -66,12 +70,12 @@ pub enum MountError {
 
 /// Everything a mount serves.
 pub struct Prepared {
-    /// The merged tree.
-    pub union: Union,
-    /// Layer indexes, bottom first.
+    /// Layer indexes, bottom first (empty for a layer still to be streamed).
     pub layers: Vec<LayerIndex>,
     /// Where each layer's chunks come from.
     pub sources: Vec<LayerSource>,
+    /// Plain layers to stream once the mount is up.
+    pub streams: Vec<stream::LayerStream>,
 }
 
 /// Resolve and index an image.
@@ -84,26 +88,54 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
     let image = resolve_image(&registry, reference, &options.platform).await?;
     let cache = CacheDir::open(&options.cache_dir)
         .map_err(|e| MountError::Local(format!("cache {}: {e}", options.cache_dir.display())))?;
+    let store = ChunkStore::open(&options.cache_dir)
+        .map_err(|e| MountError::Local(format!("chunk store {}: {e}", options.cache_dir.display())))?;
     let indexes = futures_util::future::join_all(image.layers.iter().map(|l| {
-        let (registry, cache) = (registry.clone(), cache.clone());
+        let (registry, cache, store) = (registry.clone(), cache.clone(), &store);
         async move {
             let path = cache.index_path(&l.digest);
             if let Ok(index) = disk::load(&path) {
-                return Ok(index);
+                // A plain layer has no random access: if any of its chunks left the cache, the
+                // layer is streamed again (its files are served as the stream passes them).
+                if index.codec != crate::format::chunk::ChunkCodec::Stream
+                    || index
+                        .chunks
+                        .iter()
+                        .all(|c| c.kind == ChunkKind::Zeros || store.contains(&c.digest))
+                {
+                    return Ok(Some(index));
+                }
+                tracing::info!(layer = %l.digest, "plain layer: some of its chunks left the cache; streaming it again");
+                return Ok(None);
             }
             let toc = read_layer_toc(&registry, &reference.repository, l).await?;
-            let index = match toc.index {
-                Some(index) => index,
-                None => stream_plain_layer(&registry, &reference.repository, l, &cache, &options.cache_dir).await?,
+            let Some(index) = toc.index else {
+                return Ok(None); // plain: streamed once the mount is up
             };
             if let Err(e) = disk::save(&index, &path) {
                 tracing::warn!(error = %e, "could not keep the layer index");
             }
-            Ok(index)
+            Ok(Some(index))
         }
     }))
     .await;
-    let layers = indexes.into_iter().collect::<Result<Vec<_>, MountError>>()?;
+    let found = indexes.into_iter().collect::<Result<Vec<_>, MountError>>()?;
+    let mut streams = Vec::new();
+    let mut layers = Vec::with_capacity(found.len());
+    for (i, (index, l)) in found.into_iter().zip(&image.layers).enumerate() {
+        layers.push(index.unwrap_or_else(|| {
+            streams.push(stream::LayerStream {
+                index: i,
+                layer: l.clone(),
+                registry: registry.clone(),
+                repo: reference.repository.clone(),
+            });
+            LayerIndex {
+                codec: crate::format::chunk::ChunkCodec::Stream,
+                ..LayerIndex::default()
+            }
+        }));
+    }
     let sources = image
         .layers
         .iter()
@@ -115,8 +147,11 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
             codec: ix.codec,
         })
         .collect();
-    let union = Union::build(&layers)?;
-    Ok(Prepared { union, layers, sources })
+    Ok(Prepared {
+        layers,
+        sources,
+        streams,
+    })
 }
 
 /// What a running mount publishes for `lamina stats`.
@@ -132,6 +167,9 @@ pub struct MountState {
     pub layers: Vec<String>,
     /// Counters.
     pub stats: crate::fetch::StatsSnapshot,
+    /// Each layer's state, bottom first: `indexed`, `streaming`, or `failed: why`.
+    #[serde(default)]
+    pub layer_status: Vec<String>,
 }
 
 /// How often a mount's state file is rewritten.
@@ -155,50 +193,6 @@ fn write_state(path: &Path, state: &MountState) {
     }
 }
 
-/// A plain layer has no TOC: stream it once, indexing it and putting every file's bytes into
-/// the chunk store; the next mount then needs nothing from the registry.
-async fn stream_plain_layer(
-    registry: &Arc<Registry>,
-    repo: &str,
-    layer: &crate::registry::resolve::Layer,
-    cache: &CacheDir,
-    cache_dir: &Path,
-) -> Result<LayerIndex, MountError> {
-    let fail = |what: String| MountError::Plain(format!("{}: {what}", layer.digest));
-    tracing::info!(layer = %layer.digest, bytes = layer.size, "plain layer: streaming it whole to index it");
-    let store = ChunkStore::open(cache_dir).map_err(|e| fail(format!("chunk store: {e}")))?;
-    let spool =
-        crate::pull::spool::Spool::create(&cache.temp_path("plain")).map_err(|e| fail(format!("spool: {e}")))?;
-    let download = tokio::spawn(crate::pull::download::download_layer(
-        registry.clone(),
-        repo.to_string(),
-        layer.clone(),
-        spool.clone(),
-        |_| {},
-    ));
-    let reader = spool.reader().map_err(|e| fail(format!("spool: {e}")))?;
-    let (compression, diff_id) = (layer.compression, layer.diff_id.clone());
-    let indexed = tokio::task::spawn_blocking(move || -> std::io::Result<LayerIndex> {
-        let tar = crate::format::compression::decompressor(reader, compression)?;
-        let mut hashing = crate::digest::HashingReader::new(tar);
-        let index = crate::format::plain::index_plain_layer(&mut hashing, &store)?;
-        let (actual, _) = hashing.finish();
-        if actual != diff_id {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("uncompressed digest {actual} does not match diff_id {diff_id}"),
-            ));
-        }
-        Ok(index)
-    })
-    .await
-    .map_err(|e| fail(format!("indexer: {e}")))?;
-    let downloaded = download.await.map_err(|e| fail(format!("download: {e}")))?;
-    let _ = std::fs::remove_file(spool.path());
-    downloaded.map_err(|e| fail(e.to_string()))?;
-    indexed.map_err(|e| fail(e.to_string()))
-}
-
 /// Serve `prepared` at `mountpoint` until it is unmounted. `ready` is told once the mount is
 /// live (or why it failed).
 pub fn serve(
@@ -216,9 +210,27 @@ pub fn serve(
             return Err(e);
         }
     };
-    let fetcher = Fetcher::new(runtime, store, options.fetch_timeout);
+    let cache = match CacheDir::open(&options.cache_dir) {
+        Ok(c) => c,
+        Err(e) => {
+            ready(Err(format!("cache: {e}")));
+            return Err(e);
+        }
+    };
+    let fetcher = Fetcher::new(runtime.clone(), store, options.fetch_timeout);
     let layer_digests: Vec<String> = prepared.sources.iter().map(|s| s.digest.to_string()).collect();
-    let fs = ImageFs::new(prepared.union, prepared.layers, prepared.sources, fetcher.clone());
+    let mut streaming = vec![false; prepared.layers.len()];
+    for s in &prepared.streams {
+        streaming[s.index] = true;
+    }
+    let live = match LiveUnion::new(prepared.layers, &streaming, options.fetch_timeout) {
+        Ok(u) => Arc::new(u),
+        Err(e) => {
+            ready(Err(e.to_string()));
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()));
+        }
+    };
+    let fs = ImageFs::new(live.clone(), prepared.sources.clone(), fetcher.clone());
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
@@ -234,6 +246,10 @@ pub fn serve(
     match fuser::spawn_mount(fs, mountpoint, &config) {
         Ok(session) => {
             ready(Ok(()));
+            for s in prepared.streams {
+                let source = prepared.sources[s.index].clone();
+                runtime.spawn(stream::run(s, live.clone(), cache.clone(), fetcher.clone(), source));
+            }
             let state = state_path(&options.cache_dir, mountpoint);
             let _ = std::fs::create_dir_all(state.parent().expect("has a parent"));
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -261,6 +277,15 @@ pub fn serve(
                             pid: std::process::id(),
                             layers: layer_digests.clone(),
                             stats: fetcher.snapshot(),
+                            layer_status: live
+                                .statuses()
+                                .into_iter()
+                                .map(|s| match s {
+                                    LayerStatus::Complete => "indexed".to_string(),
+                                    LayerStatus::Streaming => "streaming".to_string(),
+                                    LayerStatus::Failed { reason, .. } => format!("failed: {reason}"),
+                                })
+                                .collect(),
                         };
                         write_state(&state, &s);
                         std::thread::sleep(STATE_INTERVAL);

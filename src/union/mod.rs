@@ -2,12 +2,14 @@
 //! by the same changeset rules as the full pull ([`crate::changeset`], ARCHITECTURE.md).
 //!
 //! ```text
-//! for each layer, bottom first:
-//!   1. its whiteouts and opaque markers act on what the layers below built
-//!      (they never touch entries of their own layer, wherever they stand in the tar)
-//!   2. its entries are applied: a directory over a directory merges; anything else replaces;
-//!      a parent that is not a directory is replaced by one (never followed)
+//! for each layer, bottom first, each entry in stream order (as `lamina pull` applies a tar):
+//!   - a whiteout or opaque marker hides what the layers below built, never what this layer
+//!     made or makes later ([`LayerRules`], shared with the applier)
+//!   - a plain entry: a directory over a directory merges; anything else replaces; a parent
+//!     that is not a directory is replaced by one (never followed)
 //! ```
+//!
+//! Stream order lets a layer be merged while it is still arriving ([`live`]).
 //!
 //! Invariants: inode numbers are indexes into `nodes` (+1), fixed for the life of a mount;
 //! hard links of one layer are one node reached by several names; only nodes reachable from
@@ -15,7 +17,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::changeset::{classify, LayerPath, Marker};
+pub mod live;
+
+use crate::changeset::{classify, LayerPath, LayerRules, Marker};
 use crate::format::tar::EntryKind;
 use crate::index::{IndexEntry, LayerIndex};
 
@@ -89,44 +93,107 @@ fn implicit_dir(parent: u64) -> Node {
     }
 }
 
+impl Default for Union {
+    fn default() -> Self {
+        Union::new()
+    }
+}
+
 impl Union {
+    /// A union of no layers: an empty root.
+    pub fn new() -> Union {
+        Union {
+            nodes: vec![implicit_dir(ROOT_INO)],
+        }
+    }
+
     /// Merge `layers`, bottom first.
     pub fn build(layers: &[LayerIndex]) -> Result<Union, UnionError> {
-        let mut u = Union {
-            nodes: vec![implicit_dir(ROOT_INO)],
-        };
+        let mut u = Union::new();
         for (li, layer) in layers.iter().enumerate() {
-            let mut plain = Vec::new();
+            let mut rules = LayerRules::default();
             for (ei, e) in layer.entries.iter().enumerate() {
-                let err = |reason: String| UnionError {
-                    layer: li,
-                    entry: e.path.to_string(),
-                    reason,
-                };
-                match classify(&e.path).map_err(|x| err(x.to_string()))? {
-                    Marker::AufsMeta => {}
-                    Marker::Whiteout { target } => u.remove(&target),
-                    Marker::Opaque { dir } => {
-                        if let Some(ino) = u.lookup_path(&dir) {
-                            if u.node(ino).kind == EntryKind::Directory {
-                                u.nodes[(ino - 1) as usize].children.clear();
-                            }
-                        }
-                    }
-                    Marker::Plain => plain.push(ei),
-                }
-            }
-            for ei in plain {
-                let e = &layer.entries[ei];
-                u.apply(li, ei, e).map_err(|reason| UnionError {
-                    layer: li,
-                    entry: e.path.to_string(),
-                    reason,
-                })?;
+                u.apply_entry(&mut rules, li, ei, e)?;
             }
         }
         u.count_links();
         Ok(u)
+    }
+
+    /// Merge entry `ei` of layer `li` over everything merged so far. `rules` is the layer's
+    /// record, kept from its first entry to its last.
+    pub fn apply_entry(
+        &mut self,
+        rules: &mut LayerRules,
+        li: usize,
+        ei: usize,
+        e: &IndexEntry,
+    ) -> Result<(), UnionError> {
+        let err = |reason: String| UnionError {
+            layer: li,
+            entry: e.path.to_string(),
+            reason,
+        };
+        match classify(&e.path).map_err(|x| err(x.to_string()))? {
+            Marker::AufsMeta => {}
+            Marker::Whiteout { target } => {
+                if !rules.made(&target) {
+                    self.remove(&target);
+                } else if let Some(ino) = self.lookup_path(&target) {
+                    self.remove_lower_children(rules, ino, &target);
+                }
+                rules.whited_out.insert(target);
+            }
+            Marker::Opaque { dir } => {
+                if let Some(ino) = self.lookup_path(&dir) {
+                    self.remove_lower_children(rules, ino, &dir);
+                }
+                rules.opaque.insert(dir);
+            }
+            Marker::Plain => {
+                self.apply(rules, li, ei, e).map_err(err)?;
+                rules.touched.insert(e.path.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Recompute link counts (after a layer is complete).
+    pub fn finish_layer(&mut self) {
+        self.count_links();
+    }
+
+    /// The path of a directory (or of the first name of a file), walking up from `ino`.
+    pub fn path_of(&self, mut ino: u64) -> Option<LayerPath> {
+        let mut names: Vec<&[u8]> = Vec::new();
+        while ino != ROOT_INO {
+            let parent = self.get(ino)?.parent;
+            let name = self.get(parent)?.children.iter().find(|(_, c)| **c == ino)?.0;
+            names.push(name);
+            ino = parent;
+        }
+        let mut path = LayerPath::root();
+        for n in names.iter().rev() {
+            path = path.join(n);
+        }
+        Some(path)
+    }
+
+    /// Remove the children of directory `ino` (at `path`) that this layer did not make,
+    /// recursing into the directories it did make (they may have merged with lower ones).
+    fn remove_lower_children(&mut self, rules: &LayerRules, ino: u64, path: &LayerPath) {
+        if self.node(ino).kind != EntryKind::Directory {
+            return;
+        }
+        let children: Vec<(Vec<u8>, u64)> = self.node(ino).children.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        for (name, child) in children {
+            let child_path = path.join(&name);
+            if !rules.made(&child_path) {
+                self.nodes[(ino - 1) as usize].children.remove(&name);
+            } else {
+                self.remove_lower_children(rules, child, &child_path);
+            }
+        }
     }
 
     /// A node by inode number.
@@ -176,15 +243,19 @@ impl Union {
         }
     }
 
-    /// The directory at `path`, creating missing components and replacing non-directories.
-    fn dir_for(&mut self, path: &LayerPath) -> u64 {
+    /// The directory at `path`, creating missing components (made by this layer) and
+    /// replacing non-directories.
+    fn dir_for(&mut self, rules: &mut LayerRules, path: &LayerPath) -> u64 {
         let mut ino = ROOT_INO;
+        let mut walked = LayerPath::root();
         for c in path.components() {
+            walked = walked.join(c);
             ino = match self.child(ino, c) {
                 Some(child) if self.node(child).kind == EntryKind::Directory => child,
                 _ => {
                     let new = self.push(implicit_dir(ino));
                     self.nodes[(ino - 1) as usize].children.insert(c.to_vec(), new);
+                    rules.touched.insert(walked.clone());
                     new
                 }
             };
@@ -192,7 +263,7 @@ impl Union {
         ino
     }
 
-    fn apply(&mut self, layer: usize, entry: usize, e: &IndexEntry) -> Result<(), String> {
+    fn apply(&mut self, rules: &mut LayerRules, layer: usize, entry: usize, e: &IndexEntry) -> Result<(), String> {
         let Some((parent_path, name)) = e.path.split_last() else {
             if e.kind != EntryKind::Directory {
                 return Err("the root entry is not a directory".into());
@@ -202,7 +273,7 @@ impl Union {
             root.xattrs = e.xattrs.clone();
             return Ok(());
         };
-        let parent = self.dir_for(&parent_path);
+        let parent = self.dir_for(rules, &parent_path);
         let existing = self.child(parent, name);
         if e.kind == EntryKind::HardLink {
             let target = LayerPath::normalize(&e.link).map_err(|x| x.to_string())?;
@@ -213,6 +284,7 @@ impl Union {
                 return Err(format!("hard link target {target} is a directory"));
             }
             self.nodes[(parent - 1) as usize].children.insert(name.to_vec(), t);
+            self.nodes[(t - 1) as usize].nlink += 1;
             return Ok(());
         }
         if e.kind == EntryKind::Directory {

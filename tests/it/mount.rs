@@ -353,6 +353,132 @@ fn a_killed_daemon_is_cleared_by_umount_and_remounts_from_cache() {
     assert_same_tree(&m.point, &f.oracle);
 }
 
+/// Start the fault proxy in front of `upstream`, reading its mode from `mode`.
+fn start_fault_proxy(upstream: &str, mode: &Path, log: &Path) -> (crate::support::KillOnDrop, String) {
+    let port = crate::support::registry::free_port();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/fault_proxy.py");
+    let proxy = crate::support::KillOnDrop(
+        crate::support::python()
+            .arg(script)
+            .args([&port.to_string(), upstream])
+            .arg(mode)
+            .stdout(std::process::Stdio::from(std::fs::File::create(log).unwrap()))
+            .spawn()
+            .unwrap(),
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::support::registry::http_status(&addr, "/v2/").is_none() {
+        assert!(Instant::now() < deadline, "fault proxy did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (proxy, addr)
+}
+
+/// `lamina stats` of a mount, polled until `until` holds (the state file is rewritten twice a
+/// second); the last output either way.
+fn stats_until(point: &Path, cache: &Path, until: impl Fn(&str) -> bool) -> String {
+    let mut text = String::new();
+    for _ in 0..80 {
+        let out = lamina()
+            .arg("stats")
+            .arg(point)
+            .env("LAMINA_CACHE_DIR", cache)
+            .output()
+            .unwrap();
+        text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if until(&text) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    text
+}
+
+#[test]
+fn plain_layers_serve_files_before_they_finish_streaming() {
+    if !require_tools(&["docker-registry", "skopeo", "python3"]) || !require_root() || !require_fuse() {
+        return;
+    }
+    use crate::support::layout::{Entry, Layer, Layout};
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    // Incompressible, so the gzip blob is as large as the file and the hold lands before it.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let big: Vec<u8> = (0..6 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let base = vec![
+        Entry::Dir("early", 0o755),
+        Entry::File("early/hello", 0o644, b"served before the layer ends"),
+        Entry::Dir("late", 0o755),
+        Entry::File("late/big", 0o644, &big),
+    ];
+    let top = vec![Entry::File("top-note", 0o600, b"from the upper layer")];
+    let mut layout = Layout::create(&w.join("layout"));
+    let desc = layout.image(&[Layer::gzip(&base), Layer::gzip(&top)], "amd64");
+    layout.tag("t", desc);
+    let direct = format!("{}/streamed:t", registry.addr);
+    skopeo_push(&layout.dir, "t", &direct, None, false);
+
+    // The proxy sends the first 256 KiB of each blob, then holds the rest: the big base layer
+    // cannot finish streaming until the test lets it.
+    let mode = w.join("mode");
+    std::fs::write(&mode, "hold:262144").unwrap();
+    let (_proxy, proxy_addr) = start_fault_proxy(&registry.addr, &mode, &w.join("proxy.log"));
+    let image = direct.replace(&registry.addr, &proxy_addr);
+    let cache = w.join("cache");
+    let m = Mounted::new(&image, &w.join("mnt"), &cache, &["--fetch-timeout", "60"]);
+    assert_eq!(
+        std::fs::read(m.point.join("early/hello")).unwrap(),
+        b"served before the layer ends"
+    );
+    let text = stats_until(&m.point, &cache, |t| t.contains("streaming"));
+    assert!(
+        text.contains("streaming"),
+        "the base layer should still be streaming:\n{text}"
+    );
+    let log = std::fs::read_to_string(w.join("proxy.log")).unwrap();
+    assert!(log.contains("HOLD"), "the proxy never held a blob: {log}");
+
+    // A file past the hold waits for the stream (not for an error), and arrives once it goes on.
+    let reader = {
+        let point = m.point.clone();
+        std::thread::spawn(move || std::fs::read(point.join("late/big")))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!reader.is_finished(), "a file the stream has not reached was served");
+    std::fs::write(&mode, "pass").unwrap();
+    let got = reader.join().unwrap().unwrap();
+    assert!(got == big, "late/big differs after streaming");
+    // Layers above a streaming one are merged once it is whole.
+    assert_eq!(
+        std::fs::read(m.point.join("top-note")).unwrap(),
+        b"from the upper layer"
+    );
+    let text = stats_until(&m.point, &cache, |t| !t.contains("streaming"));
+    assert!(!text.contains("streaming") && !text.contains("failed"), "{text}");
+    assert_eq!(crate::support::dir_names(&m.point), ["early", "late", "top-note"]);
+    drop(m);
+
+    // The stream left the layer indexed and its bytes cached: the next mount needs no blob.
+    let config = config_digest(&direct);
+    let before = blob_gets(&registry, "streamed", &config);
+    let m = Mounted::new(&direct, &w.join("mnt2"), &cache, &[]);
+    assert!(std::fs::read(m.point.join("late/big")).unwrap() == big);
+    assert_eq!(
+        blob_gets(&registry, "streamed", &config),
+        before,
+        "a warm mount fetched blobs"
+    );
+}
+
 #[test]
 fn faults_never_give_wrong_bytes_hangs_or_crashes() {
     if !require_tools(&["docker-registry", "umoci", "skopeo", "python3", "setfattr", "mknod"])
@@ -365,25 +491,7 @@ fn faults_never_give_wrong_bytes_hangs_or_crashes() {
     let w = f.work.path();
     let mode = w.join("fault-mode");
     std::fs::write(&mode, "pass").unwrap();
-    let port = crate::support::registry::free_port();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/fault_proxy.py");
-    let _proxy = crate::support::KillOnDrop(
-        crate::support::python()
-            .arg(script)
-            .args([&port.to_string(), &f.registry.addr])
-            .arg(&mode)
-            .stdout(std::process::Stdio::from(
-                std::fs::File::create(w.join("proxy.log")).unwrap(),
-            ))
-            .spawn()
-            .unwrap(),
-    );
-    let proxy_addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while crate::support::registry::http_status(&proxy_addr, "/v2/").is_none() {
-        assert!(Instant::now() < deadline, "fault proxy did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (_proxy, proxy_addr) = start_fault_proxy(&f.registry.addr, &mode, &w.join("proxy.log"));
     let image = f.converted.replace(&f.registry.addr, &proxy_addr);
     let m = Mounted::new(&image, &w.join("mnt"), &w.join("cache"), &["--fetch-timeout", "3"]);
     let files = [
@@ -453,6 +561,20 @@ fn plain_gzip_images_mount_and_then_come_from_the_cache() {
         first,
         "a second mount of a plain image fetched blob bytes"
     );
+    drop(m);
+    // The chunks leave the cache (the indexes stay): the layers are streamed again.
+    let out = lamina()
+        .args(["cache", "gc", "--max-bytes", "0"])
+        .env("LAMINA_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = Mounted::new(&plain, &w.join("mnt3"), &cache, &[]);
+    assert_same_tree(&m.point, &f.oracle);
+    assert!(
+        blob_gets(&f.registry, "mnt-src", &config) > first,
+        "evicted chunks of a plain layer were not fetched again"
+    );
 }
 
 #[test]
@@ -502,19 +624,43 @@ fn hostile_images_never_reach_outside_through_the_mount() {
     assert_eq!(std::fs::read(canary.join("secret")).unwrap(), b"host secret");
     drop(m);
 
-    // `..` refuses the mount with an error naming the entry.
-    let image = push("dotdot", vec![vec![Entry::File("../../escape", 0o644, b"x")]]);
-    std::fs::create_dir_all(w.join("mnt2")).unwrap();
-    let out = lamina()
-        .arg("mount")
-        .arg(&image)
-        .arg(w.join("mnt2"))
-        .env("LAMINA_CACHE_DIR", w.join("cache"))
-        .output()
-        .unwrap();
-    let err = crate::support::assert_failed(&out);
-    assert!(err.contains("../../escape"), "{err}");
-    assert_eq!(crate::support::dir_names(&w.join("mnt2")), Vec::<String>::new());
+    let indexes_before = std::fs::read_dir(w.join("cache/indexes")).unwrap().count();
+    // `..` in a plain layer (found while it streams, after the mount is up): the layer fails
+    // for good, the mount serves nothing of it (EIO, not an empty or partial tree), `lamina
+    // stats` names the entry, and nothing is written outside.
+    let image = push(
+        "dotdot",
+        vec![vec![
+            Entry::File("fine", 0o644, b"x"),
+            Entry::File("../../escape", 0o644, b"x"),
+        ]],
+    );
+    let m = Mounted::new(&image, &w.join("mnt2"), &w.join("cache"), &[]);
+    let err = std::fs::read_dir(&m.point)
+        .and_then(|d| d.collect::<Result<Vec<_>, _>>())
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(5), "listing a failed layer: {err}");
+    // The state file is rewritten twice a second.
+    let mut text = String::new();
+    for _ in 0..40 {
+        let out = lamina()
+            .arg("stats")
+            .arg(&m.point)
+            .env("LAMINA_CACHE_DIR", w.join("cache"))
+            .output()
+            .unwrap();
+        text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("failed") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert!(text.contains("failed") && text.contains("../../escape"), "{text}");
+    assert!(m.daemon_alive());
+    assert!(!w.join("escape").exists() && !std::path::Path::new("/escape").exists());
+    drop(m);
+    let indexes = || std::fs::read_dir(w.join("cache/indexes")).unwrap().count();
+    assert_eq!(indexes(), indexes_before, "an index was kept for a layer that failed");
 }
 
 /// Copy a host file into `root` at the same path, following symlinks.

@@ -4,7 +4,8 @@
 Usage: fault_proxy.py PORT UPSTREAM MODE_FILE
 Blob GETs (/v2/.../blobs/...) are treated according to the word in MODE_FILE, read at each
 request: pass, drop (close without answering), stall (answer nothing for 60 s), truncate
-(announce the full length, send half, close), flip (change one byte of the body), 500, 503.
+(announce the full length, send half, close), flip (change one byte of the body), 500, 503,
+hold:N (send the first N bytes of the body, then wait until the mode changes and send the rest).
 Everything else is forwarded untouched. Each faulted request is logged as `FAULT mode path`.
 """
 import http.client
@@ -68,6 +69,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(data[: len(data) // 2])
             self.wfile.flush()
             self.close_connection = True
+            return
+        if m.startswith("hold:"):
+            n = int(m.split(":")[1])
+            self.wfile.write(data[:n])
+            self.wfile.flush()
+            if len(data) > n:
+                print(f"HOLD {self.path} at {n} of {len(data)}", flush=True)
+            while len(data) > n and mode() == m:
+                time.sleep(0.05)
+            self.wfile.write(data[n:])
             return
         self.wfile.write(data)
 
