@@ -75,6 +75,18 @@ pub struct ImageFs {
     live: Arc<LiveUnion>,
     sources: Vec<LayerSource>,
     fetcher: Arc<Fetcher>,
+    /// Whether the kernel took FUSE passthrough at init.
+    passthrough: bool,
+    backing: parking_lot::Mutex<Backing>,
+}
+
+/// Backing files registered with the kernel for passthrough: one per inode while any handle of
+/// it is open (the kernel wants the same id for every open of an inode).
+#[derive(Default)]
+struct Backing {
+    by_handle: std::collections::HashMap<u64, Arc<fuser::BackingId>>,
+    by_inode: std::collections::HashMap<u64, std::sync::Weak<fuser::BackingId>>,
+    next_fh: u64,
 }
 
 /// What a read needs of a file, copied out of the union's lock.
@@ -113,7 +125,65 @@ fn time_of((secs, nanos): (i64, u32)) -> SystemTime {
 impl ImageFs {
     /// A filesystem over a merged image.
     pub fn new(live: Arc<LiveUnion>, sources: Vec<LayerSource>, fetcher: Arc<Fetcher>) -> ImageFs {
-        ImageFs { live, sources, fetcher }
+        ImageFs {
+            live,
+            sources,
+            fetcher,
+            passthrough: false,
+            backing: parking_lot::Mutex::new(Backing::default()),
+        }
+    }
+
+    /// A local file holding exactly the bytes of file `ino`, if there is one: the chunk of a
+    /// one-chunk file, or the assembled copy of a larger one.
+    fn local_copy(&self, ino: INodeNo) -> Option<std::path::PathBuf> {
+        let store = self.fetcher.store();
+        let path = self.live.read(|st| {
+            let n = st.union.get(ino.0)?;
+            let (layer, entry) = n.source?;
+            let index = &st.layers[layer];
+            let e = &index.entries[entry];
+            match index.chunks_of(e) {
+                [one] if one.kind == crate::index::ChunkKind::Data => Some(store.path(&one.digest)),
+                [_, _, ..] => e.digest.map(|d| store.assembled_path(&d)),
+                _ => None,
+            }
+        })?;
+        path.exists().then_some(path)
+    }
+
+    /// Open file `ino` with passthrough to its local copy; gives the reply back if it cannot.
+    fn open_passthrough(&self, ino: INodeNo, reply: ReplyOpen) -> Option<ReplyOpen> {
+        if !self.passthrough {
+            return Some(reply);
+        }
+        let Some(path) = self.local_copy(ino) else {
+            return Some(reply);
+        };
+        let mut backing = self.backing.lock();
+        let id = match backing.by_inode.get(&ino.0).and_then(std::sync::Weak::upgrade) {
+            Some(id) => id,
+            None => {
+                let opened = std::fs::File::open(&path).and_then(|f| reply.open_backing(f));
+                match opened {
+                    Ok(id) => {
+                        let id = Arc::new(id);
+                        backing.by_inode.insert(ino.0, Arc::downgrade(&id));
+                        id
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "passthrough refused; serving reads");
+                        return Some(reply);
+                    }
+                }
+            }
+        };
+        backing.next_fh += 1;
+        let fh = backing.next_fh;
+        backing.by_handle.insert(fh, id.clone());
+        backing.by_inode.retain(|_, w| w.strong_count() > 0);
+        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+        None
     }
 
     /// Run `f` on node `ino`.
@@ -335,6 +405,12 @@ impl Filesystem for ImageFs {
         // Listings come with attributes: one round trip per directory, not one per entry.
         let _ =
             config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO);
+        // Reads of files whose bytes are all local go straight to the local copy (kernel ≥ 6.9,
+        // CAP_SYS_ADMIN); depth 1 keeps the mount usable as an overlayfs lower layer.
+        self.passthrough = rustix::process::geteuid().is_root()
+            && config.add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        tracing::info!(passthrough = self.passthrough, "FUSE session started");
         Ok(())
     }
 
@@ -364,6 +440,9 @@ impl Filesystem for ImageFs {
         if flags.0 & (libc_flags::O_ACCMODE) != libc_flags::O_RDONLY || flags.0 & libc_flags::O_TRUNC != 0 {
             return reply.error(errno(&OpError::ReadOnly));
         }
+        let Some(reply) = self.open_passthrough(ino, reply) else {
+            return;
+        };
         match self.with_node(ino, |_| ()) {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
@@ -391,6 +470,22 @@ impl Filesystem for ImageFs {
                 reply.error(errno(&e))
             }
         }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: fuser::ReplyEmpty,
+    ) {
+        if fh.0 != 0 {
+            self.backing.lock().by_handle.remove(&fh.0);
+        }
+        reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
