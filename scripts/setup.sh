@@ -18,6 +18,9 @@ packages=(
   python3           # the bearer-token endpoint in tests
   hyperfine         # whole-command timing in benchmarks
   bc                # arithmetic in the demo script
+  strace            # the benchmark suite's estimate of the bytes a program needs
+  time              # GNU time: peak RSS of lamina in the benchmark suite
+  librsvg2-bin      # rsvg-convert: the suite's plots as PNG beside the SVG
   curl              # readiness checks in the demo script
   debootstrap       # builds the real Debian image for the demo and benchmarks
   ca-certificates   # debootstrap over HTTPS mirrors, if configured

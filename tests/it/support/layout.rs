@@ -74,11 +74,12 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
-fn sha(data: &[u8]) -> String {
+pub fn sha(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
 /// A layer blob with its media type and the digest of its uncompressed tar.
+#[derive(Clone)]
 pub struct Layer {
     /// The blob bytes.
     pub blob: Vec<u8>,
