@@ -1,6 +1,35 @@
-//! Shared by the benchmarks: a description of the machine they ran on.
+//! Shared by the benchmarks: a description of the machine they ran on, and the few helpers
+//! every benchmark needs.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Write back the last run's files, then empty the page cache, so every run starts alike:
+/// no earlier run's writeback competes with it, and the registry's blobs come from disk.
+pub fn drop_caches() {
+    let _ = Command::new("sync").status();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// The middle of some timings.
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// How long `f` takes.
+pub fn timed(f: impl FnOnce()) -> Duration {
+    let t = Instant::now();
+    f();
+    t.elapsed()
+}
+
+/// The release build of lamina in this checkout, quiet.
+pub fn lamina(root: &str) -> Command {
+    let mut c = Command::new(format!("{root}/target/release/lamina"));
+    c.arg("--quiet");
+    c
+}
 
 /// Cores, CPU model, memory and kernel.
 pub fn machine() -> String {

@@ -10,6 +10,7 @@
 //!
 //! Run: `cargo bench --bench convert` (needs root for the image build, and apt).
 
+#[allow(dead_code)]
 #[path = "common.rs"]
 mod common;
 

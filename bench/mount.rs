@@ -14,42 +14,23 @@
 #[path = "../tests/it/support/mod.rs"]
 mod support;
 
+#[allow(dead_code)]
 #[path = "common.rs"]
 mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::registry::TestRegistry;
 use support::run;
 
 const RUNS: usize = 3;
 
-fn drop_caches() {
-    run(&mut Command::new("sync"));
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-}
-
-fn timed(f: impl FnOnce()) -> Duration {
-    let t = Instant::now();
-    f();
-    t.elapsed()
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
+use common::{drop_caches, lamina, median, timed};
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
-}
-
-fn lamina(root: &str) -> Command {
-    let mut c = Command::new(format!("{root}/target/release/lamina"));
-    c.arg("--quiet");
-    c
 }
 
 fn walk(dir: &Path) {

@@ -10,32 +10,16 @@
 #[path = "../tests/it/support/mod.rs"]
 mod support;
 
+#[allow(dead_code)]
 #[path = "common.rs"]
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use support::registry::TestRegistry;
 use support::run;
 
-/// Write back the last run's files, then empty the page cache, so every run starts alike:
-/// no earlier run's writeback competes with it, and the registry's blobs come from disk.
-fn drop_caches() {
-    run(&mut Command::new("sync"));
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn timed(f: impl FnOnce()) -> Duration {
-    let t = Instant::now();
-    f();
-    t.elapsed()
-}
+use common::{drop_caches, median, timed};
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {

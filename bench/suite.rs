@@ -24,6 +24,7 @@
 #[path = "../tests/it/support/mod.rs"]
 mod support;
 
+#[allow(dead_code)]
 #[path = "common.rs"]
 mod common;
 
@@ -34,7 +35,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use link::Link;
 use support::layout::{Entry, Layer, Layout};
@@ -75,16 +76,7 @@ fn arg(name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
-fn lamina(root: &str) -> Command {
-    let mut c = Command::new(format!("{root}/target/release/lamina"));
-    c.arg("--quiet");
-    c
-}
-
-fn drop_caches() {
-    let _ = Command::new("sync").status();
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-}
+use common::{drop_caches, lamina};
 
 /// Run a command; Err with its stderr if it fails.
 fn try_run(c: &mut Command) -> Result<std::process::Output, String> {
@@ -97,32 +89,6 @@ fn try_run(c: &mut Command) -> Result<std::process::Output, String> {
             c.get_program(),
             String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or("")
         ))
-    }
-}
-
-/// (requests, bytes) the registry has answered for `repo`'s blobs so far.
-fn registry_counts(registry: &TestRegistry, repo: &str) -> (u64, u64) {
-    let log = registry.log();
-    let lines: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains(&format!("\"GET /v2/{repo}/blobs/")))
-        .collect();
-    let bytes = lines
-        .iter()
-        .filter_map(|l| l.split('"').nth(2)?.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum();
-    (lines.len() as u64, bytes)
-}
-
-fn settle_counts(registry: &TestRegistry, repo: &str) -> (u64, u64) {
-    let mut last = registry_counts(registry, repo);
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        let now = registry_counts(registry, repo);
-        if now == last {
-            return now;
-        }
-        last = now;
     }
 }
 
@@ -203,7 +169,7 @@ fn run_mode(
     let rss_file = ctx.work.join("rss");
     let _ = std::fs::remove_file(&rss_file);
     drop_caches();
-    let before = settle_counts(ctx.registry, &wl.repo);
+    let before = ctx.registry.settled_blob_gets(&wl.repo, None);
     let t = Instant::now();
     let mut rss = 0;
     match mode {
@@ -249,10 +215,10 @@ fn run_mode(
             let elapsed = t.elapsed();
             let _ = lamina(ctx.root).arg("umount").arg(&dir).status();
             ran?;
-            let after = settle_counts(ctx.registry, &wl.repo);
+            let after = ctx.registry.settled_blob_gets(&wl.repo, None);
             return Ok(RunFigures {
                 seconds: elapsed.as_secs_f64(),
-                requests: after.0 - before.0,
+                requests: (after.0 - before.0) as u64,
                 bytes: after.1 - before.1,
                 rss_kb: rss,
             });
@@ -269,11 +235,11 @@ fn run_mode(
         other => return Err(format!("unknown mode {other}")),
     }
     let elapsed = t.elapsed();
-    let after = settle_counts(ctx.registry, &wl.repo);
+    let after = ctx.registry.settled_blob_gets(&wl.repo, None);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(RunFigures {
         seconds: elapsed.as_secs_f64(),
-        requests: after.0 - before.0,
+        requests: (after.0 - before.0) as u64,
         bytes: after.1 - before.1,
         rss_kb: rss,
     })
@@ -374,13 +340,7 @@ fn main() {
         .arg("-cf")
         .arg(&base_tar)
         .arg("."));
-    let base_tar = std::fs::read(&base_tar).unwrap();
-    let base = Layer {
-        blob: support::layout::gzip(&base_tar),
-        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-        diff_id: support::layout::sha(&base_tar),
-    };
-    drop(base_tar);
+    let base = Layer::gzip_tar(&std::fs::read(&base_tar).unwrap());
     let mut workloads = Vec::new();
     if wanted.iter().any(|x| x == "distro") {
         let mut l = Layout::create(&w.join("distro-layout"));
@@ -420,11 +380,7 @@ fn main() {
             Entry::File("models/weights.bin", 0o644, &weights),
         ]);
         drop(weights);
-        let top = Layer {
-            blob: support::layout::gzip(&tar),
-            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-            diff_id: support::layout::sha(&tar),
-        };
+        let top = Layer::gzip_tar(&tar);
         drop(tar);
         let mut l = Layout::create(&w.join("weights-layout"));
         let d = l.image(&[base.clone(), top], "amd64");

@@ -1,5 +1,5 @@
 //! Indexing a plain tar layer (no TOC) by streaming it once: every entry goes into a
-//! [`LayerIndex`], and every regular file's bytes go into the chunk store as they pass, so the
+//! [`LayerIndex`](crate::index::LayerIndex), and every regular file's bytes go into the chunk store as they pass, so the
 //! layer then mounts from the cache alone.
 //!
 //! Chunks are fixed pieces of `PLAIN_CHUNK_BYTES` (files smaller than that are one chunk): the
@@ -10,9 +10,8 @@ use std::io::{self, Read};
 
 use crate::cache::chunks::ChunkStore;
 use crate::changeset::LayerPath;
-use crate::format::chunk::ChunkCodec;
 use crate::format::tar::{entry_meta, is_metadata_only, EntryKind};
-use crate::index::{Chunk, ChunkKind, IndexEntry, LayerIndex};
+use crate::index::{Chunk, ChunkKind, IndexEntry};
 
 /// Size of the pieces a plain layer's files are cut into.
 pub const PLAIN_CHUNK_BYTES: usize = 1 << 20;
@@ -21,22 +20,6 @@ fn raw(d: &crate::digest::Digest) -> [u8; 32] {
     let mut out = [0u8; 32];
     hex::decode_to_slice(d.hex(), &mut out).expect("64 hex digits");
     out
-}
-
-/// Stream an uncompressed layer tar into an index, storing file contents as chunks. Reads the
-/// stream to its end.
-pub fn index_plain_layer<R: Read>(tar: R, store: &ChunkStore) -> io::Result<LayerIndex> {
-    let mut index = LayerIndex {
-        codec: ChunkCodec::Stream,
-        ..LayerIndex::default()
-    };
-    stream_plain_layer(tar, store, 0, |mut entry, chunks| {
-        entry.first_chunk = index.chunks.len() as u32;
-        index.chunks.extend(chunks);
-        index.entries.push(entry);
-        Ok(())
-    })?;
-    Ok(index)
 }
 
 /// Stream an uncompressed layer tar, storing each regular file's bytes as chunks and then
@@ -138,7 +121,12 @@ mod tests {
             h.set_mtime(0);
             b.append_data(&mut h, name, data).unwrap();
         }
-        let index = index_plain_layer(b.into_inner().unwrap().as_slice(), &store).unwrap();
+        let mut index = crate::index::LayerIndex::default();
+        stream_plain_layer(b.into_inner().unwrap().as_slice(), &store, 0, |entry, chunks| {
+            index.push_entry(entry, chunks);
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(index.entries.len(), 3);
         let big_entry = &index.entries[1];
         assert_eq!(index.chunks_of(big_entry).len(), 3);

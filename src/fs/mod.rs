@@ -270,7 +270,7 @@ impl ImageFs {
                 layer,
                 size: n.size,
                 assembled,
-                chunks: chunks[first..wanted.max(needed)].to_vec(),
+                chunks: chunks[first..wanted].to_vec(),
                 needed: needed - first,
                 all_digests: (assembled.is_some() && end == n.size).then(|| chunks.iter().map(|c| c.digest).collect()),
             }))
@@ -361,6 +361,32 @@ impl ImageFs {
                 }
                 _ => Some(reply),
             }
+        })
+    }
+
+    /// A directory's listing from position `offset` (`.` and `..` first), once the union is
+    /// whole: `add(union, child inode, next offset, name)` until it says the reply is full.
+    fn list(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+        mut add: impl FnMut(&crate::union::Union, u64, u64, &[u8]) -> bool,
+    ) -> Result<(), OpError> {
+        self.live.wait_complete().map_err(OpError::Live)?;
+        self.live.read(|st| {
+            let u = &st.union;
+            let n = u.get(ino.0).ok_or(OpError::NotFound)?;
+            if n.kind != EntryKind::Directory {
+                return Err(OpError::NotDir);
+            }
+            let dots = [(ino.0, &b"."[..]), (n.parent, &b".."[..])];
+            let children = n.children.iter().map(|(name, c)| (*c, name.as_slice()));
+            for (i, (child, name)) in dots.into_iter().chain(children).enumerate().skip(offset as usize) {
+                if add(u, child, (i + 1) as u64, name) {
+                    break;
+                }
+            }
+            Ok(())
         })
     }
 
@@ -501,29 +527,13 @@ impl Filesystem for ImageFs {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        if let Err(e) = self.live.wait_complete() {
-            return reply.error(errno(&OpError::Live(e)));
-        }
-        let listed = self.live.read(|st| {
-            let u = &st.union;
-            let n = u.get(ino.0).ok_or(OpError::NotFound)?;
-            if n.kind != EntryKind::Directory {
-                return Err(OpError::NotDir);
-            }
-            let dots = [
-                (ino.0, FileType::Directory, &b"."[..]),
-                (n.parent, FileType::Directory, &b".."[..]),
-            ];
-            let children = n
-                .children
-                .iter()
-                .map(|(name, c)| (*c, file_type(u.node(*c).kind), name.as_slice()));
-            for (i, (child, kind, name)) in dots.into_iter().chain(children).enumerate().skip(offset as usize) {
-                if reply.add(INodeNo(child), (i + 1) as u64, kind, OsStr::from_bytes(name)) {
-                    break;
-                }
-            }
-            Ok(())
+        let listed = self.list(ino, offset, |u, child, next, name| {
+            reply.add(
+                INodeNo(child),
+                next,
+                file_type(u.node(child).kind),
+                OsStr::from_bytes(name),
+            )
         });
         match listed {
             Ok(()) => reply.ok(),
@@ -539,31 +549,16 @@ impl Filesystem for ImageFs {
         offset: u64,
         mut reply: fuser::ReplyDirectoryPlus,
     ) {
-        if let Err(e) = self.live.wait_complete() {
-            return reply.error(errno(&OpError::Live(e)));
-        }
-        let listed = self.live.read(|st| {
-            let u = &st.union;
-            let n = u.get(ino.0).ok_or(OpError::NotFound)?;
-            if n.kind != EntryKind::Directory {
-                return Err(OpError::NotDir);
-            }
-            let dots = [(ino.0, &b"."[..]), (n.parent, &b".."[..])];
-            let children = n.children.iter().map(|(name, c)| (*c, name.as_slice()));
-            for (i, (child, name)) in dots.into_iter().chain(children).enumerate().skip(offset as usize) {
-                let attr = self.attr(child, u.node(child));
-                if reply.add(
-                    INodeNo(child),
-                    (i + 1) as u64,
-                    OsStr::from_bytes(name),
-                    &TTL,
-                    &attr,
-                    Generation(0),
-                ) {
-                    break;
-                }
-            }
-            Ok(())
+        let listed = self.list(ino, offset, |u, child, next, name| {
+            let attr = self.attr(child, u.node(child));
+            reply.add(
+                INodeNo(child),
+                next,
+                OsStr::from_bytes(name),
+                &TTL,
+                &attr,
+                Generation(0),
+            )
         });
         match listed {
             Ok(()) => reply.ok(),

@@ -102,6 +102,14 @@ impl LayerIndex {
         &self.chunks[start..start + entry.chunk_count as usize]
     }
 
+    /// Append an entry with its chunks (setting its `first_chunk` and `chunk_count`).
+    pub fn push_entry(&mut self, mut entry: IndexEntry, chunks: Vec<Chunk>) {
+        entry.first_chunk = self.chunks.len() as u32;
+        entry.chunk_count = chunks.len() as u32;
+        self.chunks.extend(chunks);
+        self.entries.push(entry);
+    }
+
     /// Total uncompressed bytes of regular files.
     pub fn file_bytes(&self) -> u64 {
         self.entries

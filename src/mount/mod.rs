@@ -76,6 +76,10 @@ pub struct Prepared {
     pub sources: Vec<LayerSource>,
     /// Plain layers to stream once the mount is up.
     pub streams: Vec<stream::LayerStream>,
+    /// The cache directory.
+    pub cache: CacheDir,
+    /// Its chunk store.
+    pub store: ChunkStore,
 }
 
 /// Resolve and index an image.
@@ -151,6 +155,8 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
         layers,
         sources,
         streams,
+        cache,
+        store,
     })
 }
 
@@ -203,21 +209,8 @@ pub fn serve(
     runtime: tokio::runtime::Handle,
     ready: impl FnOnce(Result<(), String>),
 ) -> std::io::Result<()> {
-    let store = match ChunkStore::open(&options.cache_dir) {
-        Ok(s) => s,
-        Err(e) => {
-            ready(Err(format!("chunk store: {e}")));
-            return Err(e);
-        }
-    };
-    let cache = match CacheDir::open(&options.cache_dir) {
-        Ok(c) => c,
-        Err(e) => {
-            ready(Err(format!("cache: {e}")));
-            return Err(e);
-        }
-    };
-    let fetcher = Fetcher::new(runtime.clone(), store, options.fetch_timeout);
+    let cache = prepared.cache;
+    let fetcher = Fetcher::new(runtime.clone(), prepared.store, options.fetch_timeout);
     let layer_digests: Vec<String> = prepared.sources.iter().map(|s| s.digest.to_string()).collect();
     let mut streaming = vec![false; prepared.layers.len()];
     for s in &prepared.streams {

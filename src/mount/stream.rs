@@ -20,7 +20,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::chunks::ChunkStore;
 use crate::cache::CacheDir;
 use crate::fetch::{Fetcher, LayerSource};
 use crate::registry::resolve::Layer;
@@ -95,7 +94,7 @@ async fn attempt(
         reason,
         permanent: false,
     };
-    let store = ChunkStore::open(cache.root()).map_err(|e| local(format!("chunk store: {e}")))?;
+    let store = fetcher.store().clone();
     let spool =
         crate::pull::spool::Spool::create(&cache.temp_path("plain")).map_err(|e| local(format!("spool: {e}")))?;
     let counted = {
@@ -116,26 +115,17 @@ async fn attempt(
     ));
     let reader = spool.reader().map_err(|e| local(format!("spool: {e}")))?;
     let (compression, diff_id, li, live) = (s.layer.compression, s.layer.diff_id.clone(), s.index, live.clone());
-    let indexed = tokio::task::spawn_blocking(move || -> Result<(), (String, bool)> {
-        let tar = crate::format::compression::decompressor(reader, compression).map_err(|e| (e.to_string(), false))?;
+    let indexed = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let tar = crate::format::compression::decompressor(reader, compression).map_err(|e| e.to_string())?;
         let mut hashing = crate::digest::HashingReader::new(tar);
-        let mut refused = None;
-        let streamed = crate::format::plain::stream_plain_layer(&mut hashing, &store, skip, |entry, chunks| {
-            live.push(li, entry, chunks).map_err(|e| {
-                refused = Some(e.to_string());
-                std::io::Error::other("refused by the union")
-            })
-        });
-        if let Some(reason) = refused {
-            return Err((reason, true));
-        }
-        streamed.map_err(|e| (e.to_string(), false))?;
+        crate::format::plain::stream_plain_layer(&mut hashing, &store, skip, |entry, chunks| {
+            live.push(li, entry, chunks)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .map_err(|e| e.to_string())?;
         let (actual, _) = hashing.finish();
         if actual != diff_id {
-            return Err((
-                format!("uncompressed digest {actual} does not match diff_id {diff_id}"),
-                true,
-            ));
+            return Err(format!("uncompressed digest {actual} does not match diff_id {diff_id}"));
         }
         Ok(())
     })
@@ -146,8 +136,9 @@ async fn attempt(
     if let Err(e) = downloaded {
         return Err(local(e.to_string()));
     }
-    // The blob arrived whole and matched its digest: a failure now is in the bytes themselves.
-    indexed.map_err(|(reason, _)| Failure {
+    // The blob arrived whole and matched its digest: a failure now is in the bytes themselves
+    // (before that, an indexer failure may only be the download's, so it is retried).
+    indexed.map_err(|reason| Failure {
         reason,
         permanent: true,
     })

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use super::{Union, UnionError, ROOT_INO};
+use super::{Union, UnionError};
 use crate::changeset::{classify, LayerPath, LayerRules, Marker};
 use crate::format::tar::EntryKind;
 use crate::index::{Chunk, IndexEntry, LayerIndex};
@@ -165,23 +165,42 @@ impl LiveState {
         Ok(())
     }
 
+    /// Work out the reach of the complete layers above the frontier that lack one, so that
+    /// lookups only read.
+    fn note_reach(&mut self) {
+        for li in self.merged + 1..self.layers.len() {
+            if self.status[li] == LayerStatus::Complete && self.reach[li].is_none() {
+                self.reach[li] = Some(Reach::of(&self.layers[li]));
+            }
+        }
+    }
+
+    /// The first layer not merged yet that failed for good, as an error.
+    fn failed_for_good(&self) -> Option<LiveError> {
+        self.status
+            .iter()
+            .enumerate()
+            .skip(self.merged)
+            .find_map(|(layer, s)| match s {
+                LayerStatus::Failed {
+                    reason,
+                    permanent: true,
+                } => Some(LiveError::Failed {
+                    layer,
+                    reason: reason.clone(),
+                }),
+                _ => None,
+            })
+    }
+
     /// Whether the answer for `name` in `parent` is final now.
-    fn settled(&mut self, parent: u64, name: &[u8]) -> Result<bool, LiveError> {
+    fn settled(&self, parent: u64, name: &[u8]) -> Result<bool, LiveError> {
         let f = self.merged;
         if f == self.layers.len() {
             return Ok(true);
         }
-        for (li, s) in self.status.iter().enumerate().skip(f) {
-            if let LayerStatus::Failed {
-                reason,
-                permanent: true,
-            } = s
-            {
-                return Err(LiveError::Failed {
-                    layer: li,
-                    reason: reason.clone(),
-                });
-            }
+        if let Some(e) = self.failed_for_good() {
+            return Err(e);
         }
         let Some(child) = self.union.child(parent, name) else {
             return Ok(false);
@@ -194,20 +213,16 @@ impl LiveState {
             return Ok(false);
         }
         for li in f + 1..self.layers.len() {
-            if self.status[li] != LayerStatus::Complete {
-                return Ok(false);
-            }
-            let reach = self.reach[li].get_or_insert_with(|| Reach::of(&self.layers[li]));
-            if reach.touches(&path, is_dir) {
-                return Ok(false);
+            match &self.reach[li] {
+                Some(reach) if self.status[li] == LayerStatus::Complete => {
+                    if reach.touches(&path, is_dir) {
+                        return Ok(false);
+                    }
+                }
+                _ => return Ok(false),
             }
         }
         Ok(true)
-    }
-
-    /// The lowest layer not yet merged whole.
-    fn frontier(&self) -> usize {
-        self.merged
     }
 }
 
@@ -244,6 +259,7 @@ impl LiveUnion {
             reach: (0..n).map(|_| None).collect(),
         };
         state.advance()?;
+        state.note_reach();
         let complete = state.merged == n;
         Ok(LiveUnion {
             state: RwLock::new(state),
@@ -311,37 +327,22 @@ impl LiveUnion {
             if st.merged == st.layers.len() {
                 return Ok(Some(()));
             }
-            match &st.status[st.merged..].iter().enumerate().find_map(|(i, s)| match s {
-                LayerStatus::Failed {
-                    reason,
-                    permanent: true,
-                } => Some((i, reason.clone())),
-                _ => None,
-            }) {
-                Some((i, reason)) => Err(LiveError::Failed {
-                    layer: st.merged + i,
-                    reason: reason.clone(),
-                }),
-                None => Ok(None),
-            }
+            st.failed_for_good().map_or(Ok(None), Err)
         })
     }
 
-    /// Evaluate `check` (under the write lock: settling may build a layer's reach) until it
+    /// Evaluate `check` (under the read lock) until it
     /// gives an answer, waiting for progress in between.
-    fn wait_until<R>(
-        &self,
-        mut check: impl FnMut(&mut LiveState) -> Result<Option<R>, LiveError>,
-    ) -> Result<R, LiveError> {
+    fn wait_until<R>(&self, mut check: impl FnMut(&LiveState) -> Result<Option<R>, LiveError>) -> Result<R, LiveError> {
         let mut last_progress = Instant::now();
         loop {
             let seen = *self.progress.lock();
             let frontier = {
-                let mut st = self.state.write();
-                if let Some(r) = check(&mut st)? {
+                let st = self.state.read();
+                if let Some(r) = check(&st)? {
                     return Ok(r);
                 }
-                st.frontier()
+                st.merged
             };
             let mut p = self.progress.lock();
             if *p == seen {
@@ -363,14 +364,10 @@ impl LiveUnion {
     }
 
     /// An entry of streaming layer `li` arrived, with its chunks (already in the store).
-    pub fn push(&self, li: usize, mut entry: IndexEntry, chunks: Vec<Chunk>) -> Result<(), UnionError> {
+    pub fn push(&self, li: usize, entry: IndexEntry, chunks: Vec<Chunk>) -> Result<(), UnionError> {
         let result = {
             let mut st = self.state.write();
-            let layer = &mut st.layers[li];
-            entry.first_chunk = layer.chunks.len() as u32;
-            entry.chunk_count = chunks.len() as u32;
-            layer.chunks.extend(chunks);
-            layer.entries.push(entry);
+            st.layers[li].push_entry(entry, chunks);
             if st.merged == li {
                 st.advance()
             } else {
@@ -390,6 +387,7 @@ impl LiveUnion {
                 Err((reason, permanent)) => LayerStatus::Failed { reason, permanent },
             };
             let r = st.advance();
+            st.note_reach();
             if st.merged == st.layers.len() {
                 self.complete.store(true, Ordering::Release);
             }
@@ -406,42 +404,15 @@ impl LiveUnion {
     }
 }
 
-/// The root inode, for callers that only see this module.
-pub const ROOT: u64 = ROOT_INO;
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn e(path: &str, kind: EntryKind) -> IndexEntry {
-        IndexEntry {
-            path: LayerPath::normalize(path.as_bytes()).unwrap(),
-            kind,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime_secs: 0,
-            mtime_nanos: 0,
-            size: 0,
-            link: Vec::new(),
-            dev_major: 0,
-            dev_minor: 0,
-            xattrs: Vec::new(),
-            digest: None,
-            first_chunk: 0,
-            chunk_count: 0,
-        }
-    }
-
-    fn layer(entries: Vec<IndexEntry>) -> LayerIndex {
-        LayerIndex {
-            entries,
-            ..Default::default()
-        }
-    }
+    use crate::union::testing::{e, layer};
+    use crate::union::ROOT_INO;
 
     fn found(u: &LiveUnion, path: &str) -> Result<bool, LiveError> {
-        let mut ino = ROOT;
+        let mut ino = ROOT_INO;
         for c in path.split('/') {
             match u.lookup(ino, c.as_bytes(), |_, child| child)? {
                 Some(child) => ino = child,
@@ -520,7 +491,7 @@ mod tests {
         u.push(0, e("evil", Symlink), vec![]).unwrap();
         assert_eq!(found(&u, "evil"), Err(LiveError::Stalled(0)));
         u.finish(0, Ok(())).unwrap();
-        let kind = u.lookup(ROOT, b"evil", |un, c| un.node(c.unwrap()).kind).unwrap();
+        let kind = u.lookup(ROOT_INO, b"evil", |un, c| un.node(c.unwrap()).kind).unwrap();
         assert_eq!(kind, Directory);
     }
 

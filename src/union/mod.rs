@@ -343,11 +343,12 @@ impl Union {
     }
 }
 
+/// Entries and layers for the union's tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
 
-    fn e(path: &str, kind: EntryKind) -> IndexEntry {
+    pub fn e(path: &str, kind: EntryKind) -> IndexEntry {
         IndexEntry {
             path: LayerPath::normalize(path.as_bytes()).unwrap(),
             kind,
@@ -367,12 +368,19 @@ mod tests {
         }
     }
 
-    fn layer(entries: Vec<IndexEntry>) -> LayerIndex {
+    pub fn layer(entries: Vec<IndexEntry>) -> LayerIndex {
         LayerIndex {
             entries,
             ..Default::default()
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::testing::{e, layer};
 
     fn names(u: &Union, path: &str) -> Vec<String> {
         let ino = u.lookup_path(&LayerPath::normalize(path.as_bytes()).unwrap()).unwrap();

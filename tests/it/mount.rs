@@ -71,35 +71,9 @@ fn require_fuse() -> bool {
     false
 }
 
-/// Layer blob GETs of `repo` in the registry's access log: (requests, bytes sent), once the
-/// log has settled (the registry writes a line after the response has gone out, so a client
-/// can be done before its last line is there).
+/// Layer blob GETs of `repo` (the config excluded), once the access log has settled.
 fn blob_gets_and_bytes(registry: &TestRegistry, repo: &str, config_digest: &str) -> (usize, u64) {
-    let mut last = blob_gets_now(registry, repo, config_digest);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        std::thread::sleep(Duration::from_millis(300));
-        let now = blob_gets_now(registry, repo, config_digest);
-        if now == last || Instant::now() > deadline {
-            return now;
-        }
-        last = now;
-    }
-}
-
-fn blob_gets_now(registry: &TestRegistry, repo: &str, config_digest: &str) -> (usize, u64) {
-    let lines: Vec<String> = registry
-        .log()
-        .lines()
-        .filter(|l| l.contains(&format!("\"GET /v2/{repo}/blobs/")) && !l.contains(config_digest))
-        .map(str::to_string)
-        .collect();
-    // `… "GET /v2/… HTTP/1.1" 206 41961 "" "lamina/…"`: the number after the status.
-    let bytes = lines
-        .iter()
-        .filter_map(|l| l.split('"').nth(2)?.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum();
-    (lines.len(), bytes)
+    registry.settled_blob_gets(repo, Some(config_digest))
 }
 
 fn blob_gets(registry: &TestRegistry, repo: &str, config_digest: &str) -> usize {
@@ -124,7 +98,12 @@ struct Fixture {
     layout: PathBuf,
 }
 
-fn fixture() -> Fixture {
+/// The shared image fixture, once the tools it needs (and `extra`), root and FUSE are here.
+fn fixture(extra: &[&str]) -> Option<Fixture> {
+    let tools = [&["docker-registry", "umoci", "skopeo", "setfattr", "mknod"][..], extra].concat();
+    if !require_tools(&tools) || !require_root() || !require_fuse() {
+        return None;
+    }
     let registry = TestRegistry::start();
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
@@ -151,24 +130,20 @@ fn fixture() -> Fixture {
             .output()
             .unwrap(),
     );
-    Fixture {
+    Some(Fixture {
         oracle: w.join("oracle/rootfs"),
         layout: umoci.layout,
         registry,
         work,
         converted,
-    }
+    })
 }
 
 #[test]
 fn mounted_tree_equals_umoci_unpack_and_warm_mounts_fetch_nothing() {
-    if !require_tools(&["docker-registry", "umoci", "skopeo", "setfattr", "mknod"])
-        || !require_root()
-        || !require_fuse()
-    {
+    let Some(f) = fixture(&[]) else {
         return;
-    }
-    let f = fixture();
+    };
     let w = f.work.path();
     let cache = w.join("cache");
     let config = config_digest(&f.converted);
@@ -222,13 +197,9 @@ fn mounted_tree_equals_umoci_unpack_and_warm_mounts_fetch_nothing() {
 
 #[test]
 fn skopeo_written_zstd_chunked_mounts() {
-    if !require_tools(&["docker-registry", "umoci", "skopeo", "unshare", "setfattr", "mknod"])
-        || !require_root()
-        || !require_fuse()
-    {
+    let Some(f) = fixture(&["unshare"]) else {
         return;
-    }
-    let f = fixture();
+    };
     let w = f.work.path();
     let image = format!("{}/mnt-skopeo:t", f.registry.addr);
     run(Command::new("unshare").args(["-m", "sh", "-c"]).arg(format!(
@@ -242,13 +213,9 @@ fn skopeo_written_zstd_chunked_mounts() {
 
 #[test]
 fn concurrent_readers_share_fetches_and_a_dead_registry_gives_eio() {
-    if !require_tools(&["docker-registry", "umoci", "skopeo", "setfattr", "mknod"])
-        || !require_root()
-        || !require_fuse()
-    {
+    let Some(mut f) = fixture(&[]) else {
         return;
-    }
-    let mut f = fixture();
+    };
     let w = f.work.path().to_path_buf();
     let config = config_digest(&f.converted);
     let m = Mounted::new(
@@ -325,13 +292,9 @@ fn concurrent_readers_share_fetches_and_a_dead_registry_gives_eio() {
 
 #[test]
 fn a_killed_daemon_is_cleared_by_umount_and_remounts_from_cache() {
-    if !require_tools(&["docker-registry", "umoci", "skopeo", "setfattr", "mknod"])
-        || !require_root()
-        || !require_fuse()
-    {
+    let Some(f) = fixture(&[]) else {
         return;
-    }
-    let f = fixture();
+    };
     let w = f.work.path();
     let cache = w.join("cache");
     let m = Mounted::new(&f.converted, &w.join("mnt"), &cache, &[]);
@@ -481,13 +444,9 @@ fn plain_layers_serve_files_before_they_finish_streaming() {
 
 #[test]
 fn faults_never_give_wrong_bytes_hangs_or_crashes() {
-    if !require_tools(&["docker-registry", "umoci", "skopeo", "python3", "setfattr", "mknod"])
-        || !require_root()
-        || !require_fuse()
-    {
+    let Some(f) = fixture(&["python3"]) else {
         return;
-    }
-    let f = fixture();
+    };
     let w = f.work.path();
     let mode = w.join("fault-mode");
     std::fs::write(&mode, "pass").unwrap();
@@ -539,13 +498,9 @@ fn faults_never_give_wrong_bytes_hangs_or_crashes() {
 
 #[test]
 fn plain_gzip_images_mount_and_then_come_from_the_cache() {
-    if !require_tools(&["docker-registry", "umoci", "skopeo", "setfattr", "mknod"])
-        || !require_root()
-        || !require_fuse()
-    {
+    let Some(f) = fixture(&[]) else {
         return;
-    }
-    let f = fixture();
+    };
     let w = f.work.path();
     let plain = f.converted.replace("/mnt-zc:", "/mnt-src:");
     let config = config_digest(&plain);

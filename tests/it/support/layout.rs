@@ -74,7 +74,7 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
-pub fn sha(data: &[u8]) -> String {
+fn sha(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
@@ -92,11 +92,15 @@ pub struct Layer {
 impl Layer {
     /// A gzip layer from tar entries.
     pub fn gzip(entries: &[Entry<'_>]) -> Layer {
-        let tar = tar_bytes(entries);
+        Layer::gzip_tar(&tar_bytes(entries))
+    }
+
+    /// A gzip layer from raw tar bytes.
+    pub fn gzip_tar(tar: &[u8]) -> Layer {
         Layer {
-            blob: gzip(&tar),
+            blob: gzip(tar),
             media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-            diff_id: sha(&tar),
+            diff_id: sha(tar),
         }
     }
 

@@ -125,6 +125,37 @@ impl TestRegistry {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
+
+    /// Blob GETs of `repo` in the access log now, except those naming `except` (e.g. the
+    /// config's digest): (requests, bytes sent).
+    pub fn blob_gets_now(&self, repo: &str, except: Option<&str>) -> (usize, u64) {
+        let log = self.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!("\"GET /v2/{repo}/blobs/")) && except.is_none_or(|x| !l.contains(x)))
+            .collect();
+        // `… "GET /v2/… HTTP/1.1" 206 41961 "" "lamina/…"`: the number after the status.
+        let bytes = lines
+            .iter()
+            .filter_map(|l| l.split('"').nth(2)?.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        (lines.len(), bytes)
+    }
+
+    /// [`Self::blob_gets_now`] once the log has settled (the registry writes a line after the
+    /// response has gone out, so a client can be done before its last line is there).
+    pub fn settled_blob_gets(&self, repo: &str, except: Option<&str>) -> (usize, u64) {
+        let mut last = self.blob_gets_now(repo, except);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = self.blob_gets_now(repo, except);
+            if now == last || Instant::now() > deadline {
+                return now;
+            }
+            last = now;
+        }
+    }
 }
 
 impl Drop for TestRegistry {
