@@ -60,3 +60,19 @@ pub fn machine() -> String {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     )
 }
+
+/// `bench/results/<date>-<host>/` of this checkout, created.
+pub fn results_dir(root: &str) -> std::path::PathBuf {
+    let out = |c: &mut Command| {
+        c.output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let host = out(&mut Command::new("hostname"));
+    let date = out(Command::new("date").arg("+%Y-%m-%d"));
+    let dir = std::path::PathBuf::from(root)
+        .join("bench/results")
+        .join(format!("{date}-{}", if host.is_empty() { "host" } else { &host }));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

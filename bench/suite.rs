@@ -3,10 +3,19 @@
 //! emulated links ([`link`]), all modes in the same run.
 //!
 //! ```text
-//! cargo bench --bench suite -- [--workloads distro,python,weights] [--links L1,L2,..]
-//!                              [--reps N] [--modes m1,m2,..]
+//! cargo bench --bench suite -- [--workloads distro,python,app,weights] [--links L1,L2,..]
+//!                              [--reps N] [--modes m1,m2,..] [--budget SECONDS|none]
 //!   L = unlimited/1ms | 100mbit/20ms | 20mbit/50ms | 10mbit/150ms | RATE/RTT
 //! ```
+//!
+//! Budget (default 900 s for the whole command): the fastest link runs every mode and every
+//! repetition. From what it measured (seconds, blob bytes, requests per workload and mode)
+//! the suite predicts each run on the slower links (seconds + bytes ÷ rate + requests × RTT)
+//! and runs, in this order while the prediction fits the budget: one run of each lazy mode and
+//! `local` on every link (always, even over budget: they are what is measured), one run of the
+//! full modes (fastest links first), then further repetitions. A full mode on a link the budget
+//! left out is written as an **estimate** (`est.` in the table, `estimated` in the CSV), never as
+//! a measurement; `--budget none` measures everything.
 //!
 //! Modes per workload and link: `skopeo+umoci` (skopeo copy + umoci unpack + run), `pull`
 //! (lamina pull + run), `lazy-cold` (lamina mount + run, empty cache), `lazy-warm` (the same,
@@ -33,7 +42,7 @@ mod link;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -44,6 +53,8 @@ use support::run;
 
 const MODES: [&str; 5] = ["skopeo+umoci", "pull", "lazy-cold", "lazy-warm", "local"];
 const DEFAULT_LINKS: &str = "unlimited/1ms,100mbit/20ms,20mbit/50ms,10mbit/150ms";
+/// Seconds the whole suite may take unless `--budget` says otherwise.
+const DEFAULT_BUDGET: f64 = 900.0;
 
 struct Workload {
     name: &'static str,
@@ -59,6 +70,8 @@ struct Sample {
     mode: String,
     rep: usize,
     result: Result<RunFigures, String>,
+    /// A prediction written where the budget left a full-pull run out, not a measurement.
+    estimated: bool,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -302,14 +315,22 @@ fn main() {
     run(Command::new("cargo")
         .args(["build", "--release", "--quiet", "--manifest-path"])
         .arg(format!("{root}/Cargo.toml")));
+    let started = Instant::now();
     let reps: usize = arg("--reps").and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
-    let links: Vec<Link> = arg("--links")
+    let budget: f64 = match arg("--budget").as_deref() {
+        None => DEFAULT_BUDGET,
+        Some("none") => f64::INFINITY,
+        Some(b) => b.parse().unwrap_or_else(|e| panic!("--budget {b}: {e}")),
+    };
+    let mut links: Vec<Link> = arg("--links")
         .unwrap_or_else(|| DEFAULT_LINKS.into())
         .split(',')
         .map(|l| Link::parse(l).unwrap_or_else(|e| panic!("{e}")))
         .collect();
+    // Fastest first: its runs predict the others'.
+    links.sort_by_key(|l| (std::cmp::Reverse(l.rate_bps.unwrap_or(u64::MAX)), l.rtt));
     let wanted: Vec<String> = arg("--workloads")
-        .unwrap_or_else(|| "distro,python,weights".into())
+        .unwrap_or_else(|| "distro,python,app,weights".into())
         .split(',')
         .map(str::to_string)
         .collect();
@@ -363,6 +384,24 @@ fn main() {
                 "-c".into(),
                 "import json, yaml, email.parser, http.client, decimal; print('ready')".into(),
             ],
+        });
+    }
+    if wanted.iter().any(|x| x == "app") {
+        let app_layout = String::from_utf8_lossy(
+            &run(Command::new("bash")
+                .arg(format!("{root}/scripts/build-image.sh"))
+                .arg("app"))
+            .stdout,
+        )
+        .trim()
+        .to_string();
+        publish(root, &registry, &app_layout, "suite/app", w);
+        workloads.push(Workload {
+            name: "app",
+            repo: "suite/app".into(),
+            cmd: ["gcc", "-pipe", "-c", "/app/hello.c", "-o", "/dev/null"]
+                .map(String::from)
+                .to_vec(),
         });
     }
     if wanted.iter().any(|x| x == "weights") {
@@ -422,34 +461,62 @@ fn main() {
 
     let mut samples: Vec<Sample> = Vec::new();
     let mut validations = Vec::new();
-    let started = Instant::now();
-    for l in &links {
+    let ctx = Ctx {
+        root,
+        registry: &registry,
+        work: w,
+    };
+    let mut plan: Option<Plan> = None;
+    for (li, l) in links.iter().enumerate() {
         let relay = link::start(*l, &registry.addr);
-        // Validate with the largest blob of the first workload.
+        // Validate with the largest blob of the first workload (a few seconds' worth of it).
         if let Some(wl) = workloads.first() {
-            if let Some(path) = largest_blob_path(&registry, &wl.repo) {
+            if let Some(path) = largest_blob_path(&registry, &wl.repo, 200 << 20) {
                 let v = link::validate(*l, &relay.addr, &registry.addr, &path);
                 println!("{}", v.line());
                 validations.push(v);
             }
         }
-        for wl in &workloads {
+        if li == 1 {
+            let p = Plan::make(
+                &links,
+                &workloads,
+                &modes,
+                reps,
+                &samples,
+                budget - started.elapsed().as_secs_f64(),
+            );
+            println!("{}", p.summary);
+            plan = Some(p);
+        }
+        for (wi, wl) in workloads.iter().enumerate() {
             let cache = w.join(format!("cache-{}", wl.name));
             for rep in 0..reps {
-                for mode in &modes {
-                    let tag = format!("{rep}");
-                    let result = run_mode(
-                        &Ctx {
-                            root,
-                            registry: &registry,
-                            work: w,
-                        },
-                        wl,
-                        &relay.addr,
-                        mode,
-                        &tag,
-                        &cache,
-                    );
+                for (mi, mode) in modes.iter().enumerate() {
+                    let sample = |result, estimated| Sample {
+                        workload: wl.name.into(),
+                        link: l.name(),
+                        mode: mode.clone(),
+                        rep,
+                        result,
+                        estimated,
+                    };
+                    if let Some(p) = &plan {
+                        if !p.runs.contains(&(li, wi, mi, rep)) {
+                            if let (0, Some(f)) = (rep, p.estimates.get(&(li, wi, mi))) {
+                                println!(
+                                    "{:<8} {:<16} {:<13} rep {rep}: {:>7.2} s  estimated (budget)",
+                                    wl.name,
+                                    l.name(),
+                                    mode,
+                                    f.seconds
+                                );
+                                samples.push(sample(Ok(*f), true));
+                            }
+                            continue;
+                        }
+                    }
+                    let result = run_mode(&ctx, wl, &relay.addr, mode, &rep.to_string(), &cache);
                     match &result {
                         Ok(f) => println!(
                             "{:<8} {:<16} {:<13} rep {rep}: {:>7.2} s {:>9.1} MB {:>5} requests",
@@ -462,13 +529,7 @@ fn main() {
                         ),
                         Err(e) => println!("{:<8} {:<16} {:<13} rep {rep}: FAILED {e}", wl.name, l.name(), mode),
                     }
-                    samples.push(Sample {
-                        workload: wl.name.into(),
-                        link: l.name(),
-                        mode: mode.clone(),
-                        rep,
-                        result,
-                    });
+                    samples.push(sample(result, false));
                 }
             }
         }
@@ -477,18 +538,129 @@ fn main() {
     write_results(root, &machine, &links, &workloads, &samples, &validations, &needed);
 }
 
-fn largest_blob_path(registry: &TestRegistry, repo: &str) -> Option<String> {
-    // The registry stores blobs under docker/registry/v2/blobs/sha256/ab/<hex>/data.
-    let root = registry.storage().join("docker/registry/v2/blobs/sha256");
-    let mut best: Option<(u64, String)> = None;
-    for shard in std::fs::read_dir(root).ok()? {
-        for blob in std::fs::read_dir(shard.ok()?.path()).ok()? {
-            let blob = blob.ok()?;
-            let size = std::fs::metadata(blob.path().join("data")).ok()?.len();
-            let hex = blob.file_name().to_string_lossy().to_string();
-            if best.as_ref().is_none_or(|(s, _)| size > *s) && size < (200 << 20) {
-                best = Some((size, hex));
+/// Which runs the budget allows on the links after the first, and estimates for the full-pull
+/// runs it leaves out.
+struct Plan {
+    /// (link, workload, mode, rep) to run.
+    runs: std::collections::BTreeSet<(usize, usize, usize, usize)>,
+    /// Predicted figures of (link, workload, mode) left out.
+    estimates: BTreeMap<(usize, usize, usize), RunFigures>,
+    summary: String,
+}
+
+impl Plan {
+    fn make(
+        links: &[Link],
+        workloads: &[Workload],
+        modes: &[String],
+        reps: usize,
+        measured: &[Sample],
+        left: f64,
+    ) -> Plan {
+        let first = links[0];
+        // Per (workload, mode): the first link's median, with its own transfer time taken out.
+        let base = |wi: usize, mi: usize| -> Option<RunFigures> {
+            let v: Vec<&Sample> = measured
+                .iter()
+                .filter(|s| s.workload == workloads[wi].name && s.mode == modes[mi] && s.link == first.name())
+                .collect();
+            let st = stat(&v)?;
+            if st.median.is_nan() {
+                return None;
             }
+            let own = first.serialize(st.bytes).as_secs_f64() + st.requests as f64 * first.rtt.as_secs_f64();
+            Some(RunFigures {
+                seconds: (st.median - own).max(0.0),
+                bytes: st.bytes,
+                requests: st.requests,
+                rss_kb: st.rss_kb,
+            })
+        };
+        let predict = |li: usize, wi: usize, mi: usize| -> Option<RunFigures> {
+            let b = base(wi, mi)?;
+            let l = links[li];
+            Some(RunFigures {
+                seconds: b.seconds + l.serialize(b.bytes).as_secs_f64() + b.requests as f64 * l.rtt.as_secs_f64(),
+                ..b
+            })
+        };
+        let full = |mi: usize| matches!(modes[mi].as_str(), "pull" | "skopeo+umoci");
+        let mut tiers: Vec<Vec<(usize, usize, usize, usize)>> = vec![Vec::new(); 4];
+        for li in 1..links.len() {
+            for wi in 0..workloads.len() {
+                for mi in 0..modes.len() {
+                    for rep in 0..reps {
+                        let tier = match (full(mi), rep) {
+                            (false, 0) => 0,
+                            (true, 0) => 1,
+                            (false, _) => 2,
+                            (true, _) => 3,
+                        };
+                        tiers[tier].push((li, wi, mi, rep));
+                    }
+                }
+            }
+        }
+        let cost = |r: &(usize, usize, usize, usize)| predict(r.0, r.1, r.2).map_or(0.0, |f| f.seconds);
+        let mut runs = std::collections::BTreeSet::new();
+        let mut spent = 0.0;
+        for (t, tier) in tiers.iter_mut().enumerate() {
+            // Cheap links first within a tier (they are already in link order), cheap runs first.
+            tier.sort_by(|a, b| (a.0, a.3).cmp(&(b.0, b.3)).then(cost(a).total_cmp(&cost(b))));
+            for r in tier.iter() {
+                let c = cost(r) + 1.0;
+                if t == 0 || spent + c <= left {
+                    spent += c;
+                    runs.insert(*r);
+                }
+            }
+        }
+        let mut estimates = BTreeMap::new();
+        let mut left_out = Vec::new();
+        for li in 1..links.len() {
+            for wi in 0..workloads.len() {
+                for mi in (0..modes.len()).filter(|m| full(*m)) {
+                    if !runs.contains(&(li, wi, mi, 0)) {
+                        if let Some(f) = predict(li, wi, mi) {
+                            estimates.insert((li, wi, mi), f);
+                            left_out.push(format!("{}/{}/{}", workloads[wi].name, links[li].name(), modes[mi]));
+                        }
+                    }
+                }
+            }
+        }
+        let summary = format!(
+            "budget: {:.0} s left for the slower links; planned {} runs, predicted {:.0} s{}",
+            left,
+            runs.len(),
+            spent,
+            if left_out.is_empty() {
+                String::new()
+            } else {
+                format!("; estimated, not run: {}", left_out.join(", "))
+            }
+        );
+        Plan {
+            runs,
+            estimates,
+            summary,
+        }
+    }
+}
+
+/// The largest blob of `repo` up to `cap` bytes, as a registry path.
+fn largest_blob_path(registry: &TestRegistry, repo: &str, cap: u64) -> Option<String> {
+    // The registry links a repository's layers under repositories/<repo>/_layers/sha256/<hex>
+    // and stores the bytes under blobs/sha256/<ab>/<hex>/data.
+    let v2 = registry.storage().join("docker/registry/v2");
+    let mut best: Option<(u64, String)> = None;
+    for link in std::fs::read_dir(v2.join("repositories").join(repo).join("_layers/sha256")).ok()? {
+        let hex = link.ok()?.file_name().to_string_lossy().to_string();
+        let size = std::fs::metadata(v2.join("blobs/sha256").join(&hex[..2]).join(&hex).join("data"))
+            .ok()?
+            .len();
+        if best.as_ref().is_none_or(|(s, _)| size > *s) && size <= cap {
+            best = Some((size, hex));
         }
     }
     best.map(|(_, hex)| format!("/v2/{repo}/blobs/sha256:{hex}"))
@@ -502,6 +674,8 @@ struct Stat {
     requests: u64,
     rss_kb: u64,
     failed: Option<String>,
+    /// Every figure is a budget estimate, none measured.
+    estimated: bool,
 }
 
 fn stat(samples: &[&Sample]) -> Option<Stat> {
@@ -519,6 +693,7 @@ fn stat(samples: &[&Sample]) -> Option<Stat> {
             requests: 0,
             rss_kb: 0,
             failed,
+            estimated: false,
         });
     }
     let mut t: Vec<f64> = ok.iter().map(|f| f.seconds).collect();
@@ -532,6 +707,7 @@ fn stat(samples: &[&Sample]) -> Option<Stat> {
         requests: ok[mid].requests,
         rss_kb: ok.iter().map(|f| f.rss_kb).max().unwrap_or(0),
         failed,
+        estimated: samples.iter().all(|s| s.estimated),
     })
 }
 
@@ -544,22 +720,22 @@ fn write_results(
     validations: &[link::Validation],
     needed: &BTreeMap<&str, (u64, f64)>,
 ) {
-    let host = Command::new("hostname")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|_| "host".into());
-    let date = String::from_utf8_lossy(&run(Command::new("date").arg("+%Y-%m-%d")).stdout)
-        .trim()
-        .to_string();
-    let dir = PathBuf::from(root).join("bench/results").join(format!("{date}-{host}"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::results_dir(root);
     let mut csv = String::from("workload,link,mode,rep,status,seconds,blob_bytes,requests,peak_rss_kb,error\n");
     for s in samples {
         match &s.result {
             Ok(f) => writeln!(
                 csv,
-                "{},{},{},{},ok,{:.4},{},{},{},",
-                s.workload, s.link, s.mode, s.rep, f.seconds, f.bytes, f.requests, f.rss_kb
+                "{},{},{},{},{},{:.4},{},{},{},",
+                s.workload,
+                s.link,
+                s.mode,
+                s.rep,
+                if s.estimated { "estimated" } else { "ok" },
+                f.seconds,
+                f.bytes,
+                f.requests,
+                f.rss_kb
             ),
             Err(e) => writeln!(
                 csv,
@@ -615,9 +791,27 @@ fn write_results(
                 }
                 let lazy = m.starts_with("lazy");
                 let vs_full = match (&full, lazy) {
-                    (Some(f), true) if !f.median.is_nan() => format!("{:.2}", s.median / f.median),
+                    (Some(f), true) if !f.median.is_nan() => {
+                        format!(
+                            "{:.2}{}",
+                            s.median / f.median,
+                            if f.estimated { " (est. pull)" } else { "" }
+                        )
+                    }
                     _ => String::new(),
                 };
+                if s.estimated {
+                    writeln!(
+                        md,
+                        "| {} | {m} | ~{:.1} (est., not run: budget) | {:.1} | {} | | | |",
+                        l.name(),
+                        s.median,
+                        s.bytes as f64 / 1e6,
+                        s.requests
+                    )
+                    .unwrap();
+                    continue;
+                }
                 let vs_floor = if m == "lazy-cold" {
                     format!("{:.2} (floor {:.2} s)", s.median / floor, floor)
                 } else {
@@ -662,7 +856,7 @@ fn plots(dir: &Path, links: &[Link], workloads: &[Workload], samples: &[Sample])
     );
     for (wi, wl) in workloads.iter().enumerate() {
         let x0 = wi as f64 * pw;
-        let pts = |mode: &str| -> Vec<(f64, f64)> {
+        let pts = |mode: &str| -> Vec<(f64, f64, bool)> {
             links
                 .iter()
                 .filter_map(|l| {
@@ -671,11 +865,11 @@ fn plots(dir: &Path, links: &[Link], workloads: &[Workload], samples: &[Sample])
                         .filter(|s| s.workload == wl.name && s.link == l.name() && s.mode == mode)
                         .collect();
                     let s = stat(&v)?;
-                    (!s.median.is_nan()).then_some((l.rtt.as_secs_f64() * 1e3, s.median))
+                    (!s.median.is_nan()).then_some((l.rtt.as_secs_f64() * 1e3, s.median, s.estimated))
                 })
                 .collect()
         };
-        let all: Vec<(f64, f64)> = MODES.iter().flat_map(|m| pts(m)).collect();
+        let all: Vec<(f64, f64, bool)> = MODES.iter().flat_map(|m| pts(m)).collect();
         let xmax = all.iter().map(|p| p.0).fold(1.0, f64::max);
         let ymax = all.iter().map(|p| p.1).fold(0.1, f64::max) * 1.1;
         let sx = |x: f64| x0 + m + x / xmax * (pw - 2.0 * m);
@@ -711,7 +905,10 @@ fn plots(dir: &Path, links: &[Link], workloads: &[Workload], samples: &[Sample])
             if p.is_empty() {
                 continue;
             }
-            let path: Vec<String> = p.iter().map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
+            let path: Vec<String> = p
+                .iter()
+                .map(|(x, y, _)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+                .collect();
             write!(
                 svg,
                 "<polyline fill='none' stroke='{}' stroke-width='2' points='{}'/>",
@@ -719,13 +916,24 @@ fn plots(dir: &Path, links: &[Link], workloads: &[Workload], samples: &[Sample])
                 path.join(" ")
             )
             .unwrap();
-            for (x, y) in &p {
+            for (x, y, est) in &p {
+                // A budget estimate is drawn hollow.
                 write!(
                     svg,
-                    "<circle cx='{:.1}' cy='{:.1}' r='3' fill='{}'/>",
+                    "<circle cx='{:.1}' cy='{:.1}' r='3' fill='{}' stroke='{}'/>",
                     sx(*x),
                     sy(*y),
+                    if *est { "white" } else { COLORS[mi] },
                     COLORS[mi]
+                )
+                .unwrap();
+            }
+            if wi == 0 && mi == 0 {
+                write!(
+                    svg,
+                    "<text x='{}' y='{}' fill='black'>hollow = estimate (budget)</text>",
+                    x0 + m + 8.0,
+                    40.0 + 13.0 * MODES.len() as f64
                 )
                 .unwrap();
             }

@@ -80,13 +80,47 @@ pub struct ImageFs {
     backing: parking_lot::Mutex<Backing>,
 }
 
-/// Backing files registered with the kernel for passthrough: one per inode while any handle of
-/// it is open (the kernel wants the same id for every open of an inode).
+/// Open handles, when passthrough is on. The kernel wants every open of an inode in one mode
+/// while any is open: the same backing id for all passthrough opens, and no passthrough open
+/// while the inode is open through the page cache (it fails that open with EIO) — so a file
+/// that became local while a reader had it open stays served by reads until it is closed.
 #[derive(Default)]
 struct Backing {
     by_handle: std::collections::HashMap<u64, Arc<fuser::BackingId>>,
     by_inode: std::collections::HashMap<u64, std::sync::Weak<fuser::BackingId>>,
+    /// Handles served by reads: handle → inode, and open count per inode.
+    cached_handles: std::collections::HashMap<u64, u64>,
+    cached_opens: std::collections::HashMap<u64, usize>,
     next_fh: u64,
+}
+
+impl Backing {
+    fn new_fh(&mut self) -> u64 {
+        self.next_fh += 1;
+        self.next_fh
+    }
+
+    /// A handle served by reads.
+    fn open_cached(&mut self, ino: u64) -> u64 {
+        let fh = self.new_fh();
+        self.cached_handles.insert(fh, ino);
+        *self.cached_opens.entry(ino).or_default() += 1;
+        fh
+    }
+
+    fn release(&mut self, fh: u64) {
+        if self.by_handle.remove(&fh).is_some() {
+            return;
+        }
+        if let Some(ino) = self.cached_handles.remove(&fh) {
+            if let std::collections::hash_map::Entry::Occupied(mut n) = self.cached_opens.entry(ino) {
+                *n.get_mut() -= 1;
+                if *n.get() == 0 {
+                    n.remove();
+                }
+            }
+        }
+    }
 }
 
 /// What a read needs of a file, copied out of the union's lock.
@@ -152,19 +186,22 @@ impl ImageFs {
         path.exists().then_some(path)
     }
 
-    /// Open file `ino` with passthrough to its local copy; gives the reply back if it cannot.
-    fn open_passthrough(&self, ino: INodeNo, reply: ReplyOpen) -> Option<ReplyOpen> {
-        if !self.passthrough {
-            return Some(reply);
-        }
-        let Some(path) = self.local_copy(ino) else {
-            return Some(reply);
-        };
+    /// Open file `ino` when passthrough is on: to its local copy if it has one (and is not open
+    /// through the page cache already), else a handle served by reads.
+    fn open_handle(&self, ino: INodeNo, reply: ReplyOpen) {
         let mut backing = self.backing.lock();
         let id = match backing.by_inode.get(&ino.0).and_then(std::sync::Weak::upgrade) {
             Some(id) => id,
             None => {
-                let opened = std::fs::File::open(&path).and_then(|f| reply.open_backing(f));
+                let local = if backing.cached_opens.contains_key(&ino.0) {
+                    None
+                } else {
+                    self.local_copy(ino)
+                };
+                let opened = match local {
+                    Some(path) => std::fs::File::open(&path).and_then(|f| reply.open_backing(f)),
+                    None => Err(std::io::Error::other("not local, or open through the page cache")),
+                };
                 match opened {
                     Ok(id) => {
                         let id = Arc::new(id);
@@ -172,18 +209,17 @@ impl ImageFs {
                         id
                     }
                     Err(e) => {
-                        tracing::debug!(error = %e, "passthrough refused; serving reads");
-                        return Some(reply);
+                        tracing::trace!(error = %e, "no passthrough; serving reads");
+                        let fh = backing.open_cached(ino.0);
+                        return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
                     }
                 }
             }
         };
-        backing.next_fh += 1;
-        let fh = backing.next_fh;
+        let fh = backing.new_fh();
         backing.by_handle.insert(fh, id.clone());
         backing.by_inode.retain(|_, w| w.strong_count() > 0);
         reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
-        None
     }
 
     /// Run `f` on node `ino`.
@@ -466,12 +502,10 @@ impl Filesystem for ImageFs {
         if flags.0 & (libc_flags::O_ACCMODE) != libc_flags::O_RDONLY || flags.0 & libc_flags::O_TRUNC != 0 {
             return reply.error(errno(&OpError::ReadOnly));
         }
-        let Some(reply) = self.open_passthrough(ino, reply) else {
-            return;
-        };
         match self.with_node(ino, |_| ()) {
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
+            Ok(()) if self.passthrough => self.open_handle(ino, reply),
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
         }
     }
 
@@ -509,7 +543,7 @@ impl Filesystem for ImageFs {
         reply: fuser::ReplyEmpty,
     ) {
         if fh.0 != 0 {
-            self.backing.lock().by_handle.remove(&fh.0);
+            self.backing.lock().release(fh.0);
         }
         reply.ok();
     }

@@ -148,6 +148,25 @@ fn mounted_tree_equals_umoci_unpack_and_warm_mounts_fetch_nothing() {
     let cache = w.join("cache");
     let config = config_digest(&f.converted);
     let m = Mounted::new(&f.converted, &w.join("mnt"), &cache, &[]);
+    // A file opened before its bytes were local, and opened again after one read made them
+    // local while the first handle is still open: the second open must not ask for passthrough
+    // (the kernel refuses it with EIO while the inode is open through the page cache).
+    {
+        use std::io::Read;
+        let path = m.point.join("usr/bin/tool");
+        let expected = std::fs::read(f.oracle.join("usr/bin/tool")).unwrap();
+        let mut first = std::fs::File::open(&path).unwrap();
+        let mut got = Vec::new();
+        first.read_to_end(&mut got).unwrap();
+        assert_eq!(got, expected);
+        for _ in 0..50 {
+            let mut again = std::fs::File::open(&path).expect("a second open while the first is open");
+            got.clear();
+            again.read_to_end(&mut got).unwrap();
+            assert_eq!(got, expected);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     assert_same_tree(&m.point, &f.oracle);
     let cold = blob_gets(&f.registry, "mnt-zc", &config);
     assert!(cold > 0);
