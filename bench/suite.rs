@@ -617,13 +617,13 @@ impl Plan {
         }
         let mut estimates = BTreeMap::new();
         let mut left_out = Vec::new();
-        for li in 1..links.len() {
-            for wi in 0..workloads.len() {
+        for (li, l) in links.iter().enumerate().skip(1) {
+            for (wi, wl) in workloads.iter().enumerate() {
                 for mi in (0..modes.len()).filter(|m| full(*m)) {
                     if !runs.contains(&(li, wi, mi, 0)) {
                         if let Some(f) = predict(li, wi, mi) {
                             estimates.insert((li, wi, mi), f);
-                            left_out.push(format!("{}/{}/{}", workloads[wi].name, links[li].name(), modes[mi]));
+                            left_out.push(format!("{}/{}/{}", wl.name, l.name(), modes[mi]));
                         }
                     }
                 }

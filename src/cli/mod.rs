@@ -97,6 +97,17 @@ pub struct MountArgs {
     /// Keep cached chunks within this many bytes, evicting the least recently used.
     #[arg(long)]
     pub cache_max_bytes: Option<u64>,
+    /// Make the mount writable, keeping the changes in DIR (kernel overlayfs upperdir format
+    /// under DIR/upper; mounting again with the same DIR shows them again).
+    #[arg(long, value_name = "DIR", conflicts_with = "writable")]
+    pub upper: Option<PathBuf>,
+    /// Make the mount writable with a fresh upper directory under the cache directory,
+    /// removed when the mount ends (unless --keep).
+    #[arg(long)]
+    pub writable: bool,
+    /// With --writable: keep the upper directory when the mount ends.
+    #[arg(long, requires = "writable")]
+    pub keep: bool,
     /// Cache directory (default: $LAMINA_CACHE_DIR, /var/lib/lamina as root, else ~/.cache/lamina).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -409,12 +420,30 @@ fn mount(args: MountArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<(
         return spawn_mount_daemon(&args, &cache_dir);
     }
     let ready_fd: Option<i32> = std::env::var(READY_FD_ENV).ok().and_then(|v| v.parse().ok());
+    let upper = match (&args.upper, args.writable) {
+        (Some(dir), _) => Some(crate::mount::UpperOptions {
+            dir: std::path::absolute(dir)?,
+            remove_at_end: false,
+        }),
+        (None, true) => Some(crate::mount::UpperOptions {
+            dir: cache_dir.join("uppers").join(format!(
+                "{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            )),
+            remove_at_end: !args.keep,
+        }),
+        (None, false) => None,
+    };
     let options = crate::mount::MountOptions {
         platform: args.registry.platform.clone().unwrap_or_else(Platform::host),
         client: args.registry.client_options()?,
         cache_dir,
         fetch_timeout: std::time::Duration::from_secs(args.fetch_timeout.max(1)),
         cache_max_bytes: args.cache_max_bytes,
+        upper,
     };
     let prepared = match runtime.block_on(crate::mount::prepare(&args.image, &options)) {
         Ok(p) => p,

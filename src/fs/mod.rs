@@ -223,7 +223,7 @@ impl ImageFs {
     }
 
     /// Run `f` on node `ino`.
-    fn with_node<R>(&self, ino: INodeNo, f: impl FnOnce(&Node) -> R) -> Result<R, OpError> {
+    pub(crate) fn with_node<R>(&self, ino: INodeNo, f: impl FnOnce(&Node) -> R) -> Result<R, OpError> {
         self.live.read(|st| st.union.get(ino.0).map(f)).ok_or(OpError::NotFound)
     }
 
@@ -424,6 +424,69 @@ impl ImageFs {
             }
             Ok(())
         })
+    }
+
+    /// The attributes of union node `ino` (for the writable layer's lower side).
+    pub(crate) fn lower_attr(&self, ino: u64) -> Result<FileAttr, OpError> {
+        self.with_node(INodeNo(ino), |n| self.attr(ino, n))
+    }
+
+    /// The kind of union node `ino`.
+    pub(crate) fn lower_kind(&self, ino: u64) -> Result<EntryKind, OpError> {
+        self.with_node(INodeNo(ino), |n| n.kind)
+    }
+
+    /// A symlink's target.
+    pub(crate) fn lower_link(&self, ino: u64) -> Result<Vec<u8>, OpError> {
+        self.with_node(INodeNo(ino), |n| n.link.clone())
+    }
+
+    /// The xattrs of union node `ino`.
+    pub(crate) fn lower_xattrs(&self, ino: u64) -> Result<crate::upper::Xattrs, OpError> {
+        self.with_node(INodeNo(ino), |n| n.xattrs.clone())
+    }
+
+    /// The child `name` of union directory `parent`, once that answer is final.
+    pub(crate) fn lower_child(&self, parent: u64, name: &[u8]) -> Result<Option<u64>, OpError> {
+        self.live.lookup(parent, name, |_, child| child).map_err(OpError::Live)
+    }
+
+    /// The children of union directory `ino` (once the union is whole).
+    pub(crate) fn lower_children(&self, ino: u64) -> Result<Vec<(Vec<u8>, u64)>, OpError> {
+        self.live.wait_complete().map_err(OpError::Live)?;
+        self.with_node(INodeNo(ino), |n| {
+            n.children.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        })
+    }
+
+    /// The names from the root to union directory `ino`.
+    pub(crate) fn lower_path(&self, ino: u64) -> Option<Vec<Vec<u8>>> {
+        self.live.read(|st| {
+            st.union
+                .path_of(ino)
+                .map(|p| p.components().map(<[u8]>::to_vec).collect())
+        })
+    }
+
+    /// Every (parent, name) of union node `ino` (the names of a hard-link group).
+    pub(crate) fn lower_names(&self, ino: u64) -> Result<Vec<(u64, Vec<u8>)>, OpError> {
+        self.live.wait_complete().map_err(OpError::Live)?;
+        Ok(self.live.read(|st| {
+            let u = &st.union;
+            let mut out = Vec::new();
+            for dir in 1..=u.len() as u64 {
+                let n = u.node(dir);
+                if n.kind == EntryKind::Directory {
+                    out.extend(
+                        n.children
+                            .iter()
+                            .filter(|(_, c)| **c == ino)
+                            .map(|(k, _)| (dir, k.clone())),
+                    );
+                }
+            }
+            out
+        }))
     }
 
     /// `getxattr`: one value.

@@ -46,6 +46,17 @@ pub struct MountOptions {
     pub fetch_timeout: Duration,
     /// Keep the cache's chunks within this many bytes (least recently used go first).
     pub cache_max_bytes: Option<u64>,
+    /// A writable layer on top, if any.
+    pub upper: Option<UpperOptions>,
+}
+
+/// Where a writable mount keeps its changes.
+#[derive(Debug, Clone)]
+pub struct UpperOptions {
+    /// The upper directory (see [`crate::upper`]).
+    pub dir: PathBuf,
+    /// Remove it when the mount ends (`--writable` without `--keep`).
+    pub remove_at_end: bool,
 }
 
 /// A mount could not be set up.
@@ -226,7 +237,11 @@ pub fn serve(
     let fs = ImageFs::new(live.clone(), prepared.sources.clone(), fetcher.clone());
     let mut config = Config::default();
     config.mount_options = vec![
-        MountOption::RO,
+        if options.upper.is_some() {
+            MountOption::RW
+        } else {
+            MountOption::RO
+        },
         MountOption::FSName("lamina".into()),
         MountOption::Subtype("lamina".into()),
         MountOption::DefaultPermissions,
@@ -236,7 +251,28 @@ pub fn serve(
         config.acl = SessionACL::All;
     }
     config.n_threads = Some(FUSE_THREADS);
-    match fuser::spawn_mount(fs, mountpoint, &config) {
+    let spawned = match &options.upper {
+        None => fuser::spawn_mount(fs, mountpoint, &config),
+        Some(u) => {
+            let identity = crate::upper::Identity {
+                image: image.to_string(),
+                layers: layer_digests.clone(),
+            };
+            let root = live.read(|st| {
+                let r = st.union.node(crate::union::ROOT_INO);
+                (r.mode, r.uid, r.gid)
+            });
+            let upper = match crate::upper::UpperDir::open(&u.dir, &identity, root) {
+                Ok(upper) => upper,
+                Err(e) => {
+                    ready(Err(e.to_string()));
+                    return Err(std::io::Error::other(e.to_string()));
+                }
+            };
+            crate::overlay::OverlayFs::new(fs, upper).and_then(|ofs| fuser::spawn_mount(ofs, mountpoint, &config))
+        }
+    };
+    match spawned {
         Ok(session) => {
             ready(Ok(()));
             for s in prepared.streams {
@@ -289,6 +325,11 @@ pub fn serve(
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = publisher.join();
             let _ = std::fs::remove_file(&state);
+            if let Some(u) = options.upper.as_ref().filter(|u| u.remove_at_end) {
+                if let Err(e) = std::fs::remove_dir_all(&u.dir) {
+                    tracing::warn!(dir = %u.dir.display(), error = %e, "could not remove the writable layer");
+                }
+            }
             result
         }
         Err(e) => {
