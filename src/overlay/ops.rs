@@ -442,6 +442,21 @@ impl OverlayFs {
         Ok((attr_of(ino, &s), fd))
     }
 
+    /// Before a name of a lower hard-link group goes away: copy the group up (its names
+    /// linked in the upper), so the names left count one link less, as overlayfs with
+    /// index=on shows them.
+    fn copy_up_if_linked(&self, st: &mut State, ino: u64) -> Result<()> {
+        let n = self.node(st, ino)?;
+        if n.upper || n.kind == EntryKind::Directory {
+            return Ok(());
+        }
+        let Some(l) = n.lower else { return Ok(()) };
+        if self.lower.lower_attr(l)?.nlink > 1 {
+            self.copy_up(st, ino, true)?;
+        }
+        Ok(())
+    }
+
     /// Remove the whiteouts left in an upper directory that is empty in the merged view.
     fn clear_whiteouts(&self, dir: &OwnedFd) -> Result<()> {
         let mut names = Vec::new();
@@ -480,6 +495,7 @@ impl OverlayFs {
         }
         let lower_here = self.lower_has(&st, parent, name)?;
         self.copy_up(&mut st, parent, true)?;
+        self.copy_up_if_linked(&mut st, child)?;
         let pdir = self.upper_dir(&st, parent)?;
         match stat_at(pdir.as_fd(), name)? {
             Some(s) if !is_whiteout(&s) => {
@@ -579,8 +595,12 @@ impl OverlayFs {
         let src_lower_here = self.lower_has(&st, parent, name)?;
         let dst_lower_here = self.lower_has(&st, newparent, newname)?;
         self.copy_up(&mut st, src, true)?;
-        if exchange {
-            self.copy_up(&mut st, dst.expect("checked"), true)?;
+        if let Some(d) = dst {
+            if exchange {
+                self.copy_up(&mut st, d, true)?;
+            } else {
+                self.copy_up_if_linked(&mut st, d)?;
+            }
         }
         self.copy_up(&mut st, newparent, true)?;
         let sdir = self.upper_dir(&st, parent)?;

@@ -230,7 +230,11 @@ pub fn make_whiteout(dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<()> {
 /// at the end (the l*xattr calls on /proc/self/fd/N/NAME).
 pub fn xattr_path(dir: BorrowedFd<'_>, name: &[u8]) -> PathBuf {
     let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-    if !name.is_empty() {
+    if name.is_empty() {
+        // The directory itself: through the fd's link, not the link (an l*xattr call would
+        // read the /proc link's own xattrs).
+        p.push(".");
+    } else {
         p.push(std::ffi::OsStr::from_bytes_compat(name));
     }
     p
@@ -349,6 +353,27 @@ mod tests {
         std::fs::create_dir_all(other.join("stuff")).unwrap();
         let e = UpperDir::open(&other, &identity(&["a"]), (0o755, 0, 0)).unwrap_err();
         assert!(e.to_string().contains("not a lamina upper directory"), "{e}");
+    }
+
+    #[test]
+    fn markers_are_read_from_the_directory_itself() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIPPED: trusted.* xattrs need root");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("u");
+        let u = UpperDir::open(&d, &identity(&["a"]), (0o755, 0, 0)).unwrap();
+        std::fs::create_dir(d.join("upper/o")).unwrap();
+        std::fs::create_dir(d.join("upper/r")).unwrap();
+        let root = u.dir_at(&[]).unwrap();
+        set_marker(root.as_fd(), b"o", OPAQUE, b"y").unwrap();
+        set_marker(root.as_fd(), b"r", REDIRECT, b"/x/y").unwrap();
+        let o = u.dir_at(&[b"o".to_vec()]).unwrap();
+        let r = u.dir_at(&[b"r".to_vec()]).unwrap();
+        assert!(is_opaque(o.as_fd()) && !is_opaque(r.as_fd()));
+        assert_eq!(redirect_of(r.as_fd()), Some(vec![b"x".to_vec(), b"y".to_vec()]));
+        assert_eq!(redirect_of(o.as_fd()), None);
     }
 
     #[test]

@@ -10,3 +10,4 @@ mod platform;
 mod pull;
 mod restart;
 mod support;
+mod writable;

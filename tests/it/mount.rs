@@ -12,13 +12,13 @@ use crate::support::tree::assert_same_tree;
 use crate::support::{assert_ok, lamina, require_root, require_tools, run};
 
 /// A mount that is unmounted when dropped (also if the test fails).
-struct Mounted {
-    point: PathBuf,
+pub(crate) struct Mounted {
+    pub(crate) point: PathBuf,
     pid: u32,
 }
 
 impl Mounted {
-    fn new(image: &str, point: &Path, cache: &Path, extra: &[&str]) -> Mounted {
+    pub(crate) fn new(image: &str, point: &Path, cache: &Path, extra: &[&str]) -> Mounted {
         std::fs::create_dir_all(point).unwrap();
         let out = lamina()
             .arg("mount")
@@ -42,11 +42,11 @@ impl Mounted {
         }
     }
 
-    fn unmount(&self) {
+    pub(crate) fn unmount(&self) {
         let _ = lamina().arg("umount").arg(&self.point).output();
     }
 
-    fn daemon_alive(&self) -> bool {
+    pub(crate) fn daemon_alive(&self) -> bool {
         Path::new(&format!("/proc/{}", self.pid)).exists()
             && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
                 .unwrap_or_default()
@@ -90,16 +90,16 @@ fn config_digest(image: &str) -> String {
 }
 
 /// The umoci test image with its oracle, pushed and converted.
-struct Fixture {
-    registry: TestRegistry,
-    work: tempfile::TempDir,
-    converted: String,
-    oracle: PathBuf,
-    layout: PathBuf,
+pub(crate) struct Fixture {
+    pub(crate) registry: TestRegistry,
+    pub(crate) work: tempfile::TempDir,
+    pub(crate) converted: String,
+    pub(crate) oracle: PathBuf,
+    pub(crate) layout: PathBuf,
 }
 
 /// The shared image fixture, once the tools it needs (and `extra`), root and FUSE are here.
-fn fixture(extra: &[&str]) -> Option<Fixture> {
+pub(crate) fn fixture(extra: &[&str]) -> Option<Fixture> {
     let tools = [&["docker-registry", "umoci", "skopeo", "setfattr", "mknod"][..], extra].concat();
     if !require_tools(&tools) || !require_root() || !require_fuse() {
         return None;

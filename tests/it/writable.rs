@@ -1,0 +1,200 @@
+//! The writable layer against its oracle, kernel overlayfs (`redirect_dir=on,index=on`) over the
+//! same layers unpacked by umoci: the same seeded random operations on both, outcome by
+//! outcome, then the final trees entry by entry; the upper directory survives a remount and
+//! the kernel's overlayfs mounted on lamina's upper directory shows the same tree.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::mount::{fixture, Mounted};
+use crate::support::tree::assert_same_tree;
+use crate::support::{python, run};
+
+/// Kernel overlayfs, unmounted when dropped.
+struct KernelOverlay {
+    point: PathBuf,
+}
+
+impl KernelOverlay {
+    fn mount(lower: &Path, upper: &Path, work: &Path, point: &Path, options: &str) -> KernelOverlay {
+        for d in [upper, work, point] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        run(Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!(
+                "lowerdir={},upperdir={},workdir={},{options}",
+                lower.display(),
+                upper.display(),
+                work.display()
+            ))
+            .arg(point));
+        KernelOverlay {
+            point: point.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for KernelOverlay {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.point).status();
+    }
+}
+
+fn ops_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/overlay_ops.py")
+}
+
+/// Run the differential driver; panics with its report on the first different outcome.
+fn same_outcomes(seed: u64, count: usize, lamina: &Path, kernel: &Path) {
+    // A hang is a failure too.
+    let out = Command::new("timeout")
+        .arg("300")
+        .arg(python().get_program())
+        .arg(ops_script())
+        .arg(seed.to_string())
+        .arg(count.to_string())
+        .arg(lamina)
+        .arg(kernel)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "lamina and kernel overlayfs disagree:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{}", text.trim());
+}
+
+/// Seeds of the differential run: LAMINA_OVL_SEEDS=a,b,… or the CI set.
+fn seeds() -> Vec<u64> {
+    std::env::var("LAMINA_OVL_SEEDS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 4])
+}
+
+/// Operations per seed: LAMINA_OVL_OPS or the CI count.
+fn ops_per_seed() -> usize {
+    std::env::var("LAMINA_OVL_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(250)
+}
+
+#[test]
+fn random_operations_match_kernel_overlayfs_and_survive_a_remount() {
+    let Some(f) = fixture(&["python3"]) else {
+        return;
+    };
+    let w = f.work.path();
+    let cache = w.join("cache");
+    for seed in seeds() {
+        let dir = w.join(format!("seed{seed}"));
+        let upper = dir.join("lamina-upper");
+        let k = KernelOverlay::mount(
+            &f.oracle,
+            &dir.join("k-upper"),
+            &dir.join("k-work"),
+            &dir.join("k-mnt"),
+            "redirect_dir=on,index=on",
+        );
+        let m = Mounted::new(
+            &f.converted,
+            &dir.join("mnt"),
+            &cache,
+            &["--upper", upper.to_str().unwrap()],
+        );
+        same_outcomes(seed, ops_per_seed(), &m.point, &k.point);
+        assert_same_tree(&m.point, &k.point);
+
+        // The same upper again: the same view.
+        m.unmount();
+        drop(m);
+        let m = Mounted::new(
+            &f.converted,
+            &dir.join("mnt2"),
+            &cache,
+            &["--upper", upper.to_str().unwrap()],
+        );
+        assert_same_tree(&m.point, &k.point);
+        drop(m);
+
+        // Kernel overlayfs over lamina's upper directory shows the same tree.
+        let k2 = KernelOverlay::mount(
+            &f.oracle,
+            &upper.join("upper"),
+            &upper.join("work"),
+            &dir.join("k2-mnt"),
+            "redirect_dir=on",
+        );
+        assert_same_tree(&k2.point, &k.point);
+    }
+}
+
+#[test]
+fn writable_mounts_refuse_foreign_upper_dirs_and_clean_up_after_themselves() {
+    let Some(f) = fixture(&[]) else {
+        return;
+    };
+    let w = f.work.path();
+    let cache = w.join("cache");
+    // Not a lamina upper directory: a clear error, nothing in it touched.
+    let foreign = w.join("foreign");
+    std::fs::create_dir_all(foreign.join("data")).unwrap();
+    std::fs::write(foreign.join("data/keep"), b"mine").unwrap();
+    std::fs::create_dir_all(w.join("mnt")).unwrap();
+    let out = crate::support::lamina()
+        .args(["mount", "--upper"])
+        .arg(&foreign)
+        .arg(&f.converted)
+        .arg(w.join("mnt"))
+        .env("LAMINA_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    let err = crate::support::assert_failed(&out);
+    assert!(err.contains("not a lamina upper directory"), "{err}");
+    assert_eq!(std::fs::read(foreign.join("data/keep")).unwrap(), b"mine");
+
+    // An upper directory in use by another mount.
+    let upper = w.join("upper");
+    let m = Mounted::new(
+        &f.converted,
+        &w.join("a"),
+        &cache,
+        &["--upper", upper.to_str().unwrap()],
+    );
+    std::fs::write(m.point.join("etc/new"), b"x").unwrap();
+    std::fs::create_dir_all(w.join("b")).unwrap();
+    let out = crate::support::lamina()
+        .args(["mount", "--upper"])
+        .arg(&upper)
+        .arg(&f.converted)
+        .arg(w.join("b"))
+        .env("LAMINA_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    let err = crate::support::assert_failed(&out);
+    assert!(err.contains("in use"), "{err}");
+    drop(m);
+
+    // --writable: a fresh upper under the cache directory, gone after umount; --keep keeps it.
+    for keep in [false, true] {
+        let mut extra = vec!["--writable"];
+        if keep {
+            extra.push("--keep");
+        }
+        let m = Mounted::new(&f.converted, &w.join(format!("wr{keep}")), &cache, &extra);
+        std::fs::write(m.point.join("etc/written"), b"data").unwrap();
+        assert_eq!(std::fs::read(m.point.join("etc/written")).unwrap(), b"data");
+        m.unmount();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while m.daemon_alive() {
+            assert!(std::time::Instant::now() < deadline, "daemon still running");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let left = std::fs::read_dir(cache.join("uppers")).map_or(0, |d| d.count());
+        assert_eq!(left, usize::from(keep), "upper directories left: {left} (keep {keep})");
+    }
+}
