@@ -137,7 +137,8 @@ struct FilePlan {
     all_digests: Option<Vec<[u8; 32]>>,
 }
 
-fn file_type(k: EntryKind) -> FileType {
+/// The FUSE file type of an entry kind.
+pub(crate) fn file_type(k: EntryKind) -> FileType {
     match k {
         EntryKind::Regular | EntryKind::HardLink => FileType::RegularFile,
         EntryKind::Directory => FileType::Directory,

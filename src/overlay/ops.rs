@@ -69,17 +69,6 @@ fn kind_of_stat(st: &rustix::fs::Stat) -> EntryKind {
     kind_of_mode(st.st_mode)
 }
 
-pub(super) fn file_type(k: EntryKind) -> FileType {
-    match k {
-        EntryKind::Regular | EntryKind::HardLink => FileType::RegularFile,
-        EntryKind::Directory => FileType::Directory,
-        EntryKind::Symlink => FileType::Symlink,
-        EntryKind::CharDevice => FileType::CharDevice,
-        EntryKind::BlockDevice => FileType::BlockDevice,
-        EntryKind::Fifo => FileType::NamedPipe,
-    }
-}
-
 /// Names a user may give: one component, at most 255 bytes, not an OCI whiteout name
 /// (it could not be committed).
 fn check_new_name(name: &[u8]) -> Result<()> {
@@ -306,7 +295,7 @@ impl OverlayFs {
         for name in names {
             if let Some(child) = self.resolve(st, ino, &name)? {
                 let kind = self.node(st, child)?.kind;
-                out.push((name, child, file_type(kind)));
+                out.push((name, child, crate::fs::file_type(kind)));
             }
         }
         Ok(out)
@@ -752,7 +741,7 @@ impl OverlayFs {
         self.copy_up(&mut st, ino, true)?;
         let (dir, name) = self.upper_entry(&st, ino)?;
         let path = upper::xattr_path(dir.as_fd(), &name);
-        let key = std::ffi::OsStr::from_bytes_compat(key);
+        let key = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(key);
         match value {
             Some((v, flags)) => {
                 rustix::fs::lsetxattr(&path, key, v, rustix::fs::XattrFlags::from_bits_truncate(flags as u32))?
@@ -830,15 +819,5 @@ impl OverlayFs {
             rustix::fs::fsync(&d)?;
         }
         Ok(())
-    }
-}
-
-trait FromBytesCompat {
-    fn from_bytes_compat(b: &[u8]) -> &std::ffi::OsStr;
-}
-
-impl FromBytesCompat for std::ffi::OsStr {
-    fn from_bytes_compat(b: &[u8]) -> &std::ffi::OsStr {
-        std::os::unix::ffi::OsStrExt::from_bytes(b)
     }
 }

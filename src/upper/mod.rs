@@ -235,19 +235,9 @@ pub fn xattr_path(dir: BorrowedFd<'_>, name: &[u8]) -> PathBuf {
         // read the /proc link's own xattrs).
         p.push(".");
     } else {
-        p.push(std::ffi::OsStr::from_bytes_compat(name));
+        p.push(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name));
     }
     p
-}
-
-trait FromBytesCompat {
-    fn from_bytes_compat(b: &[u8]) -> &std::ffi::OsStr;
-}
-
-impl FromBytesCompat for std::ffi::OsStr {
-    fn from_bytes_compat(b: &[u8]) -> &std::ffi::OsStr {
-        std::os::unix::ffi::OsStrExt::from_bytes(b)
-    }
 }
 
 /// One xattr's value; None if it is not set.
