@@ -514,12 +514,13 @@ impl ImageFs {
     }
 }
 
-fn reply_sized(reply: ReplyXattr, size: u32, data: Result<Vec<u8>, OpError>) {
+/// Answer an xattr request: the size when asked for it, the bytes when they fit, else ERANGE.
+pub(crate) fn reply_sized(reply: ReplyXattr, size: u32, data: Result<Vec<u8>, Errno>) {
     match data {
         Ok(d) if size == 0 => reply.size(d.len() as u32),
         Ok(d) if d.len() <= size as usize => reply.data(&d),
         Ok(_) => reply.error(errno(&OpError::Range)),
-        Err(e) => reply.error(errno(&e)),
+        Err(e) => reply.error(e),
     }
 }
 
@@ -670,11 +671,11 @@ impl Filesystem for ImageFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_sized(reply, size, self.op_getxattr(ino, name));
+        reply_sized(reply, size, self.op_getxattr(ino, name).map_err(|e| errno(&e)));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        reply_sized(reply, size, self.op_listxattr(ino));
+        reply_sized(reply, size, self.op_listxattr(ino).map_err(|e| errno(&e)));
     }
 }
 

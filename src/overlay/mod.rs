@@ -474,19 +474,14 @@ impl Filesystem for OverlayFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        sized(reply, size, self.op_getxattr(ino.0, name_bytes(name)));
+        crate::fs::reply_sized(
+            reply,
+            size,
+            self.op_getxattr(ino.0, name_bytes(name)).map_err(|e| errno(&e)),
+        );
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        sized(reply, size, self.op_listxattr(ino.0));
-    }
-}
-
-fn sized(reply: ReplyXattr, size: u32, data: Result<Vec<u8>>) {
-    match data {
-        Ok(d) if size == 0 => reply.size(d.len() as u32),
-        Ok(d) if d.len() <= size as usize => reply.data(&d),
-        Ok(_) => reply.error(Errno::ERANGE),
-        Err(e) => reply.error(errno(&e)),
+        crate::fs::reply_sized(reply, size, self.op_listxattr(ino.0).map_err(|e| errno(&e)));
     }
 }
