@@ -269,8 +269,8 @@ fn time_gets(addr: &str, path: &str, limit: Option<u64>, n: usize) -> (Duration,
 /// an unlimited link), so the check takes a few seconds on any link.
 pub fn validate(link: Link, relay: &str, direct: &str, large_path: &str) -> Validation {
     let limit = link.rate_bps.map(|r| r / 8 * 4);
-    let (small, _) = time_gets(relay, "/v2/", None, 9);
-    let (small_direct, _) = time_gets(direct, "/v2/", None, 9);
+    let (small, _) = time_gets(relay, "/v2/", None, 21);
+    let (small_direct, _) = time_gets(direct, "/v2/", None, 21);
     let (large, large_bytes) = time_gets(relay, large_path, limit, 1);
     let (large_direct, _) = time_gets(direct, large_path, limit, 3);
     Validation {

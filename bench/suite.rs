@@ -44,7 +44,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use link::Link;
 use support::layout::{Entry, Layer, Layout};
@@ -472,9 +472,19 @@ fn main() {
         // Validate with the largest blob of the first workload (a few seconds' worth of it).
         if let Some(wl) = workloads.first() {
             if let Some(path) = largest_blob_path(&registry, &wl.repo, 200 << 20) {
+                // A check disturbed by other work on the machine (the first link's check
+                // runs right after the images are built) is measured once more; both
+                // attempts are printed and kept in the report.
                 let v = link::validate(*l, &relay.addr, &registry.addr, &path);
                 println!("{}", v.line());
+                let failed = !v.passes();
                 validations.push(v);
+                if failed {
+                    std::thread::sleep(Duration::from_secs(5));
+                    let again = link::validate(*l, &relay.addr, &registry.addr, &path);
+                    println!("{} (second attempt)", again.line());
+                    validations.push(again);
+                }
             }
         }
         if li == 1 {
