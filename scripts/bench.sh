@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole benchmark suite, one command, about 20 minutes on 2 cores:
 #   micro benchmarks (full pull, conversion, mount: start-up / metadata walk / cached read,
-#   mount time against layers and entries), then the workload suite over emulated links with
+#   mount time against layers and entries, writes into the writable layer), then the workload suite over emulated links with
 #   what is left of the budget. Results: bench/results/<date>-<host>/.
 #
 # Usage: scripts/bench.sh [--budget SECONDS|none] [suite options…]
@@ -21,7 +21,7 @@ start=$(date +%s)
 out=bench/results/$(date +%Y-%m-%d)-$(hostname)
 mkdir -p "$out"
 cargo build --release --benches --quiet
-for b in pull convert mount layers; do
+for b in pull convert mount layers write; do
   echo "== cargo bench --bench $b" >&2
   {
     echo "# cargo bench --bench $b"

@@ -11,6 +11,7 @@ packages=(
   zstd              # the zstd command, to inspect and build layers by hand
   fuse3             # fusermount3, for FUSE mounts
   fuse-overlayfs    # the FUSE overlay peer in benchmarks
+  fio               # write throughput benchmark of the writable layer
   tar               # GNU tar, to build layers umoci cannot (opaque directories)
   attr              # getfattr/setfattr, to inspect xattrs by hand
   pkg-config        # for -sys crates

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
+mod container;
+
 use crate::reference::ImageRef;
 use crate::registry::manifest::Platform;
 use crate::registry::ClientOptions;
@@ -39,6 +41,11 @@ pub enum Command {
     Stats(StatsArgs),
     /// Look after the local cache: `stats`, `ls`, `gc --max-bytes N`.
     Cache(CacheArgs),
+    /// Turn a writable mount's changes into a new image (one zstd:chunked layer on top).
+    Commit(container::CommitArgs),
+    /// Mount an image writable and run its program in it (chroot + namespaces); exits with
+    /// the program's status.
+    Run(container::RunArgs),
 }
 
 /// `lamina cache`.
@@ -108,6 +115,10 @@ pub struct MountArgs {
     /// With --writable: keep the upper directory when the mount ends.
     #[arg(long, requires = "writable")]
     pub keep: bool,
+    /// Serve every read and write through lamina, without FUSE passthrough (which is used
+    /// where the kernel has it, for files whose bytes are all local).
+    #[arg(long)]
+    pub no_passthrough: bool,
     /// Cache directory (default: $LAMINA_CACHE_DIR, /var/lib/lamina as root, else ~/.cache/lamina).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -246,6 +257,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Umount(args) => crate::mount::unmount(&args.mountpoint).map_err(anyhow::Error::msg),
         Command::Stats(args) => stats(args),
         Command::Cache(args) => cache(args),
+        Command::Commit(args) => container::commit(args, &runtime),
+        Command::Run(args) => {
+            let code = container::run(args, &runtime)?;
+            drop(runtime);
+            std::process::exit(code)
+        }
     }
 }
 
@@ -444,6 +461,7 @@ fn mount(args: MountArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<(
         fetch_timeout: std::time::Duration::from_secs(args.fetch_timeout.max(1)),
         cache_max_bytes: args.cache_max_bytes,
         upper,
+        passthrough: !args.no_passthrough,
     };
     let prepared = match runtime.block_on(crate::mount::prepare(&args.image, &options)) {
         Ok(p) => p,
@@ -476,11 +494,35 @@ fn mount(args: MountArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<(
 
 /// Start `lamina mount --foreground` as a daemon and wait until it says the mount is ready.
 fn spawn_mount_daemon(args: &MountArgs, cache_dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    argv.push("--foreground".into());
+    let (child, log_path) = start_mount_daemon(argv, cache_dir)?;
+    println!(
+        "mounted {} at {} (daemon pid {}, log {})",
+        args.image,
+        args.mountpoint.display(),
+        child.id(),
+        log_path.display()
+    );
+    Ok(())
+}
+
+/// Start `lamina ARGS` (a `mount --foreground` command line) as a daemon in a session of its
+/// own, logging under the cache directory; returns once it says the mount is ready.
+fn start_mount_daemon(
+    args: Vec<std::ffi::OsString>,
+    cache_dir: &std::path::Path,
+) -> anyhow::Result<(std::process::Child, PathBuf)> {
     use std::io::BufRead;
     use std::os::fd::AsRawFd;
     let logs = cache_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let log_path = logs.join(format!("mount.{}.log", std::process::id()));
+    static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log_path = logs.join(match n {
+        0 => format!("mount.{}.log", std::process::id()),
+        n => format!("mount.{}-{n}.log", std::process::id()),
+    });
     let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let (reader, writer) = rustix::pipe::pipe().context("creating the readiness pipe")?;
     let exe = std::env::current_exe().context("finding the lamina executable")?;
@@ -491,8 +533,7 @@ fn spawn_mount_daemon(args: &MountArgs, cache_dir: &std::path::Path) -> anyhow::
     } else {
         std::process::Command::new(exe)
     };
-    cmd.args(std::env::args_os().skip(1))
-        .arg("--foreground")
+    cmd.args(args)
         .env(READY_FD_ENV, writer.as_raw_fd().to_string())
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
@@ -504,14 +545,7 @@ fn spawn_mount_daemon(args: &MountArgs, cache_dir: &std::path::Path) -> anyhow::
         .read_line(&mut line)
         .context("waiting for the mount daemon")?;
     if line.trim() == "ready" {
-        println!(
-            "mounted {} at {} (daemon pid {}, log {})",
-            args.image,
-            args.mountpoint.display(),
-            child.id(),
-            log_path.display()
-        );
-        Ok(())
+        Ok((child, log_path))
     } else if line.trim().is_empty() {
         anyhow::bail!(
             "the mount daemon exited before the mount was ready; see {}",

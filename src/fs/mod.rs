@@ -77,6 +77,8 @@ pub struct ImageFs {
     fetcher: Arc<Fetcher>,
     /// Whether the kernel took FUSE passthrough at init.
     passthrough: bool,
+    /// Whether to ask for it (`--no-passthrough` says no).
+    want_passthrough: bool,
     backing: parking_lot::Mutex<Backing>,
 }
 
@@ -165,8 +167,20 @@ impl ImageFs {
             sources,
             fetcher,
             passthrough: false,
+            want_passthrough: true,
             backing: parking_lot::Mutex::new(Backing::default()),
         }
+    }
+
+    /// Never ask the kernel for FUSE passthrough (every read goes through the daemon).
+    pub fn without_passthrough(mut self) -> ImageFs {
+        self.want_passthrough = false;
+        self
+    }
+
+    /// Whether passthrough will be asked for.
+    pub fn wants_passthrough(&self) -> bool {
+        self.want_passthrough
     }
 
     /// A local file holding exactly the bytes of file `ino`, if there is one: the chunk of a
@@ -534,7 +548,8 @@ impl Filesystem for ImageFs {
             config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO);
         // Reads of files whose bytes are all local go straight to the local copy (kernel ≥ 6.9,
         // CAP_SYS_ADMIN); depth 1 keeps the mount usable as an overlayfs lower layer.
-        self.passthrough = rustix::process::geteuid().is_root()
+        self.passthrough = self.want_passthrough
+            && rustix::process::geteuid().is_root()
             && config.add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
         tracing::info!(passthrough = self.passthrough, "FUSE session started");

@@ -48,6 +48,8 @@ pub struct MountOptions {
     pub cache_max_bytes: Option<u64>,
     /// A writable layer on top, if any.
     pub upper: Option<UpperOptions>,
+    /// Ask the kernel for FUSE passthrough (reads and writes of local files bypass lamina).
+    pub passthrough: bool,
 }
 
 /// Where a writable mount keeps its changes.
@@ -91,6 +93,8 @@ pub struct Prepared {
     pub cache: CacheDir,
     /// Its chunk store.
     pub store: ChunkStore,
+    /// Digest of the image manifest.
+    pub manifest_digest: crate::digest::Digest,
 }
 
 /// Resolve and index an image.
@@ -168,6 +172,7 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
         streams,
         cache,
         store,
+        manifest_digest: image.manifest_digest.clone(),
     })
 }
 
@@ -187,6 +192,9 @@ pub struct MountState {
     /// Each layer's state, bottom first: `indexed`, `streaming`, or `failed: why`.
     #[serde(default)]
     pub layer_status: Vec<String>,
+    /// The upper directory of a writable mount.
+    #[serde(default)]
+    pub upper: Option<PathBuf>,
 }
 
 /// How often a mount's state file is rewritten.
@@ -234,7 +242,10 @@ pub fn serve(
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()));
         }
     };
-    let fs = ImageFs::new(live.clone(), prepared.sources.clone(), fetcher.clone());
+    let mut fs = ImageFs::new(live.clone(), prepared.sources.clone(), fetcher.clone());
+    if !options.passthrough {
+        fs = fs.without_passthrough();
+    }
     let mut config = Config::default();
     config.mount_options = vec![
         if options.upper.is_some() {
@@ -256,6 +267,7 @@ pub fn serve(
         Some(u) => {
             let identity = crate::upper::Identity {
                 image: image.to_string(),
+                manifest: Some(prepared.manifest_digest.to_string()),
                 layers: layer_digests.clone(),
             };
             let root = live.read(|st| {
@@ -274,7 +286,6 @@ pub fn serve(
     };
     match spawned {
         Ok(session) => {
-            ready(Ok(()));
             for s in prepared.streams {
                 let source = prepared.sources[s.index].clone();
                 runtime.spawn(stream::run(s, live.clone(), cache.clone(), fetcher.clone(), source));
@@ -282,10 +293,14 @@ pub fn serve(
             let state = state_path(&options.cache_dir, mountpoint);
             let _ = std::fs::create_dir_all(state.parent().expect("has a parent"));
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            // Ready once the state file is there, so `lamina stats` / `commit` right after
+            // `lamina mount` find the mount.
+            let (first_tx, first_rx) = std::sync::mpsc::channel::<()>();
             let publisher = {
                 let (stop, state, image, mountpoint) =
                     (stop.clone(), state.clone(), image.to_string(), mountpoint.to_path_buf());
                 let (quota, cache_dir) = (options.cache_max_bytes, options.cache_dir.clone());
+                let upper_dir = options.upper.as_ref().map(|u| u.dir.clone());
                 std::thread::spawn(move || {
                     let mut last_gc = std::time::Instant::now() - GC_INTERVAL;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -315,12 +330,16 @@ pub fn serve(
                                     LayerStatus::Failed { reason, .. } => format!("failed: {reason}"),
                                 })
                                 .collect(),
+                            upper: upper_dir.clone(),
                         };
                         write_state(&state, &s);
+                        let _ = first_tx.send(());
                         std::thread::sleep(STATE_INTERVAL);
                     }
                 })
             };
+            let _ = first_rx.recv_timeout(Duration::from_secs(5));
+            ready(Ok(()));
             let result = session.join();
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = publisher.join();

@@ -184,22 +184,8 @@ impl OverlayFs {
     /// Link the other names of lower hard-link group `l` (still showing it) to `ino`'s copy.
     fn link_group(&self, st: &mut State, ino: u64, l: u64, copy: (&OwnedFd, &[u8])) -> Result<()> {
         for (lp, lname) in self.lower.lower_names(l)? {
-            // The name's directory must still be where the image has it.
-            let Some(path) = self.lower.lower_path(lp) else {
-                continue;
-            };
-            let mut cur = ROOT_INO;
-            let mut found = true;
-            for c in &path {
-                match self.resolve(st, cur, c)? {
-                    Some(next) => cur = next,
-                    None => {
-                        found = false;
-                        break;
-                    }
-                }
-            }
-            if !found || cur != lp || self.resolve(st, lp, &lname)? != Some(ino) {
+            // The name's directory must still show in the merged view (perhaps moved).
+            if self.merged_dir_of_lower(st, lp)? != Some(lp) || self.resolve(st, lp, &lname)? != Some(ino) {
                 continue;
             }
             self.copy_up(st, lp, true)?;
@@ -209,6 +195,46 @@ impl OverlayFs {
             }
         }
         Ok(())
+    }
+
+    /// Whether lower directory `lp` shows in the merged view, where it or one of its
+    /// directories may have been moved: Some(lp) when it does (a directory from the image
+    /// keeps its union inode number, moved or not).
+    fn merged_dir_of_lower(&self, st: &mut State, lp: u64) -> Result<Option<u64>> {
+        let Some(path) = self.lower.lower_path(lp) else {
+            return Ok(None);
+        };
+        // The lower directories from the root down to lp.
+        let mut chain = vec![ROOT_INO];
+        for c in &path {
+            let parent = *chain.last().expect("not empty");
+            match self.lower.lower_child(parent, c)? {
+                Some(next) => chain.push(next),
+                None => return Ok(None),
+            }
+        }
+        // From the deepest of them the merged view has a node for (a moved one has one: it
+        // was looked up to be moved), down by name, each step the same lower directory.
+        for i in (0..chain.len()).rev() {
+            let a = chain[i];
+            let known = st
+                .nodes
+                .get(a)
+                .is_some_and(|n| n.lower == Some(a) && n.kind == EntryKind::Directory)
+                && st.nodes.path(a).is_some();
+            if !known {
+                continue;
+            }
+            let mut cur = a;
+            for (j, c) in path[i..].iter().enumerate() {
+                match self.resolve(st, cur, c)? {
+                    Some(next) if next == chain[i + j + 1] => cur = next,
+                    _ => return Ok(None),
+                }
+            }
+            return Ok(Some(cur));
+        }
+        Ok(None)
     }
 
     /// The upper file of `ino`: the one its handles share, or a fresh descriptor.

@@ -46,6 +46,8 @@ pub struct OverlayFs {
     state: Mutex<State>,
     /// Whether the kernel took FUSE passthrough at init.
     passthrough: bool,
+    /// Whether to ask for it (`--no-passthrough` says no).
+    want_passthrough: bool,
 }
 
 /// Errors of the writable layer's operations.
@@ -128,6 +130,7 @@ impl OverlayFs {
     /// The merged view of `lower` under `upper`.
     pub fn new(lower: ImageFs, upper: UpperDir) -> std::io::Result<OverlayFs> {
         let root = rustix::fs::fstat(upper.root())?;
+        let want_passthrough = lower.wants_passthrough();
         // Created objects get exactly the mode asked for (the kernel has applied the umask).
         rustix::process::umask(rustix::fs::Mode::empty());
         Ok(OverlayFs {
@@ -138,6 +141,7 @@ impl OverlayFs {
                 handles: data::Handles::default(),
             }),
             passthrough: false,
+            want_passthrough,
         })
     }
 
@@ -154,7 +158,8 @@ fn name_bytes(name: &OsStr) -> &[u8] {
 impl Filesystem for OverlayFs {
     fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(1 << 20);
-        self.passthrough = rustix::process::geteuid().is_root()
+        self.passthrough = self.want_passthrough
+            && rustix::process::geteuid().is_root()
             && config.add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
         tracing::info!(passthrough = self.passthrough, upper = %self.upper.path().display(), "writable FUSE session started");

@@ -355,6 +355,28 @@ impl Registry {
         expect(resp, &[StatusCode::CREATED], "PUT", &put).await.map(drop)
     }
 
+    /// Ask the registry to link blob `digest` of repository `from` into `repo` without
+    /// sending it (cross-repository mount). Ok(true) when it did; Ok(false) when the registry
+    /// answered by starting an ordinary upload instead (the blob must then be sent).
+    pub async fn mount_blob(&self, repo: &str, digest: &Digest, from: &str) -> Result<bool> {
+        let sc = format!("{} {}", scope(repo, Access::Push), scope(from, Access::Pull));
+        let mut url = self.url(&format!("v2/{repo}/blobs/uploads/"))?;
+        url.query_pairs_mut()
+            .append_pair("mount", &digest.to_string())
+            .append_pair("from", from);
+        let resp = self
+            .send(
+                &sc,
+                Method::POST,
+                url.clone(),
+                HeaderMap::new(),
+                Some(Body::Bytes(Bytes::new())),
+            )
+            .await?;
+        let resp = expect(resp, &[StatusCode::CREATED, StatusCode::ACCEPTED], "POST", &url).await?;
+        Ok(resp.status() == StatusCode::CREATED)
+    }
+
     /// Upload a manifest under `reference` (tag or digest); returns its digest.
     pub async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: Bytes) -> Result<Digest> {
         let url = self.url(&format!("v2/{repo}/manifests/{reference}"))?;
@@ -534,7 +556,10 @@ impl Registry {
             if let Some(s) = service {
                 q.append_pair("service", s);
             }
-            q.append_pair("scope", scope);
+            // Several scopes (a cross-repository mount) go as several parameters.
+            for one in scope.split(' ') {
+                q.append_pair("scope", one);
+            }
         }
         let mut attempt = 0;
         let resp = loop {

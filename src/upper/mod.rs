@@ -39,8 +39,35 @@ pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 pub struct Identity {
     /// The image as named when the upper was made (for messages).
     pub image: String,
+    /// Digest of its image manifest (what `lamina commit` builds on); absent in uppers made
+    /// before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
     /// The digests of its layers, bottom first: what the changes apply to.
     pub layers: Vec<String>,
+}
+
+impl Identity {
+    /// The identity recorded in the upper directory `dir`.
+    pub fn read(dir: &Path) -> Result<Identity, UpperError> {
+        let path = dir.join(IDENTITY_FILE);
+        let text = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => UpperError::Foreign {
+                dir: dir.into(),
+                why: format!("holds no {IDENTITY_FILE}: not a lamina upper directory"),
+            },
+            _ => UpperError::Io(path.clone(), e),
+        })?;
+        serde_json::from_slice(&text).map_err(|e| UpperError::Foreign {
+            dir: dir.into(),
+            why: format!("{IDENTITY_FILE} is damaged ({e})"),
+        })
+    }
+
+    /// Whether `dir` is an upper directory (it holds an identity file).
+    pub fn is_upper_dir(dir: &Path) -> bool {
+        dir.join(IDENTITY_FILE).is_file()
+    }
 }
 
 /// Why an upper directory cannot be used.
@@ -312,6 +339,7 @@ mod tests {
     fn identity(layers: &[&str]) -> Identity {
         Identity {
             image: "img".into(),
+            manifest: None,
             layers: layers.iter().map(|s| s.to_string()).collect(),
         }
     }

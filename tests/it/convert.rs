@@ -17,7 +17,7 @@ fn lamina_ok(args: &[&str], cache: &Path) -> String {
 }
 
 /// skopeo copy from the registry into a layout, re-encoding layers as gzip, then umoci unpack.
-fn skopeo_gzip_unpack(image: &str, work: &Path, name: &str) -> std::path::PathBuf {
+pub(crate) fn skopeo_gzip_unpack(image: &str, work: &Path, name: &str) -> std::path::PathBuf {
     let layout = work.join(format!("{name}-layout"));
     run(Command::new("skopeo")
         .args([

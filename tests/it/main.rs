@@ -2,7 +2,9 @@
 //! real tools (umoci, skopeo) and by hand, checked against independent oracles.
 
 mod auth;
+mod container;
 mod convert;
+mod durability;
 mod errors;
 mod hostile;
 mod mount;

@@ -14,7 +14,7 @@ use crate::support::{assert_ok, lamina, require_root, require_tools, run};
 /// A mount that is unmounted when dropped (also if the test fails).
 pub(crate) struct Mounted {
     pub(crate) point: PathBuf,
-    pid: u32,
+    pub(crate) pid: u32,
 }
 
 impl Mounted {
@@ -60,7 +60,7 @@ impl Drop for Mounted {
     }
 }
 
-fn require_fuse() -> bool {
+pub(crate) fn require_fuse() -> bool {
     if Path::new("/dev/fuse").exists() {
         return true;
     }
@@ -644,20 +644,43 @@ fn copy_in(root: &Path, host: &Path) {
     std::fs::copy(host, &dest).unwrap_or_else(|e| panic!("copying {}: {e}", host.display()));
 }
 
+/// Whether Debian's python3 is here to be copied into images (it comes with
+/// scripts/setup.sh); under CI=true its absence is a failure.
+pub(crate) fn have_python() -> bool {
+    if Path::new("/usr/bin/python3.11").exists() && Path::new("/usr/lib/python3.11").exists() {
+        return true;
+    }
+    assert!(
+        !crate::support::in_ci(),
+        "Debian's python3 (/usr/bin/python3.11) is missing; CI=true makes this a failure"
+    );
+    eprintln!("SKIPPED: Debian's python3 is not installed");
+    false
+}
+
+/// Put the host's Debian-built python3, its shared libraries and its whole standard library
+/// into `rootfs`.
+pub(crate) fn add_python(rootfs: &Path) {
+    let python = Path::new("/usr/bin/python3.11");
+    copy_in(rootfs, python);
+    let ldd = String::from_utf8_lossy(&run(Command::new("ldd").arg(python)).stdout).into_owned();
+    for lib in ldd.split_whitespace().filter(|t| t.starts_with('/')) {
+        copy_in(rootfs, Path::new(lib));
+    }
+    std::os::unix::fs::symlink("python3.11", rootfs.join("usr/bin/python3")).unwrap();
+    std::fs::create_dir_all(rootfs.join("usr/lib/x86_64-linux-gnu")).unwrap();
+    run(Command::new("cp")
+        .arg("-a")
+        .arg("/usr/lib/python3.11")
+        .arg(rootfs.join("usr/lib/")));
+}
+
 #[test]
 fn python_starts_from_a_lazy_mount_fetching_a_small_share_of_the_image() {
-    let python = Path::new("/usr/bin/python3.11");
-    let stdlib = Path::new("/usr/lib/python3.11");
     if !require_tools(&["docker-registry", "umoci", "skopeo", "ldd", "cp"]) || !require_root() || !require_fuse() {
         return;
     }
-    if !python.exists() || !stdlib.exists() {
-        // Debian's python3 comes with scripts/setup.sh.
-        assert!(
-            !crate::support::in_ci(),
-            "Debian's python3 (/usr/bin/python3.11) is missing; CI=true makes this a failure"
-        );
-        eprintln!("SKIPPED: Debian's python3 is not installed");
+    if !have_python() {
         return;
     }
     let registry = TestRegistry::start();
@@ -668,14 +691,7 @@ fn python_starts_from_a_lazy_mount_fetching_a_small_share_of_the_image() {
     umoci.unpack("t", &bundle);
     let rootfs = bundle.join("rootfs");
     // A Debian-built python3 with its shared libraries and its whole standard library.
-    copy_in(&rootfs, python);
-    let ldd = String::from_utf8_lossy(&run(Command::new("ldd").arg(python)).stdout).into_owned();
-    for lib in ldd.split_whitespace().filter(|t| t.starts_with('/')) {
-        copy_in(&rootfs, Path::new(lib));
-    }
-    std::os::unix::fs::symlink("python3.11", rootfs.join("usr/bin/python3")).unwrap();
-    std::fs::create_dir_all(rootfs.join("usr/lib/x86_64-linux-gnu")).unwrap();
-    run(Command::new("cp").arg("-a").arg(stdlib).arg(rootfs.join("usr/lib/")));
+    add_python(&rootfs);
     // What else a Debian image carries that python's start-up does not touch: the gconv
     // modules of libc6 and perl-base, both essential packages.
     for extra in ["/usr/lib/x86_64-linux-gnu/gconv", "/usr/lib/x86_64-linux-gnu/perl-base"] {

@@ -11,12 +11,12 @@ use crate::support::tree::assert_same_tree;
 use crate::support::{python, run};
 
 /// Kernel overlayfs, unmounted when dropped.
-struct KernelOverlay {
+pub(crate) struct KernelOverlay {
     point: PathBuf,
 }
 
 impl KernelOverlay {
-    fn mount(lower: &Path, upper: &Path, work: &Path, point: &Path, options: &str) -> KernelOverlay {
+    pub(crate) fn mount(lower: &Path, upper: &Path, work: &Path, point: &Path, options: &str) -> KernelOverlay {
         for d in [upper, work, point] {
             std::fs::create_dir_all(d).unwrap();
         }
@@ -46,7 +46,7 @@ fn ops_script() -> PathBuf {
 }
 
 /// Run the differential driver; panics with its report on the first different outcome.
-fn same_outcomes(seed: u64, count: usize, lamina: &Path, kernel: &Path) {
+pub(crate) fn same_outcomes(seed: u64, count: usize, lamina: &Path, kernel: &Path) {
     // A hang is a failure too.
     let out = Command::new("timeout")
         .arg("300")
@@ -72,7 +72,7 @@ fn seeds() -> Vec<u64> {
     std::env::var("LAMINA_OVL_SEEDS")
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 4])
+        .unwrap_or_else(|| vec![1, 2, 3, 4])
 }
 
 /// Operations per seed: LAMINA_OVL_OPS or the CI count.

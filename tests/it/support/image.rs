@@ -43,6 +43,14 @@ impl Umoci {
             .arg(bundle));
     }
 
+    /// `umoci config` with `args` (e.g. `--config.user app`).
+    pub fn config(&self, tag: &str, args: &[&str]) {
+        run(Command::new("umoci")
+            .args(["config", "--image"])
+            .arg(self.image(tag))
+            .args(args));
+    }
+
     /// `umoci raw add-layer`: append an uncompressed tar verbatim.
     pub fn add_layer(&self, tag: &str, tar: &Path) {
         run(Command::new("umoci")

@@ -119,8 +119,20 @@ fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
 
 /// Panic with a readable list of differences unless the trees are equal.
 pub fn assert_same_tree(actual: &Path, expected: &Path) {
-    let a = snapshot(actual);
-    let e = snapshot(expected);
+    assert_same_snapshot(&snapshot(actual), &snapshot(expected), actual, expected);
+}
+
+/// The snapshot without xattrs whose value is empty: a tar's PAX record with an empty value
+/// deletes the keyword (POSIX), so readers in Go (umoci, containers/storage) drop them.
+pub fn without_empty_xattrs(mut s: Snapshot) -> Snapshot {
+    for f in s.entries.values_mut() {
+        f.xattrs.retain(|_, v| !v.is_empty());
+    }
+    s
+}
+
+/// [`assert_same_tree`] on snapshots already taken (of `actual` and `expected`).
+pub fn assert_same_snapshot(a: &Snapshot, e: &Snapshot, actual: &Path, expected: &Path) {
     let mut diffs = Vec::new();
     for (path, ef) in &e.entries {
         match a.entries.get(path) {

@@ -1,0 +1,270 @@
+//! The writable layer keeps data: an fsx-style integrity run survives a remount; a daemon
+//! killed with SIGKILL mid-write loses no fsync'ed byte and leaves a consistent upper; a full
+//! upper gives ENOSPC and damages nothing; a copy-up whose chunks cannot be fetched fails with
+//! EIO and leaves the lower file as it was.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::mount::{fixture, Mounted};
+use crate::support::tree::assert_same_tree;
+use crate::support::{python, run};
+use crate::writable::KernelOverlay;
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/it/support")
+        .join(name)
+}
+
+fn fsx(args: &[&str]) {
+    let out = Command::new("timeout")
+        .arg("300")
+        .arg(python().get_program())
+        .arg(script("fsx.py"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fsx: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{}", String::from_utf8_lossy(&out.stdout).trim());
+}
+
+/// Seeds of the fsx run: LAMINA_FSX_SEEDS=a,b,… or the CI set; LAMINA_FSX_OPS operations each.
+fn fsx_seeds() -> (Vec<u64>, usize) {
+    let seeds = std::env::var("LAMINA_FSX_SEEDS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| vec![11, 12]);
+    let ops = std::env::var("LAMINA_FSX_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1500);
+    (seeds, ops)
+}
+
+#[test]
+fn fsx_writes_match_the_model_and_survive_a_remount() {
+    let Some(f) = fixture(&["python3"]) else {
+        return;
+    };
+    let w = f.work.path();
+    let cache = w.join("cache");
+    let (seeds, ops) = fsx_seeds();
+    // With FUSE passthrough (the kernel writes the upper file) and without (lamina does).
+    for (mode, extra) in [("passthrough", None), ("no-passthrough", Some("--no-passthrough"))] {
+        let upper = w.join(format!("upper-{mode}"));
+        let mut args = vec!["--upper", upper.to_str().unwrap()];
+        args.extend(extra);
+        let m = Mounted::new(&f.converted, &w.join(format!("mnt-{mode}")), &cache, &args);
+        // A lower file (copied up by the first write), then a new file per seed.
+        let mut runs = vec![("usr/lib/libx.so.1".to_string(), seeds[0])];
+        runs.extend(seeds.iter().map(|s| (format!("fresh-{s}"), *s)));
+        let mut files = Vec::new();
+        for (i, (name, seed)) in runs.into_iter().enumerate() {
+            let model = w.join(format!("model-{mode}-{i}"));
+            fsx(&[
+                "run",
+                &seed.to_string(),
+                &ops.to_string(),
+                m.point.join(&name).to_str().unwrap(),
+                model.to_str().unwrap(),
+            ]);
+            files.push((name, model));
+        }
+        m.unmount();
+        drop(m);
+        let m = Mounted::new(&f.converted, &w.join(format!("mnt2-{mode}")), &cache, &args);
+        for (name, model) in &files {
+            fsx(&["verify", m.point.join(name).to_str().unwrap(), model.to_str().unwrap()]);
+        }
+    }
+}
+
+#[test]
+fn a_daemon_killed_mid_write_loses_no_fsynced_byte() {
+    let Some(f) = fixture(&["python3"]) else {
+        return;
+    };
+    let w = f.work.path();
+    let cache = w.join("cache");
+    let upper = w.join("upper");
+    let up = ["--upper", upper.to_str().unwrap()];
+    let m = Mounted::new(&f.converted, &w.join("mnt"), &cache, &up);
+    // Records of 4 KiB appended to a new file and written over a copied-up lower file; after
+    // every 8th an fsync of both, then the count is printed.
+    let writer_src = r#"
+import os, sys
+a = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+b = os.open(sys.argv[2], os.O_WRONLY)
+n = 0
+while True:
+    rec = (b"%08d" % n) * 512
+    os.write(a, rec)
+    os.pwrite(b, rec, (n % 64) * 4096)
+    n += 1
+    if n % 8 == 0:
+        os.fsync(a); os.fsync(b)
+        print(n, flush=True)
+"#;
+    let mut writer = python()
+        .arg("-c")
+        .arg(writer_src)
+        .arg(m.point.join("journal"))
+        .arg(m.point.join("usr/bin/tool"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(writer.stdout.take().unwrap()).lines();
+    let mut synced = 0u64;
+    let started = Instant::now();
+    while synced < 2000 && started.elapsed() < Duration::from_secs(60) {
+        synced = lines.next().unwrap().unwrap().trim().parse().unwrap();
+    }
+    // SIGKILL mid-stream: the writer is still going.
+    run(Command::new("kill").args(["-KILL", &m.pid.to_string()]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while m.daemon_alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!m.daemon_alive(), "the daemon survived SIGKILL");
+    for l in lines.map_while(Result::ok) {
+        synced = synced.max(l.trim().parse().unwrap_or(0));
+    }
+    let _ = writer.kill();
+    let _ = writer.wait();
+    m.unmount();
+    drop(m);
+
+    // Mounted again on the same upper: every fsync'ed record is there.
+    let m = Mounted::new(&f.converted, &w.join("mnt2"), &cache, &up);
+    let journal = std::fs::read(m.point.join("journal")).unwrap();
+    assert!(
+        journal.len() as u64 >= synced * 4096,
+        "{} bytes after {synced} fsync'ed records",
+        journal.len()
+    );
+    for (i, rec) in journal.chunks(4096).take(synced as usize).enumerate() {
+        assert_eq!(rec, format!("{i:08}").repeat(512).as_bytes(), "record {i}");
+    }
+    let tool = std::fs::read(m.point.join("usr/bin/tool")).unwrap();
+    let lower = std::fs::read(f.oracle.join("usr/bin/tool")).unwrap();
+    assert_eq!(tool.len(), lower.len().max(64 * 4096));
+    // The slots rewritten by fsync'ed records hold the last such record (or a later one).
+    for slot in 0..64u64.min(synced) {
+        let last_synced = (0..synced).rev().find(|n| n % 64 == slot).unwrap();
+        let got: u64 = std::str::from_utf8(&tool[(slot * 4096) as usize..][..8])
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            got >= last_synced && got % 64 == slot,
+            "slot {slot}: record {got}, fsync'ed {last_synced}"
+        );
+    }
+    // The upper is consistent: the kernel's overlayfs over it shows what lamina shows.
+    let k = KernelOverlay::mount(
+        &f.oracle,
+        &upper.join("upper"),
+        &upper.join("work"),
+        &w.join("k-mnt"),
+        "redirect_dir=on",
+    );
+    assert_same_tree(&m.point, &w.join("k-mnt"));
+    drop(k);
+}
+
+#[test]
+fn a_full_upper_gives_enospc_and_damages_nothing() {
+    let Some(f) = fixture(&["python3"]) else {
+        return;
+    };
+    let w = f.work.path();
+    let cache = w.join("cache");
+    let small = w.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&small));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _small = Unmount(small.clone());
+    let upper = small.join("upper");
+    let m = Mounted::new(
+        &f.converted,
+        &w.join("mnt"),
+        &cache,
+        &["--upper", upper.to_str().unwrap()],
+    );
+    let p = &m.point;
+    std::fs::write(p.join("etc/keep"), b"small and safe").unwrap();
+    // A new file larger than the upper's filesystem.
+    let err = std::fs::write(p.join("huge"), vec![7u8; 4 << 20]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(28), "{err}");
+    // A copy-up that does not fit (usr/lib/big is 6 MiB): ENOSPC, the lower file unchanged.
+    let err = std::fs::OpenOptions::new()
+        .append(true)
+        .open(p.join("usr/lib/big"))
+        .map(drop)
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(28), "{err}");
+    assert_eq!(
+        std::fs::read(p.join("usr/lib/big")).unwrap(),
+        std::fs::read(f.oracle.join("usr/lib/big")).unwrap()
+    );
+    assert!(!upper.join("upper/usr/lib/big").exists());
+    assert_eq!(std::fs::read(p.join("etc/keep")).unwrap(), b"small and safe");
+    // Space freed, writing works again.
+    std::fs::remove_file(p.join("huge")).unwrap();
+    std::fs::write(p.join("etc/after"), b"fits").unwrap();
+    assert_eq!(std::fs::read(p.join("etc/after")).unwrap(), b"fits");
+}
+
+#[test]
+fn a_copy_up_whose_chunks_cannot_be_fetched_fails_with_eio_and_changes_nothing() {
+    let Some(mut f) = fixture(&["python3"]) else {
+        return;
+    };
+    let w = f.work.path().to_path_buf();
+    let cache = w.join("cache");
+    let upper = w.join("upper");
+    let m = Mounted::new(
+        &f.converted,
+        &w.join("mnt"),
+        &cache,
+        &["--upper", upper.to_str().unwrap(), "--fetch-timeout", "2"],
+    );
+    f.registry.kill();
+    let started = Instant::now();
+    let err = std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.point.join("usr/lib/big"))
+        .map(drop)
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(5), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(60), "no deadline");
+    assert!(!upper.join("upper/usr/lib/big").exists());
+    assert_eq!(
+        std::fs::read_dir(upper.join("tmp")).unwrap().count(),
+        0,
+        "a partial copy-up was left"
+    );
+    // The mount still serves, and with the registry back the file is the lower one.
+    assert!(m.daemon_alive());
+    f.registry.restart();
+    assert_eq!(
+        std::fs::read(m.point.join("usr/lib/big")).unwrap(),
+        std::fs::read(f.oracle.join("usr/lib/big")).unwrap()
+    );
+}
