@@ -763,6 +763,15 @@ impl OverlayFs {
     /// `getxattr`
     pub fn op_getxattr(&self, ino: u64, key: &[u8]) -> Result<Vec<u8>> {
         let st = self.state.lock();
+        if key.starts_with(upper::PRIVATE_PREFIX) {
+            return Err(Errno::NODATA.into());
+        }
+        // An open upper file answers from its descriptor: the kernel asks for
+        // security.capability before every write, and a path walk each time costs.
+        if let Some(fd) = self.node(&st, ino)?.fd.clone() {
+            let key = std::str::from_utf8(key).map_err(|_| OvlError::Errno(Errno::NODATA))?;
+            return upper::get_xattr_fd(fd.as_fd(), key)?.ok_or(OvlError::Errno(Errno::NODATA));
+        }
         self.xattr_list(&st, ino)?
             .into_iter()
             .find(|(k, _)| k == key)

@@ -283,6 +283,22 @@ pub fn get_xattr(path: &Path, key: &str) -> std::io::Result<Option<Vec<u8>>> {
     }
 }
 
+/// One xattr's value read from an open file; None if it is not set.
+pub fn get_xattr_fd(fd: BorrowedFd<'_>, key: &str) -> std::io::Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        match rustix::fs::fgetxattr(fd, key, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(Errno::NODATA) => return Ok(None),
+            Err(Errno::RANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 16, 0),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Every xattr of `path` (not followed), with values; overlayfs' own left out.
 pub fn xattrs(path: &Path) -> std::io::Result<Xattrs> {
     let mut names = vec![0u8; 4096];
