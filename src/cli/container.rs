@@ -156,8 +156,9 @@ pub(super) fn commit(args: CommitArgs, runtime: &tokio::runtime::Runtime) -> any
             rustix::fs::Mode::empty(),
         )
         .with_context(|| format!("opening {}", root.display()))?;
-        if crate::commit::layer::has_redirects(std::os::fd::AsFd::as_fd(&root_fd))? {
-            // Moved directories: their lower entries are only in a merged view; mount it.
+        if crate::commit::layer::needs_view(std::os::fd::AsFd::as_fd(&root_fd))? {
+            // Moved directories or metacopy files: what they hold from below is only in a merged
+            // view; mount it.
             let identity = Identity::read(&source)?;
             let image = crate::commit::base_reference(&identity)?.to_string();
             let point = unique_dir(&cache_dir, "commit-mounts");

@@ -49,20 +49,29 @@ pub struct LayerSummary {
 
 /// The upper directory holds moved directories, whose lower contents only a merged view has.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}: a moved directory; its lower entries are only in the merged view")]
+#[error("{0}: a moved directory or a metacopy file; what it holds from below is only in the merged view")]
 pub struct NeedsView(pub String);
 
-/// Whether any directory under the upper root `root` carries a redirect (was moved).
-pub fn has_redirects(root: BorrowedFd<'_>) -> io::Result<bool> {
+/// Whether the upper root `root` holds what only a merged view can complete: a moved
+/// directory (redirect) or a file whose bytes are still below (metacopy).
+pub fn needs_view(root: BorrowedFd<'_>) -> io::Result<bool> {
     for (name, st) in entries(root)? {
-        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-            let d = open_dir(root, &name)?;
-            if upper::get_xattr(&upper::xattr_path(d.as_fd(), b""), REDIRECT)?.is_some() || has_redirects(d.as_fd())? {
-                return Ok(true);
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => {
+                let d = open_dir(root, &name)?;
+                if upper::get_xattr(&upper::xattr_path(d.as_fd(), b""), REDIRECT)?.is_some() || needs_view(d.as_fd())? {
+                    return Ok(true);
+                }
             }
+            FileType::RegularFile if is_metacopy(root, &name)? => return Ok(true),
+            _ => {}
         }
     }
     Ok(false)
+}
+
+fn is_metacopy(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<bool> {
+    Ok(upper::get_xattr(&upper::xattr_path(dir, name), upper::METACOPY)?.is_some())
 }
 
 /// Write the layer for the upper root `upper_root` to `out` (a tar, not compressed).
@@ -193,6 +202,12 @@ impl<W: Write> Walker<W> {
                     self.upper_dir(child_upper.as_fd(), child_view.as_ref().map(|v| v.as_fd()), &path)?;
                 }
             } else {
+                if view.is_none()
+                    && FileType::from_raw_mode(ust.st_mode) == FileType::RegularFile
+                    && is_metacopy(upper_dir, &name)?
+                {
+                    return Err(io::Error::other(NeedsView(String::from_utf8_lossy(&path).into_owned())));
+                }
                 self.entry(src, &name, &path, &st)?;
             }
         }
@@ -391,11 +406,16 @@ mod tests {
         std::fs::write(u.join("o/new"), b"x").unwrap();
         let root = open(&u);
         upper::set_marker(root.as_fd(), b"o", "trusted.overlay.opaque", b"y").unwrap();
-        assert!(!has_redirects(root.as_fd()).unwrap());
+        assert!(!needs_view(root.as_fd()).unwrap());
         upper::set_marker(root.as_fd(), b"m", REDIRECT, b"/old").unwrap();
-        assert!(has_redirects(root.as_fd()).unwrap());
+        assert!(needs_view(root.as_fd()).unwrap());
         let e = write_layer(root.as_fd(), None, Vec::new()).unwrap_err();
         assert!(e.to_string().contains("moved directory"), "{e}");
+        // A metacopy file needs it too.
+        std::fs::write(u.join("o/meta"), b"").unwrap();
+        let o = open(&u.join("o"));
+        upper::set_marker(o.as_fd(), b"meta", upper::METACOPY, b"").unwrap();
+        drop(o);
         // The view: what the mount shows (here a plain tree standing in for it).
         std::fs::create_dir_all(v.join("o")).unwrap();
         std::fs::create_dir_all(v.join("m/deep")).unwrap();

@@ -73,6 +73,9 @@ impl OverlayFs {
     pub(super) fn copy_up(&self, st: &mut State, ino: u64, with_data: bool) -> Result<()> {
         let n = self.node(st, ino)?;
         if n.upper {
+            if n.metacopy {
+                self.end_metacopy(st, ino, with_data)?;
+            }
             return Ok(());
         }
         let (parent, name) = n.names.first().cloned().ok_or(OvlError::Errno(Errno::NOENT))?;
@@ -100,6 +103,105 @@ impl OverlayFs {
         st.nodes.set_upper(ino, s.st_ino);
         if kind != EntryKind::Directory && a.nlink > 1 {
             self.link_group(st, ino, l, (&pdir, &name))?;
+        }
+        Ok(())
+    }
+
+    /// Copy `ino` up for a change of metadata only (chmod, chown, utimens, xattrs): a regular
+    /// file of one name gets an upper file of the same size with no data and the metacopy
+    /// marker, as overlayfs' metacopy=on makes it; its bytes are copied when first written.
+    /// Anything else is copied up whole.
+    pub(super) fn copy_up_meta(&self, st: &mut State, ino: u64) -> Result<()> {
+        let n = self.node(st, ino)?;
+        if n.upper {
+            return Ok(()); // metadata changes need nothing more of a metacopy file either
+        }
+        if n.kind != EntryKind::Regular {
+            return self.copy_up(st, ino, true);
+        }
+        let l = n.lower.ok_or(OvlError::Errno(Errno::NOENT))?;
+        let a = self.lower.lower_attr(l)?;
+        if a.nlink > 1 || a.size == 0 {
+            return self.copy_up(st, ino, true);
+        }
+        self.copy_up(st, ino, false)?;
+        let (dir, name) = self.upper_entry(st, ino)?;
+        let fd = rustix::fs::openat(
+            &dir,
+            name.as_slice(),
+            OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        rustix::fs::ftruncate(&fd, a.size)?;
+        upper::set_marker(dir.as_fd(), &name, upper::METACOPY, b"")?;
+        // ftruncate moved the mtime: put the lower one back.
+        let t = rustix::fs::Timespec {
+            tv_sec: a
+                .mtime
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            tv_nsec: a
+                .mtime
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos() as _),
+        };
+        rustix::fs::futimens(
+            &fd,
+            &Timestamps {
+                last_access: t,
+                last_modification: t,
+            },
+        )?;
+        if let Some(n) = st.nodes.get_mut(ino) {
+            n.metacopy = true;
+        }
+        Ok(())
+    }
+
+    /// Give metacopy file `ino` its bytes (from the lower file, in place, when `with_data`),
+    /// then drop the marker. Until the marker goes the lower bytes are the file's, so a crash
+    /// half way loses nothing; hard links to the upper file stay linked.
+    fn end_metacopy(&self, st: &mut State, ino: u64, with_data: bool) -> Result<()> {
+        let l = self.node(st, ino)?.lower.ok_or(OvlError::Errno(Errno::IO))?;
+        let (dir, name) = self.upper_entry(st, ino)?;
+        let fd = rustix::fs::openat(
+            &dir,
+            name.as_slice(),
+            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let keep = rustix::fs::fstat(&fd)?;
+        if with_data {
+            let size = self.lower.lower_attr(l)?.size.min(keep.st_size as u64);
+            let mut off = 0;
+            while off < size {
+                let len = COPY_PIECE.min(size - off);
+                let data = self.lower.op_read(INodeNo(l), off, len as u32)?;
+                if data.len() as u64 != len {
+                    return Err(Errno::IO.into());
+                }
+                pwrite_all(&fd, &data, off)?;
+                off += len;
+            }
+            rustix::fs::fsync(&fd)?;
+            let times = Timestamps {
+                last_access: rustix::fs::Timespec {
+                    tv_sec: keep.st_atime,
+                    tv_nsec: keep.st_atime_nsec as _,
+                },
+                last_modification: rustix::fs::Timespec {
+                    tv_sec: keep.st_mtime,
+                    tv_nsec: keep.st_mtime_nsec as _,
+                },
+            };
+            rustix::fs::futimens(&fd, &times)?;
+        }
+        match rustix::fs::lremovexattr(upper::xattr_path(dir.as_fd(), &name), upper::METACOPY) {
+            Ok(()) | Err(Errno::NODATA) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(n) = st.nodes.get_mut(ino) {
+            n.metacopy = false;
         }
         Ok(())
     }
@@ -312,7 +414,8 @@ impl OverlayFs {
         if write || trunc {
             self.copy_up(&mut st, ino, !trunc)?;
         }
-        if self.node(&st, ino)?.upper && kind == EntryKind::Regular {
+        let n = self.node(&st, ino)?;
+        if n.upper && !n.metacopy && kind == EntryKind::Regular {
             let fd = self.file_fd(&mut st, ino)?;
             if trunc {
                 rustix::fs::ftruncate(&*fd, 0)?;
@@ -366,7 +469,7 @@ impl OverlayFs {
         let source = {
             let mut st = self.state.lock();
             let n = self.node(&st, ino)?;
-            if n.upper {
+            if n.upper && !n.metacopy {
                 Ok(self.file_fd(&mut st, ino)?)
             } else {
                 Err(n.lower.ok_or(OvlError::Errno(Errno::NOENT))?)

@@ -27,6 +27,9 @@ pub struct ONode {
     pub lower: Option<u64>,
     /// Whether it exists in the upper directory (then its data and metadata come from there).
     pub upper: bool,
+    /// An upper file holding only metadata (overlayfs metacopy): its bytes are still the
+    /// lower file's, until the first write copies them up.
+    pub metacopy: bool,
     /// Its inode number in the upper directory.
     pub upper_ino: Option<u64>,
     /// The upper file, open while any handle of it is.
@@ -43,6 +46,7 @@ impl ONode {
             names: vec![(parent, name.to_vec())],
             lower,
             upper,
+            metacopy: false,
             upper_ino: None,
             fd: None,
             opens: 0,

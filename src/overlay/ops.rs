@@ -198,6 +198,23 @@ impl OverlayFs {
                 } else {
                     self.upper_object(st, s.st_ino, kind)
                 };
+                // A metacopy file's bytes are the lower file's of the same name (lamina copies
+                // the data up before renaming one, so there is no redirect to follow).
+                let data_from = if kind == EntryKind::Regular
+                    && upper::get_xattr(&upper::xattr_path(dir.as_fd(), name), upper::METACOPY)?.is_some()
+                {
+                    let l = match p_lower {
+                        Some(pl) => self.lower.lower_child(pl, name)?,
+                        None => None,
+                    };
+                    match l {
+                        Some(l) if self.lower.lower_kind(l)? == EntryKind::Regular => Some(l),
+                        // Its data is gone from below: reads fail rather than show zeros.
+                        _ => return Err(Errno::IO.into()),
+                    }
+                } else {
+                    None
+                };
                 match st.nodes.get_mut(ino) {
                     Some(n) => {
                         n.add_name(parent, name);
@@ -205,7 +222,9 @@ impl OverlayFs {
                     }
                     None => {
                         let lower = (kind == EntryKind::Directory && ino < super::nodes::UPPER_BASE).then_some(ino);
-                        st.nodes.insert(ino, ONode::new(kind, parent, name, lower, true));
+                        let mut n = ONode::new(kind, parent, name, lower.or(data_from), true);
+                        n.metacopy = data_from.is_some();
+                        st.nodes.insert(ino, n);
                     }
                 }
                 st.nodes.set_upper(ino, s.st_ino);
@@ -679,9 +698,12 @@ impl OverlayFs {
     /// `setattr`: chmod, chown, truncate, utimens (after copy-up).
     pub fn op_setattr(&self, ino: u64, c: &AttrChange) -> Result<FileAttr> {
         let mut st = self.state.lock();
-        // Truncating to nothing needs none of the old bytes.
-        let with_data = c.size != Some(0);
-        self.copy_up(&mut st, ino, with_data)?;
+        match c.size {
+            // Metadata only: the bytes can stay below.
+            None => self.copy_up_meta(&mut st, ino)?,
+            // Truncating to nothing needs none of the old bytes.
+            Some(size) => self.copy_up(&mut st, ino, size != 0)?,
+        }
         let (dir, name) = self.upper_entry(&st, ino)?;
         let kind = self.node(&st, ino)?.kind;
         let at = |f: &dyn Fn(std::os::fd::BorrowedFd<'_>, &[u8]) -> rustix::io::Result<()>| -> Result<()> {
@@ -738,7 +760,7 @@ impl OverlayFs {
                 return Err(Errno::NODATA.into());
             }
         }
-        self.copy_up(&mut st, ino, true)?;
+        self.copy_up_meta(&mut st, ino)?;
         let (dir, name) = self.upper_entry(&st, ino)?;
         let path = upper::xattr_path(dir.as_fd(), &name);
         let key = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(key);

@@ -30,6 +30,8 @@ pub const REDIRECT: &str = "trusted.overlay.redirect";
 pub const PRIVATE_PREFIX: &[u8] = b"trusted.overlay.";
 
 const IDENTITY_FILE: &str = "lamina-upper.json";
+/// overlayfs' marker of an upper file that holds metadata only (its data is the lower file's).
+pub const METACOPY: &str = "trusted.overlay.metacopy";
 
 /// xattr names and values.
 pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;

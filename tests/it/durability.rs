@@ -175,7 +175,7 @@ while True:
         &upper.join("upper"),
         &upper.join("work"),
         &w.join("k-mnt"),
-        "redirect_dir=on",
+        "redirect_dir=on,metacopy=on",
     );
     assert_same_tree(&m.point, &w.join("k-mnt"));
     drop(k);

@@ -127,7 +127,7 @@ fn random_operations_match_kernel_overlayfs_and_survive_a_remount() {
             &upper.join("upper"),
             &upper.join("work"),
             &dir.join("k2-mnt"),
-            "redirect_dir=on",
+            "redirect_dir=on,metacopy=on",
         );
         assert_same_tree(&k2.point, &k.point);
     }
@@ -197,4 +197,77 @@ fn writable_mounts_refuse_foreign_upper_dirs_and_clean_up_after_themselves() {
         let left = std::fs::read_dir(cache.join("uppers")).map_or(0, |d| d.count());
         assert_eq!(left, usize::from(keep), "upper directories left: {left} (keep {keep})");
     }
+}
+
+#[test]
+fn metadata_changes_copy_up_metadata_only_until_the_first_write() {
+    let Some(f) = fixture(&["getfattr"]) else {
+        return;
+    };
+    let w = f.work.path();
+    let cache = w.join("cache");
+    let upper = w.join("upper");
+    let up = ["--upper", upper.to_str().unwrap()];
+    let lower_bytes = std::fs::read(f.oracle.join("usr/lib/big")).unwrap();
+    let m = Mounted::new(&f.converted, &w.join("mnt"), &cache, &up);
+    let file = m.point.join("usr/lib/big");
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&file, Some(42), Some(43)).unwrap();
+    // The upper file: the size, no data blocks, the overlayfs metacopy marker.
+    let u = upper.join("upper/usr/lib/big");
+    let meta = std::fs::symlink_metadata(&u).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(meta.len(), lower_bytes.len() as u64);
+    assert_eq!(meta.blocks(), 0, "the data was copied up");
+    let marker = run(Command::new("getfattr")
+        .args(["--absolute-names", "-n", "trusted.overlay.metacopy"])
+        .arg(&u));
+    assert!(String::from_utf8_lossy(&marker.stdout).contains("trusted.overlay.metacopy"));
+    assert_eq!(std::fs::read(&file).unwrap(), lower_bytes);
+    let st = std::fs::metadata(&file).unwrap();
+    assert_eq!((st.mode() & 0o7777, st.uid(), st.gid()), (0o600, 42, 43));
+
+    // After a remount too; the kernel's overlayfs (metacopy=on) reads lamina's upper alike.
+    m.unmount();
+    drop(m);
+    let m = Mounted::new(&f.converted, &w.join("mnt2"), &cache, &up);
+    let file = m.point.join("usr/lib/big");
+    assert_eq!(std::fs::read(&file).unwrap(), lower_bytes);
+    m.unmount();
+    drop(m);
+    {
+        let k = KernelOverlay::mount(
+            &f.oracle,
+            &upper.join("upper"),
+            &upper.join("work"),
+            &w.join("k-mnt"),
+            "redirect_dir=on,metacopy=on",
+        );
+        assert_eq!(std::fs::read(k.point.join("usr/lib/big")).unwrap(), lower_bytes);
+    }
+
+    // The first write copies the bytes up in place and drops the marker.
+    let m = Mounted::new(&f.converted, &w.join("mnt3"), &cache, &up);
+    let file = m.point.join("usr/lib/big");
+    {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap()
+            .write_all(b"tail")
+            .unwrap();
+    }
+    let mut want = lower_bytes.clone();
+    want.extend_from_slice(b"tail");
+    assert_eq!(std::fs::read(&file).unwrap(), want);
+    let marker = Command::new("getfattr")
+        .args(["--absolute-names", "-n", "trusted.overlay.metacopy"])
+        .arg(&u)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&marker.stdout).contains("metacopy"));
+    assert_eq!(std::fs::read(&u).unwrap(), want);
+    let st = std::fs::metadata(&file).unwrap();
+    assert_eq!((st.mode() & 0o7777, st.uid(), st.gid()), (0o600, 42, 43));
 }
