@@ -40,6 +40,11 @@ pub struct CommitArgs {
 pub enum Runtime {
     /// New mount, PID and UTS namespaces and chroot into the mount (needs root).
     Chroot,
+    /// An OCI runtime bundle started with `crun run` (needs a machine where crun can start
+    /// containers: cgroups v2 or v1, not hybrid).
+    Crun,
+    /// The same with `runc run`.
+    Runc,
 }
 
 /// `lamina run`.
@@ -216,7 +221,7 @@ pub(super) fn commit(args: CommitArgs, runtime: &tokio::runtime::Runtime) -> any
 /// Run the image's program; returns its exit code.
 pub(super) fn run(args: RunArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<i32> {
     if !rustix::process::geteuid().is_root() {
-        anyhow::bail!("lamina run --runtime chroot needs root (namespaces, chroot, mounts)");
+        anyhow::bail!("lamina run needs root (its mount serves every user; namespaces, chroot)");
     }
     let cache_dir = args.cache_dir.clone().unwrap_or_else(crate::cache::default_cache_dir);
     let client = args.registry.client_options()?;
@@ -240,6 +245,12 @@ pub(super) fn run(args: RunArgs, runtime: &tokio::runtime::Runtime) -> anyhow::R
     let status = match args.runtime {
         Runtime::Chroot => crate::run::run_chroot(&mount.point, &spec)
             .with_context(|| format!("starting {:?} in {}", spec.argv[0], mount.point.display()))?,
+        Runtime::Crun | Runtime::Runc => {
+            let runtime = if args.runtime == Runtime::Crun { "crun" } else { "runc" };
+            let bundle = mount.point.with_extension("bundle");
+            crate::run::run_oci(runtime, &bundle, &hostname, &mount.point, &spec)
+                .with_context(|| format!("running the bundle {} with {runtime}", bundle.display()))?
+        }
     };
     if args.keep {
         eprintln!(
