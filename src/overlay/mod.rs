@@ -48,6 +48,9 @@ pub struct OverlayFs {
     passthrough: bool,
     /// Whether to ask for it (`--no-passthrough` says no).
     want_passthrough: bool,
+    /// Open descriptors of upper directories by node, so operations need not walk the path
+    /// from the upper root each time (checked against the node's upper inode at each use).
+    dirs: parking_lot::Mutex<std::collections::HashMap<u64, std::os::fd::OwnedFd>>,
 }
 
 /// Errors of the writable layer's operations.
@@ -142,6 +145,7 @@ impl OverlayFs {
             }),
             passthrough: false,
             want_passthrough,
+            dirs: parking_lot::Mutex::new(std::collections::HashMap::new()),
         })
     }
 

@@ -107,6 +107,9 @@ fn time_arg(t: Option<TimeOrNow>) -> rustix::fs::Timespec {
     }
 }
 
+/// Upper directory descriptors kept open (well under the default limit of 1024 files).
+const MAX_CACHED_DIRS: usize = 256;
+
 impl OverlayFs {
     // ---- shared helpers (lock held) ----
 
@@ -117,7 +120,32 @@ impl OverlayFs {
     /// The upper directory of directory node `ino` (which must be in the upper).
     pub(super) fn upper_dir(&self, st: &State, ino: u64) -> Result<OwnedFd> {
         let path = st.nodes.path(ino).ok_or(OvlError::Errno(Errno::NOENT))?;
-        Ok(self.upper.dir_at(&path)?)
+        let want = st.nodes.get(ino).filter(|n| n.upper).and_then(|n| n.upper_ino);
+        if let Some(want) = want {
+            let mut dirs = self.dirs.lock();
+            if let Some(fd) = dirs.get(&ino) {
+                // The same directory, still linked: it has moved with the node if renamed.
+                match rustix::fs::fstat(fd) {
+                    Ok(s) if s.st_ino == want && s.st_nlink > 0 => {
+                        return Ok(rustix::io::fcntl_dupfd_cloexec(fd, 0)?);
+                    }
+                    _ => {
+                        dirs.remove(&ino);
+                    }
+                }
+            }
+        }
+        let fd = self.upper.dir_at(&path)?;
+        if let Some(want) = want {
+            if rustix::fs::fstat(&fd).is_ok_and(|s| s.st_ino == want) {
+                let mut dirs = self.dirs.lock();
+                if dirs.len() >= MAX_CACHED_DIRS {
+                    dirs.clear();
+                }
+                dirs.insert(ino, rustix::io::fcntl_dupfd_cloexec(&fd, 0)?);
+            }
+        }
+        Ok(fd)
     }
 
     /// The upper directory holding `ino`'s first name, and that name (for the root: the root
