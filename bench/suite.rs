@@ -341,7 +341,7 @@ fn main() {
     println!("machine: {machine}");
 
     // Images: the Debian image of scripts/build-image.sh (its base layer alone is the distro
-    // image), and a large-file image (distro + a 256 MiB "weights" file).
+    // image), and a large-file image (distro + a 128 MiB "weights" file).
     let python_layout =
         String::from_utf8_lossy(&run(Command::new("bash").arg(format!("{root}/scripts/build-image.sh"))).stdout)
             .trim()
@@ -406,7 +406,7 @@ fn main() {
     }
     if wanted.iter().any(|x| x == "weights") {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let weights: Vec<u8> = (0..256u32 << 20)
+        let weights: Vec<u8> = (0..128u32 << 20)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
