@@ -62,7 +62,14 @@ pub fn machine() -> String {
 }
 
 /// `bench/results/<date>-<host>/` of this checkout, created.
+/// `$LAMINA_BENCH_RESULTS` when set (scripts/bench.sh sets it, so a run that passes midnight
+/// keeps one folder).
 pub fn results_dir(root: &str) -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("LAMINA_BENCH_RESULTS") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        return dir;
+    }
     let out = |c: &mut Command| {
         c.output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
@@ -75,4 +82,46 @@ pub fn results_dir(root: &str) -> std::path::PathBuf {
         .join(format!("{date}-{}", if host.is_empty() { "host" } else { &host }));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// The release build of this checkout, then the Debian demo image of scripts/build-image.sh
+/// (built once, cached): its OCI layout reference.
+pub fn release_and_demo_image(root: &str) -> String {
+    must(
+        Command::new("cargo")
+            .args(["build", "--release", "--quiet", "--manifest-path"])
+            .arg(format!("{root}/Cargo.toml")),
+    );
+    let out = must(Command::new("bash").arg(format!("{root}/scripts/build-image.sh")));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Push the layout image `image` to `registry` as `bench/debian:latest` and convert it to
+/// `bench/debian:zstd-chunked`: (source, lazy) references.
+pub fn publish_demo(root: &str, registry: &str, image: &str, work: &std::path::Path) -> (String, String) {
+    let src = format!("{registry}/bench/debian:latest");
+    let lazy = format!("{registry}/bench/debian:zstd-chunked");
+    must(
+        Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{image}"))
+            .arg(format!("docker://{src}")),
+    );
+    must(
+        lamina(root)
+            .args(["convert", &src, &lazy])
+            .env("LAMINA_CACHE_DIR", work.join("convert-cache")),
+    );
+    (src, lazy)
+}
+
+/// Run `cmd`, panicking with its output if it fails.
+fn must(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }

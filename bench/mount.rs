@@ -48,25 +48,11 @@ fn main() {
         return;
     }
     let root = env!("CARGO_MANIFEST_DIR");
-    run(Command::new("cargo")
-        .args(["build", "--release", "--quiet", "--manifest-path"])
-        .arg(format!("{root}/Cargo.toml")));
-    let image =
-        String::from_utf8_lossy(&run(Command::new("bash").arg(format!("{root}/scripts/build-image.sh"))).stdout)
-            .trim()
-            .to_string();
+    let image = common::release_and_demo_image(root);
     let registry = TestRegistry::start();
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let src = format!("{}/bench/debian:latest", registry.addr);
-    let lazy = format!("{}/bench/debian:zstd-chunked", registry.addr);
-    run(Command::new("skopeo")
-        .args(["copy", "--quiet", "--dest-tls-verify=false"])
-        .arg(format!("oci:{image}"))
-        .arg(format!("docker://{src}")));
-    run(lamina(root)
-        .args(["convert", &src, &lazy])
-        .env("LAMINA_CACHE_DIR", w.join("convert-cache")));
+    let (src, lazy) = common::publish_demo(root, &registry.addr, &image, w);
     println!("machine: {}", common::machine());
     println!("image:   {image} (converted to zstd:chunked), loopback registry, medians of {RUNS}\n");
 

@@ -145,26 +145,12 @@ fn main() {
         return;
     }
     let root = env!("CARGO_MANIFEST_DIR");
-    run(Command::new("cargo")
-        .args(["build", "--release", "--quiet", "--manifest-path"])
-        .arg(format!("{root}/Cargo.toml")));
-    let image =
-        String::from_utf8_lossy(&run(Command::new("bash").arg(format!("{root}/scripts/build-image.sh"))).stdout)
-            .trim()
-            .to_string();
+    let image = common::release_and_demo_image(root);
     let registry = TestRegistry::start();
     // On the disk (not /tmp, which may be tmpfs): every target's upper lives here.
     let work = tempfile::tempdir_in(format!("{root}/target")).unwrap();
     let w = work.path();
-    let src = format!("{}/bench/debian:latest", registry.addr);
-    let lazy = format!("{}/bench/debian:zstd-chunked", registry.addr);
-    run(Command::new("skopeo")
-        .args(["copy", "--quiet", "--dest-tls-verify=false"])
-        .arg(format!("oci:{image}"))
-        .arg(format!("docker://{src}")));
-    run(lamina(root)
-        .args(["convert", &src, &lazy])
-        .env("LAMINA_CACHE_DIR", w.join("convert-cache")));
+    let (src, lazy) = common::publish_demo(root, &registry.addr, &image, w);
     let lower = w.join("lower");
     run(lamina(root).arg("pull").arg(&src).arg(&lower));
     let tarball = w.join("tree.tar");

@@ -21,6 +21,8 @@ done
 start=$(date +%s)
 out=bench/results/$(date +%Y-%m-%d)-$(hostname)
 mkdir -p "$out"
+# Every benchmark writes to the folder named when the run started.
+export LAMINA_BENCH_RESULTS=$PWD/$out
 cargo build --release --benches --quiet
 for b in pull convert mount layers; do
   echo "== cargo bench --bench $b" >&2

@@ -173,16 +173,7 @@ impl OverlayFs {
         let keep = rustix::fs::fstat(&fd)?;
         if with_data {
             let size = self.lower.lower_attr(l)?.size.min(keep.st_size as u64);
-            let mut off = 0;
-            while off < size {
-                let len = COPY_PIECE.min(size - off);
-                let data = self.lower.op_read(INodeNo(l), off, len as u32)?;
-                if data.len() as u64 != len {
-                    return Err(Errno::IO.into());
-                }
-                pwrite_all(&fd, &data, off)?;
-                off += len;
-            }
+            self.copy_lower_bytes(l, &fd, size)?;
             rustix::fs::fsync(&fd)?;
             let times = Timestamps {
                 last_access: rustix::fs::Timespec {
@@ -202,6 +193,21 @@ impl OverlayFs {
         }
         if let Some(n) = st.nodes.get_mut(ino) {
             n.metacopy = false;
+        }
+        Ok(())
+    }
+
+    /// The first `size` bytes of lower file `l` (fetched through the chunk cache) into `fd`.
+    fn copy_lower_bytes(&self, l: u64, fd: &OwnedFd, size: u64) -> Result<()> {
+        let mut off = 0;
+        while off < size {
+            let len = COPY_PIECE.min(size - off);
+            let data = self.lower.op_read(INodeNo(l), off, len as u32)?;
+            if data.len() as u64 != len {
+                return Err(Errno::IO.into());
+            }
+            pwrite_all(fd, &data, off)?;
+            off += len;
         }
         Ok(())
     }
@@ -227,16 +233,7 @@ impl OverlayFs {
                     Mode::from_raw_mode(0o600),
                 )?;
                 if with_data {
-                    let mut off = 0;
-                    while off < a.size {
-                        let len = COPY_PIECE.min(a.size - off);
-                        let data = self.lower.op_read(INodeNo(l), off, len as u32)?;
-                        if data.len() as u64 != len {
-                            return Err(Errno::IO.into());
-                        }
-                        pwrite_all(&fd, &data, off)?;
-                        off += len;
-                    }
+                    self.copy_lower_bytes(l, &fd, a.size)?;
                 }
             }
             EntryKind::Symlink => {
