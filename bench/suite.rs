@@ -822,7 +822,11 @@ fn write_results(
                     .unwrap();
                     continue;
                 }
-                let vs_floor = if m == "lazy-cold" {
+                let vs_floor = if m == "lazy-cold" && l.rate_bps.is_none() {
+                    // No rate: the floor is a few RTTs, and the ratio would only say how
+                    // fast this machine's CPU is.
+                    "— (unlimited link)".to_string()
+                } else if m == "lazy-cold" {
                     format!("{:.2} (floor {:.2} s)", s.median / floor, floor)
                 } else {
                     String::new()
