@@ -27,6 +27,17 @@ const O_ACCMODE: i32 = 0o3;
 const O_RDONLY: i32 = 0;
 const O_TRUNC: i32 = 0o1000;
 
+/// Which bytes a copy-up gives the upper file.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Bytes {
+    /// The lower file's.
+    All,
+    /// None (it is about to be truncated to nothing).
+    None,
+    /// The size only, marked metacopy: the bytes stay below until the first write.
+    Later,
+}
+
 /// A directory listing: name, inode, type.
 pub type Listing = Vec<(Vec<u8>, u64, FileType)>;
 
@@ -71,10 +82,15 @@ impl OverlayFs {
     /// object's metadata, xattrs and (if `with_data`) bytes, then renamed into place. A lower
     /// hard-link group stays one inode: its other names are linked to the copy.
     pub(super) fn copy_up(&self, st: &mut State, ino: u64, with_data: bool) -> Result<()> {
+        self.copy_up_as(st, ino, if with_data { Bytes::All } else { Bytes::None })
+    }
+
+    /// [`Self::copy_up`] with the bytes `bytes` says.
+    fn copy_up_as(&self, st: &mut State, ino: u64, bytes: Bytes) -> Result<()> {
         let n = self.node(st, ino)?;
         if n.upper {
-            if n.metacopy {
-                self.end_metacopy(st, ino, with_data)?;
+            if n.metacopy && bytes != Bytes::Later {
+                self.end_metacopy(st, ino, bytes == Bytes::All)?;
             }
             return Ok(());
         }
@@ -85,7 +101,7 @@ impl OverlayFs {
         let a = self.lower.lower_attr(l)?;
         let (scratch, sname) = self.upper.scratch();
         let sname = sname.as_str();
-        let made = self.make_copy(scratch, sname, kind, l, &a, with_data).and_then(|()| {
+        let made = self.make_copy(scratch, sname, kind, l, &a, bytes).and_then(|()| {
             rustix::fs::renameat_with(scratch, sname, &pdir, name.as_slice(), RenameFlags::NOREPLACE)?;
             Ok(())
         });
@@ -101,6 +117,9 @@ impl OverlayFs {
         }
         let s = rustix::fs::statat(&pdir, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)?;
         st.nodes.set_upper(ino, s.st_ino);
+        if let Some(n) = st.nodes.get_mut(ino) {
+            n.metacopy = bytes == Bytes::Later && kind == EntryKind::Regular;
+        }
         if kind != EntryKind::Directory && a.nlink > 1 {
             self.link_group(st, ino, l, (&pdir, &name))?;
         }
@@ -124,38 +143,7 @@ impl OverlayFs {
         if a.nlink > 1 || a.size == 0 {
             return self.copy_up(st, ino, true);
         }
-        self.copy_up(st, ino, false)?;
-        let (dir, name) = self.upper_entry(st, ino)?;
-        let fd = rustix::fs::openat(
-            &dir,
-            name.as_slice(),
-            OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        rustix::fs::ftruncate(&fd, a.size)?;
-        upper::set_marker(dir.as_fd(), &name, upper::METACOPY, b"")?;
-        // ftruncate moved the mtime: put the lower one back.
-        let t = rustix::fs::Timespec {
-            tv_sec: a
-                .mtime
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64),
-            tv_nsec: a
-                .mtime
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos() as _),
-        };
-        rustix::fs::futimens(
-            &fd,
-            &Timestamps {
-                last_access: t,
-                last_modification: t,
-            },
-        )?;
-        if let Some(n) = st.nodes.get_mut(ino) {
-            n.metacopy = true;
-        }
-        Ok(())
+        self.copy_up_as(st, ino, Bytes::Later)
     }
 
     /// Give metacopy file `ino` its bytes (from the lower file, in place, when `with_data`),
@@ -164,17 +152,12 @@ impl OverlayFs {
     fn end_metacopy(&self, st: &mut State, ino: u64, with_data: bool) -> Result<()> {
         let l = self.node(st, ino)?.lower.ok_or(OvlError::Errno(Errno::IO))?;
         let (dir, name) = self.upper_entry(st, ino)?;
-        let fd = rustix::fs::openat(
-            &dir,
-            name.as_slice(),
-            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let keep = rustix::fs::fstat(&fd)?;
+        let fd = self.file_fd(st, ino)?;
+        let keep = rustix::fs::fstat(&*fd)?;
         if with_data {
             let size = self.lower.lower_attr(l)?.size.min(keep.st_size as u64);
             self.copy_lower_bytes(l, &fd, size)?;
-            rustix::fs::fsync(&fd)?;
+            rustix::fs::fsync(&*fd)?;
             let times = Timestamps {
                 last_access: rustix::fs::Timespec {
                     tv_sec: keep.st_atime,
@@ -185,7 +168,7 @@ impl OverlayFs {
                     tv_nsec: keep.st_mtime_nsec as _,
                 },
             };
-            rustix::fs::futimens(&fd, &times)?;
+            rustix::fs::futimens(&*fd, &times)?;
         }
         match rustix::fs::lremovexattr(upper::xattr_path(dir.as_fd(), &name), upper::METACOPY) {
             Ok(()) | Err(Errno::NODATA) => {}
@@ -220,7 +203,7 @@ impl OverlayFs {
         kind: EntryKind,
         l: u64,
         a: &fuser::FileAttr,
-        with_data: bool,
+        bytes: Bytes,
     ) -> Result<()> {
         let perm = Mode::from_raw_mode(a.perm as u32 & 0o7777);
         match kind {
@@ -232,8 +215,11 @@ impl OverlayFs {
                     OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )?;
-                if with_data {
-                    self.copy_lower_bytes(l, &fd, a.size)?;
+                match bytes {
+                    Bytes::All => self.copy_lower_bytes(l, &fd, a.size)?,
+                    // The size without the bytes: no data blocks.
+                    Bytes::Later => rustix::fs::ftruncate(&fd, a.size)?,
+                    Bytes::None => {}
                 }
             }
             EntryKind::Symlink => {
@@ -263,6 +249,11 @@ impl OverlayFs {
         for (k, v) in self.lower.lower_xattrs(l)? {
             let key = std::ffi::OsStr::new(std::str::from_utf8(&k).map_err(|_| OvlError::Errno(Errno::INVAL))?);
             rustix::fs::lsetxattr(&path, key, &v, rustix::fs::XattrFlags::empty())?;
+        }
+        if bytes == Bytes::Later && kind == EntryKind::Regular {
+            // Marked before it is renamed into place: never an upper file without its bytes
+            // that claims to have them.
+            upper::set_marker(scratch, sname.as_bytes(), upper::METACOPY, b"")?;
         }
         let t = a
             .mtime
