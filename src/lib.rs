@@ -20,6 +20,7 @@ pub mod digest;
 pub mod fetch;
 pub mod format;
 pub mod fs;
+pub mod model;
 pub mod index;
 pub mod mount;
 pub mod overlay;

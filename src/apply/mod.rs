@@ -25,7 +25,8 @@ use std::path::Path;
 use rustix::fs::{FileType, Timespec};
 
 use crate::changeset::{classify, LayerPath, LayerRules, Marker};
-use crate::format::tar::{entry_meta, is_metadata_only, EntryKind, EntryMeta};
+use crate::format::tar::{entry_meta, is_metadata_only, TarEntry};
+use crate::model::EntryKind;
 
 /// Size of the copy buffer for file contents.
 const COPY_BUFFER_BYTES: usize = 256 * 1024;
@@ -145,7 +146,7 @@ impl Applier {
         &mut self,
         state: &mut LayerState,
         stats: &mut LayerStats,
-        meta: &EntryMeta,
+        meta: &TarEntry,
         data: &mut impl Read,
     ) -> Result<(), (String, Option<io::Error>)> {
         let path = LayerPath::normalize(&meta.path).map_err(|e| (e.to_string(), None))?;
@@ -192,7 +193,7 @@ impl Applier {
         dir: BorrowedFd<'_>,
         path: &LayerPath,
         name: &[u8],
-        meta: &EntryMeta,
+        meta: &TarEntry,
         data: &mut impl Read,
     ) -> Result<u64, (String, Option<io::Error>)> {
         let existing = fsops::file_type_at(dir, name).map_err(io_err("inspecting the existing entry"))?;
@@ -225,7 +226,7 @@ impl Applier {
                 fsops::fchmod(file.as_fd(), meta.mode).map_err(io_err("setting the mode"))?;
             }
             EntryKind::Symlink => {
-                let target = meta.link.as_deref().unwrap_or_default();
+                let target = &meta.link[..];
                 fsops::symlink(dir, name, target).map_err(io_err("creating the symlink"))?;
                 self.set_owner(dir, name, meta).map_err(io_err("setting the owner"))?;
             }
@@ -254,9 +255,9 @@ impl Applier {
         dir: BorrowedFd<'_>,
         name: &[u8],
         path: &LayerPath,
-        meta: &EntryMeta,
+        meta: &TarEntry,
     ) -> Result<(), (String, Option<io::Error>)> {
-        let raw = meta.link.as_deref().unwrap_or_default();
+        let raw = &meta.link[..];
         let target = LayerPath::normalize(raw).map_err(|e| (format!("hard link target: {e}"), None))?;
         if &target == path {
             return Ok(());
@@ -293,7 +294,7 @@ impl Applier {
         }
     }
 
-    fn apply_root(&mut self, state: &mut LayerState, meta: &EntryMeta) -> io::Result<()> {
+    fn apply_root(&mut self, state: &mut LayerState, meta: &TarEntry) -> io::Result<()> {
         if meta.kind != EntryKind::Directory {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -412,7 +413,7 @@ impl Applier {
         Ok(fd)
     }
 
-    fn set_owner(&mut self, dir: BorrowedFd<'_>, name: &[u8], meta: &EntryMeta) -> io::Result<()> {
+    fn set_owner(&mut self, dir: BorrowedFd<'_>, name: &[u8], meta: &TarEntry) -> io::Result<()> {
         if self.options.chown {
             fsops::chown(dir, name, meta.uid, meta.gid)
         } else {
@@ -426,7 +427,7 @@ impl Applier {
 
     /// Make the object's xattrs exactly the entry's (a directory that already existed may
     /// carry a lower layer's).
-    fn set_xattrs(&mut self, dir: BorrowedFd<'_>, name: &[u8], meta: &EntryMeta, clear_old: bool) -> io::Result<()> {
+    fn set_xattrs(&mut self, dir: BorrowedFd<'_>, name: &[u8], meta: &TarEntry, clear_old: bool) -> io::Result<()> {
         if clear_old {
             for key in fsops::list_xattrs(dir, name)? {
                 if !meta.xattrs.iter().any(|(k, _)| k.as_slice() == key.as_bytes()) {
@@ -496,7 +497,7 @@ impl Applier {
     }
 }
 
-fn mtime(meta: &EntryMeta) -> Timespec {
+fn mtime(meta: &TarEntry) -> Timespec {
     Timespec {
         tv_sec: meta.mtime_secs,
         tv_nsec: meta.mtime_nanos as _,

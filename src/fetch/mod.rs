@@ -26,8 +26,9 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::cache::chunks::ChunkStore;
 use crate::digest::Digest;
-use crate::format::chunk::{decode_chunk, ChunkCodec, ChunkError};
-use crate::index::{Chunk, ChunkKind};
+use crate::format::chunk::{decode_chunk, ChunkError};
+use crate::model::ChunkCodec;
+use crate::model::{Chunk, ChunkKind};
 use crate::registry::Registry;
 
 /// Default time a read waits for a missing chunk before failing with EIO.

@@ -4,20 +4,7 @@
 
 use std::io::Read;
 
-use crate::index::{Chunk, ChunkKind};
-
-/// How a layer's chunks are compressed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ChunkCodec {
-    /// zstd frames (zstd:chunked).
-    #[default]
-    Zstd,
-    /// gzip members (eStargz), the chunk starting `inner_offset` into its member.
-    Gzip,
-    /// No random access (a plain tar layer): chunks exist only in the chunk store, put there
-    /// while the whole layer was streamed.
-    Stream,
-}
+use crate::model::{Chunk, ChunkCodec, ChunkKind};
 
 /// Why a chunk was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

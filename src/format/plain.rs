@@ -10,8 +10,10 @@ use std::io::{self, Read};
 
 use crate::cache::chunks::ChunkStore;
 use crate::changeset::LayerPath;
-use crate::format::tar::{entry_meta, is_metadata_only, EntryKind};
-use crate::index::{Chunk, ChunkKind, IndexEntry};
+use crate::format::tar::{entry_meta, is_metadata_only};
+use crate::model::EntryKind;
+use crate::index::IndexEntry;
+use crate::model::{Chunk, ChunkKind};
 
 /// Size of the pieces a plain layer's files are cut into.
 pub const PLAIN_CHUNK_BYTES: usize = 1 << 20;
@@ -47,9 +49,9 @@ pub fn stream_plain_layer<R: Read>(
         let meta = entry_meta(&mut entry)?;
         let bad = |e: crate::changeset::PathError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
         let path = LayerPath::normalize(&meta.path).map_err(bad)?;
-        let link = match (&meta.kind, &meta.link) {
-            (EntryKind::HardLink, Some(l)) => LayerPath::normalize(l).map_err(bad)?.as_bytes().to_vec(),
-            (_, l) => l.clone().unwrap_or_default(),
+        let link = match meta.kind {
+            EntryKind::HardLink => LayerPath::normalize(&meta.link).map_err(bad)?.as_bytes().to_vec(),
+            _ => meta.link.clone(),
         };
         let mut chunks = Vec::new();
         let mut file_hash = crate::digest::Hasher::new();
@@ -78,23 +80,15 @@ pub fn stream_plain_layer<R: Read>(
                 offset += want as u64;
             }
         }
-        let entry = IndexEntry {
-            path,
-            kind: meta.kind,
-            mode: meta.mode,
-            uid: meta.uid,
-            gid: meta.gid,
-            mtime_secs: meta.mtime_secs,
-            mtime_nanos: meta.mtime_nanos,
-            size: if meta.kind == EntryKind::Regular { meta.size } else { 0 },
-            link,
-            dev_major: meta.dev_major,
-            dev_minor: meta.dev_minor,
-            xattrs: meta.xattrs,
-            digest: (meta.kind == EntryKind::Regular && meta.size > 0).then(|| raw(&file_hash.finish())),
-            first_chunk: 0,
-            chunk_count: chunks.len() as u32,
-        };
+        let regular = meta.kind == EntryKind::Regular;
+        let digest = (regular && meta.size > 0).then(|| raw(&file_hash.finish()));
+        let mut meta = meta.meta;
+        meta.link = link;
+        if !regular {
+            meta.size = 0;
+        }
+        let mut entry = IndexEntry::new(path, meta, digest);
+        entry.chunk_count = chunks.len() as u32;
         each(entry, chunks)?;
     }
     let mut rest = archive.into_inner();

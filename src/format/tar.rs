@@ -4,58 +4,19 @@
 
 use std::io;
 
-/// Longest xattr value accepted (Linux's own limit).
-pub const MAX_XATTR_VALUE_BYTES: usize = 64 * 1024;
-/// Most xattrs accepted on one entry.
-pub const MAX_XATTRS_PER_ENTRY: usize = 128;
+use crate::model::entry::{MAX_XATTRS_PER_ENTRY, MAX_XATTR_VALUE_BYTES};
+use crate::model::{EntryKind, Meta};
 
-/// What kind of object an entry creates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EntryKind {
-    /// Regular file (including GNU sparse and contiguous files).
-    Regular,
-    /// Directory.
-    Directory,
-    /// Symbolic link.
-    Symlink,
-    /// Hard link to an earlier entry.
-    HardLink,
-    /// Character device.
-    CharDevice,
-    /// Block device.
-    BlockDevice,
-    /// Named pipe.
-    Fifo,
-}
-
-/// One entry's metadata.
+/// One tar entry as read: its raw path and its [`Meta`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EntryMeta {
+pub struct TarEntry {
     /// Raw path bytes (long names resolved), not yet normalized.
     pub path: Vec<u8>,
-    /// Object kind.
-    pub kind: EntryKind,
-    /// Permission bits including setuid, setgid and sticky.
-    pub mode: u32,
-    /// Numeric owner.
-    pub uid: u32,
-    /// Numeric group.
-    pub gid: u32,
-    /// Modification time, seconds since the epoch.
-    pub mtime_secs: i64,
-    /// Nanoseconds part of the modification time.
-    pub mtime_nanos: u32,
-    /// Size of the file's data in bytes (regular files).
-    pub size: u64,
-    /// Symlink target or hard-link target path.
-    pub link: Option<Vec<u8>>,
-    /// Device major number.
-    pub dev_major: u32,
-    /// Device minor number.
-    pub dev_minor: u32,
-    /// Extended attributes, name → value, in archive order.
-    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Kind, mode, owner, mtime, size, link target (empty if none), device, xattrs.
+    pub meta: Meta,
 }
+
+crate::extends_meta!(TarEntry);
 
 /// Whether a tar entry type carries no object of its own (PAX/GNU metadata headers).
 pub fn is_metadata_only(t: tar::EntryType) -> bool {
@@ -69,7 +30,7 @@ pub fn is_metadata_only(t: tar::EntryType) -> bool {
 }
 
 /// Read an entry's metadata. Unknown entry types are an error naming the type.
-pub fn entry_meta<R: io::Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<EntryMeta> {
+pub fn entry_meta<R: io::Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<TarEntry> {
     let header = entry.header();
     let kind = match header.entry_type() {
         tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => EntryKind::Regular,
@@ -86,19 +47,21 @@ pub fn entry_meta<R: io::Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Entr
             ))
         }
     };
-    let mut meta = EntryMeta {
+    let mut meta = TarEntry {
         path: entry.path_bytes().into_owned(),
-        kind,
-        mode: header.mode()? & 0o7777,
-        uid: clamp_id(header.uid()?),
-        gid: clamp_id(header.gid()?),
-        mtime_secs: header.mtime()? as i64,
-        mtime_nanos: 0,
-        size: entry.size(),
-        link: entry.link_name_bytes().map(|l| l.into_owned()),
-        dev_major: 0,
-        dev_minor: 0,
-        xattrs: Vec::new(),
+        meta: Meta {
+            kind,
+            mode: header.mode()? & 0o7777,
+            uid: clamp_id(header.uid()?),
+            gid: clamp_id(header.gid()?),
+            mtime_secs: header.mtime()? as i64,
+            mtime_nanos: 0,
+            size: entry.size(),
+            link: entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default(),
+            dev_major: 0,
+            dev_minor: 0,
+            xattrs: Vec::new(),
+        },
     };
     if matches!(kind, EntryKind::CharDevice | EntryKind::BlockDevice) {
         meta.dev_major = header.device_major()?.unwrap_or(0);
@@ -113,7 +76,7 @@ pub fn entry_meta<R: io::Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Entr
     Ok(meta)
 }
 
-fn apply_pax(meta: &mut EntryMeta, key: &[u8], value: &[u8]) -> io::Result<()> {
+fn apply_pax(meta: &mut TarEntry, key: &[u8], value: &[u8]) -> io::Result<()> {
     let text = || std::str::from_utf8(value).ok().map(str::trim);
     match key {
         b"uid" => meta.uid = text().and_then(|t| t.parse().ok()).map(clamp_id).unwrap_or(meta.uid),

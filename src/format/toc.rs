@@ -10,8 +10,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::changeset::LayerPath;
-use crate::format::tar::EntryKind;
-use crate::index::{Chunk, ChunkKind, IndexEntry, LayerIndex};
+use crate::model::EntryKind;
+use crate::index::{IndexEntry, LayerIndex};
+use crate::model::{Chunk, ChunkKind};
 
 /// Most TOC entries accepted (a 10,000-file layer has ~10,000; chunks add a few per big file).
 pub const MAX_TOC_ENTRIES: usize = 4_000_000;
@@ -142,8 +143,8 @@ pub fn to_index(layer: &str, toc: &Toc, blob_size: u64, dialect: Dialect) -> Res
     };
     let mut index = LayerIndex {
         codec: match dialect {
-            Dialect::ZstdChunked => crate::format::chunk::ChunkCodec::Zstd,
-            Dialect::Estargz { .. } => crate::format::chunk::ChunkCodec::Gzip,
+            Dialect::ZstdChunked => crate::model::ChunkCodec::Zstd,
+            Dialect::Estargz { .. } => crate::model::ChunkCodec::Gzip,
         },
         ..LayerIndex::default()
     };
@@ -214,13 +215,13 @@ fn entry_metadata(e: &TocEntry) -> Result<IndexEntry, String> {
         let value = base64::engine::general_purpose::STANDARD
             .decode(v)
             .map_err(|_| format!("xattr {k:?} is not base64"))?;
-        if value.len() > crate::format::tar::MAX_XATTR_VALUE_BYTES {
+        if value.len() > crate::model::entry::MAX_XATTR_VALUE_BYTES {
             return Err(format!("xattr {k:?} too large"));
         }
         xattrs.push((k.as_bytes().to_vec(), value));
     }
     xattrs.sort();
-    if xattrs.len() > crate::format::tar::MAX_XATTRS_PER_ENTRY {
+    if xattrs.len() > crate::model::entry::MAX_XATTRS_PER_ENTRY {
         return Err("too many xattrs".into());
     }
     let link = match kind {
@@ -235,17 +236,19 @@ fn entry_metadata(e: &TocEntry) -> Result<IndexEntry, String> {
     }
     Ok(IndexEntry {
         path,
-        kind,
-        mode: small(e.mode & 0o7777, "mode")?,
-        uid: small(e.uid, "uid")?,
-        gid: small(e.gid, "gid")?,
-        mtime_secs,
-        mtime_nanos,
-        size: if kind == EntryKind::Regular { e.size as u64 } else { 0 },
-        link,
-        dev_major: small(e.dev_major, "devMajor")?,
-        dev_minor: small(e.dev_minor, "devMinor")?,
-        xattrs,
+        meta: crate::model::Meta {
+            kind,
+            mode: small(e.mode & 0o7777, "mode")?,
+            uid: small(e.uid, "uid")?,
+            gid: small(e.gid, "gid")?,
+            mtime_secs,
+            mtime_nanos,
+            size: if kind == EntryKind::Regular { e.size as u64 } else { 0 },
+            link,
+            dev_major: small(e.dev_major, "devMajor")?,
+            dev_minor: small(e.dev_minor, "devMinor")?,
+            xattrs,
+        },
         digest: if e.digest.is_empty() {
             None
         } else {

@@ -2,8 +2,9 @@
 //! `lamina inspect --verify` does, and a proof that a TOC really describes its blob.
 
 use crate::format::chunk::decode_chunk;
-use crate::format::tar::EntryKind;
-use crate::index::{ChunkKind, LayerIndex};
+use crate::model::EntryKind;
+use crate::index::LayerIndex;
+use crate::model::ChunkKind;
 use crate::registry::resolve::Layer;
 use crate::registry::Registry;
 

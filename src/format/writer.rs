@@ -422,8 +422,9 @@ fn finish<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::chunk::{decode_chunk, ChunkCodec};
-    use crate::format::tar::EntryKind;
+    use crate::format::chunk::decode_chunk;
+    use crate::model::ChunkCodec;
+    use crate::model::EntryKind;
     use crate::format::toc::{to_index, Dialect};
     use crate::format::zstd_chunked::{decode_toc, location_from_annotations, location_from_footer};
     use proptest::prelude::*;

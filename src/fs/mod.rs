@@ -17,8 +17,8 @@ use fuser::{
 };
 
 use crate::fetch::{FetchError, Fetcher, LayerSource};
-use crate::format::tar::EntryKind;
-use crate::index::Chunk;
+use crate::model::EntryKind;
+use crate::model::Chunk;
 use crate::union::live::{LiveError, LiveUnion};
 use crate::union::Node;
 
@@ -193,7 +193,7 @@ impl ImageFs {
             let index = &st.layers[layer];
             let e = &index.entries[entry];
             match index.chunks_of(e) {
-                [one] if one.kind == crate::index::ChunkKind::Data => Some(store.path(&one.digest)),
+                [one] if one.kind == crate::model::ChunkKind::Data => Some(store.path(&one.digest)),
                 [_, _, ..] => e.digest.map(|d| store.assembled_path(&d)),
                 _ => None,
             }
@@ -251,7 +251,7 @@ impl ImageFs {
     }
 
     fn attr(&self, ino: u64, n: &Node) -> FileAttr {
-        let t = time_of(n.mtime);
+        let t = time_of(n.mtime());
         let size = match n.kind {
             EntryKind::Symlink => n.link.len() as u64,
             EntryKind::Directory => BLOCK_SIZE as u64,
@@ -270,7 +270,7 @@ impl ImageFs {
             nlink: n.nlink,
             uid: n.uid,
             gid: n.gid,
-            rdev: rustix::fs::makedev(n.rdev.0, n.rdev.1) as u32,
+            rdev: rustix::fs::makedev(n.dev_major, n.dev_minor) as u32,
             blksize: BLOCK_SIZE,
             flags: 0,
         }

@@ -27,9 +27,10 @@
 use std::path::Path;
 
 use crate::changeset::LayerPath;
-use crate::format::chunk::ChunkCodec;
-use crate::format::tar::EntryKind;
-use crate::index::{Chunk, ChunkKind, IndexEntry, LayerIndex};
+use crate::model::ChunkCodec;
+use crate::model::EntryKind;
+use crate::index::{IndexEntry, LayerIndex};
+use crate::model::{Chunk, ChunkKind};
 
 const MAGIC: &[u8; 8] = b"LAMIDX01";
 const VERSION: u32 = 1;
@@ -268,17 +269,19 @@ pub fn decode_unchecked(body: &[u8]) -> Result<LayerIndex, IndexFormatError> {
         let path = LayerPath::normalize(&path).map_err(|e| IndexFormatError(format!("entry {i}: {e}")))?;
         entries.push(IndexEntry {
             path,
-            kind,
-            mode: r.u32(at + 16)?,
-            uid: r.u32(at + 20)?,
-            gid: r.u32(at + 24)?,
-            mtime_nanos: r.u32(at + 28)?,
-            mtime_secs: r.u64(at + 32)? as i64,
-            size: r.u64(at + 40)?,
-            link: string(r.u64(at + 48)?, r.u32(at + 56)?)?,
-            dev_major: r.u32(at + 60)?,
-            dev_minor: r.u32(at + 64)?,
-            xattrs,
+            meta: crate::model::Meta {
+                kind,
+                mode: r.u32(at + 16)?,
+                uid: r.u32(at + 20)?,
+                gid: r.u32(at + 24)?,
+                mtime_nanos: r.u32(at + 28)?,
+                mtime_secs: r.u64(at + 32)? as i64,
+                size: r.u64(at + 40)?,
+                link: string(r.u64(at + 48)?, r.u32(at + 56)?)?,
+                dev_major: r.u32(at + 60)?,
+                dev_minor: r.u32(at + 64)?,
+                xattrs,
+            },
             digest: (flags[1] == 1)
                 .then(|| r.bytes(at + 88, 32).map(|d| d.try_into().expect("32")))
                 .transpose()?,
@@ -343,17 +346,19 @@ mod tests {
                         .collect();
                     let e = IndexEntry {
                         path: LayerPath::normalize(p.as_bytes()).unwrap(),
-                        kind: kind_of(k).unwrap(),
-                        mode,
-                        uid,
-                        gid,
-                        mtime_secs: secs,
-                        mtime_nanos: nanos,
-                        size,
-                        link,
-                        dev_major: uid,
-                        dev_minor: gid,
-                        xattrs,
+                        meta: crate::model::Meta {
+                            kind: kind_of(k).unwrap(),
+                            mode,
+                            uid,
+                            gid,
+                            mtime_secs: secs,
+                            mtime_nanos: nanos,
+                            size,
+                            link,
+                            dev_major: uid,
+                            dev_minor: gid,
+                            xattrs,
+                        },
                         digest,
                         first_chunk: 0,
                         chunk_count: chunks.len() as u32,
@@ -380,9 +385,23 @@ mod tests {
         fn damaged_files_are_refused(flip in 0usize..200) {
             let mut index = LayerIndex::default();
             index.entries.push(IndexEntry {
-                path: LayerPath::normalize(b"a/b").unwrap(), kind: EntryKind::Regular, mode: 0o644, uid: 0, gid: 0,
-                mtime_secs: 0, mtime_nanos: 0, size: 0, link: vec![], dev_major: 0, dev_minor: 0, xattrs: vec![],
-                digest: None, first_chunk: 0, chunk_count: 0,
+                path: LayerPath::normalize(b"a/b").unwrap(),
+                meta: crate::model::Meta {
+                    kind: EntryKind::Regular,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    mtime_secs: 0,
+                    mtime_nanos: 0,
+                    size: 0,
+                    link: vec![],
+                    dev_major: 0,
+                    dev_minor: 0,
+                    xattrs: vec![],
+                },
+                digest: None,
+                first_chunk: 0,
+                chunk_count: 0,
             });
             let mut bytes = encode(&index);
             let i = flip % bytes.len();
@@ -398,17 +417,19 @@ mod tests {
         for i in 0..10_000 {
             index.entries.push(IndexEntry {
                 path: LayerPath::normalize(format!("usr/lib/pkg{}/file{i}", i % 97).as_bytes()).unwrap(),
-                kind: EntryKind::Regular,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                mtime_secs: 1,
-                mtime_nanos: 0,
-                size: 10,
-                link: vec![],
-                dev_major: 0,
-                dev_minor: 0,
-                xattrs: vec![],
+                meta: crate::model::Meta {
+                    kind: EntryKind::Regular,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    mtime_secs: 1,
+                    mtime_nanos: 0,
+                    size: 10,
+                    link: vec![],
+                    dev_major: 0,
+                    dev_minor: 0,
+                    xattrs: vec![],
+                },
                 digest: Some([7; 32]),
                 first_chunk: i,
                 chunk_count: 1,

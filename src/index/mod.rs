@@ -18,70 +18,38 @@
 pub mod disk;
 
 use crate::changeset::LayerPath;
-use crate::format::chunk::ChunkCodec;
-use crate::format::tar::EntryKind;
+use crate::model::{Chunk, ChunkCodec};
+use crate::model::{EntryKind, Meta};
 
-/// Whether a chunk holds data or a run of zeros (no need to fetch it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChunkKind {
-    /// Ordinary data.
-    Data,
-    /// All zeros.
-    Zeros,
-}
-
-/// One chunk of a regular file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Chunk {
-    /// Offset of the chunk inside the file.
-    pub file_offset: u64,
-    /// Uncompressed length.
-    pub len: u64,
-    /// Offset of the chunk's compressed bytes in the blob.
-    pub blob_offset: u64,
-    /// Length of the compressed bytes.
-    pub blob_len: u64,
-    /// eStargz only: offset inside the decompressed member where the chunk starts.
-    pub inner_offset: u64,
-    /// sha256 of the uncompressed chunk.
-    pub digest: [u8; 32],
-    /// Data or zeros.
-    pub kind: ChunkKind,
-}
-
-/// One entry of a layer.
+/// One entry of a layer: its normalized path and [`Meta`], where a regular file's chunks are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexEntry {
     /// Normalized path (may be a whiteout name: the union applies the changeset rules).
     pub path: LayerPath,
-    /// Object kind.
-    pub kind: EntryKind,
-    /// Permission bits with setuid/setgid/sticky.
-    pub mode: u32,
-    /// Owner.
-    pub uid: u32,
-    /// Group.
-    pub gid: u32,
-    /// Modification time, seconds.
-    pub mtime_secs: i64,
-    /// Modification time, nanoseconds.
-    pub mtime_nanos: u32,
-    /// File size (regular files).
-    pub size: u64,
-    /// Symlink target, or hard-link target path (normalized) for hard links.
-    pub link: Vec<u8>,
-    /// Device major.
-    pub dev_major: u32,
-    /// Device minor.
-    pub dev_minor: u32,
-    /// xattrs, name → value.
-    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Kind, mode, owner, mtime, size, link (symlink target, or the normalized target path of
+    /// a hard link), device numbers, xattrs.
+    pub meta: Meta,
     /// sha256 of the whole file (regular files with content).
     pub digest: Option<[u8; 32]>,
     /// Index of the first chunk in [`LayerIndex::chunks`].
     pub first_chunk: u32,
     /// Number of chunks.
     pub chunk_count: u32,
+}
+
+crate::extends_meta!(IndexEntry);
+
+impl IndexEntry {
+    /// An entry with no chunks yet (see [`LayerIndex::push_entry`]).
+    pub fn new(path: LayerPath, meta: Meta, digest: Option<[u8; 32]>) -> IndexEntry {
+        IndexEntry {
+            path,
+            meta,
+            digest,
+            first_chunk: 0,
+            chunk_count: 0,
+        }
+    }
 }
 
 /// A layer's entries and chunks.

@@ -23,7 +23,8 @@ use crate::cache::CacheDir;
 use crate::fetch::{Fetcher, LayerSource};
 use crate::format::locate::{read_layer_toc, LocateError};
 use crate::fs::ImageFs;
-use crate::index::{disk, ChunkKind, LayerIndex};
+use crate::index::{disk, LayerIndex};
+use crate::model::ChunkKind;
 use crate::reference::ImageRef;
 use crate::registry::manifest::Platform;
 use crate::registry::{resolve_image, ClientOptions, Registry, RegistryError};
@@ -116,7 +117,7 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
             if let Ok(index) = disk::load(&path) {
                 // A plain layer has no random access: if any of its chunks left the cache, the
                 // layer is streamed again (its files are served as the stream passes them).
-                if index.codec != crate::format::chunk::ChunkCodec::Stream
+                if index.codec != crate::model::ChunkCodec::Stream
                     || index
                         .chunks
                         .iter()
@@ -150,7 +151,7 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
                 repo: reference.repository.clone(),
             });
             LayerIndex {
-                codec: crate::format::chunk::ChunkCodec::Stream,
+                codec: crate::model::ChunkCodec::Stream,
                 ..LayerIndex::default()
             }
         }));

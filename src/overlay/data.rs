@@ -16,7 +16,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, Timestamps};
 use rustix::io::Errno;
 
 use super::{OverlayFs, OvlError, Result, State};
-use crate::format::tar::EntryKind;
+use crate::model::EntryKind;
 use crate::union::ROOT_INO;
 use crate::upper;
 

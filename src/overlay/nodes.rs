@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use crate::format::tar::EntryKind;
+use crate::model::EntryKind;
 use crate::union::ROOT_INO;
 
 /// First inode number of objects made in the upper directory.

@@ -11,7 +11,7 @@ use rustix::io::Errno;
 
 use super::nodes::ONode;
 use super::{attr_of, OverlayFs, OvlError, Result, State};
-use crate::format::tar::EntryKind;
+use crate::model::EntryKind;
 use crate::union::ROOT_INO;
 use crate::upper::{self, is_whiteout, stat_at};
 

@@ -31,8 +31,9 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::{Union, UnionError};
 use crate::changeset::{classify, LayerPath, LayerRules, Marker};
-use crate::format::tar::EntryKind;
-use crate::index::{Chunk, IndexEntry, LayerIndex};
+use crate::model::EntryKind;
+use crate::index::{IndexEntry, LayerIndex};
+use crate::model::Chunk;
 
 /// Where a layer stands.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 pub mod live;
 
 use crate::changeset::{classify, LayerPath, LayerRules, Marker};
-use crate::format::tar::EntryKind;
+use crate::model::{EntryKind, Meta};
 use crate::index::{IndexEntry, LayerIndex};
 
 /// The root's inode number.
@@ -29,24 +29,9 @@ pub const ROOT_INO: u64 = 1;
 /// One object of the union.
 #[derive(Clone, Debug)]
 pub struct Node {
-    /// Object kind (never `HardLink`: links are resolved to their target's node).
-    pub kind: EntryKind,
-    /// Permission bits.
-    pub mode: u32,
-    /// Owner.
-    pub uid: u32,
-    /// Group.
-    pub gid: u32,
-    /// Modification time.
-    pub mtime: (i64, u32),
-    /// File size.
-    pub size: u64,
-    /// Symlink target.
-    pub link: Vec<u8>,
-    /// Device numbers.
-    pub rdev: (u32, u32),
-    /// xattrs.
-    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Kind (never `HardLink`: links are resolved to their target's node), mode, owner, mtime,
+    /// size, symlink target (empty for other kinds), device numbers, xattrs.
+    pub meta: Meta,
     /// Where a regular file's chunks are: (layer index, entry index).
     pub source: Option<(usize, usize)>,
     /// Names (hard links) pointing at this node, for nlink.
@@ -56,6 +41,8 @@ pub struct Node {
     /// The parent directory's inode (for `..`).
     pub parent: u64,
 }
+
+crate::extends_meta!(Node);
 
 /// The merged tree of an image.
 #[derive(Debug)]
@@ -77,15 +64,7 @@ pub struct UnionError {
 
 fn implicit_dir(parent: u64) -> Node {
     Node {
-        kind: EntryKind::Directory,
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        mtime: (0, 0),
-        size: 0,
-        link: Vec::new(),
-        rdev: (0, 0),
-        xattrs: Vec::new(),
+        meta: Meta::new(EntryKind::Directory, 0o755),
         source: None,
         nlink: 1,
         children: BTreeMap::new(),
@@ -269,7 +248,7 @@ impl Union {
                 return Err("the root entry is not a directory".into());
             }
             let root = &mut self.nodes[0];
-            (root.mode, root.uid, root.gid, root.mtime) = (e.mode, e.uid, e.gid, (e.mtime_secs, e.mtime_nanos));
+            (root.mode, root.uid, root.gid, root.mtime_secs, root.mtime_nanos) = (e.mode, e.uid, e.gid, e.mtime_secs, e.mtime_nanos);
             root.xattrs = e.xattrs.clone();
             return Ok(());
         };
@@ -290,25 +269,17 @@ impl Union {
         if e.kind == EntryKind::Directory {
             if let Some(d) = existing.filter(|d| self.node(*d).kind == EntryKind::Directory) {
                 let n = &mut self.nodes[(d - 1) as usize];
-                (n.mode, n.uid, n.gid, n.mtime) = (e.mode, e.uid, e.gid, (e.mtime_secs, e.mtime_nanos));
+                (n.mode, n.uid, n.gid, n.mtime_secs, n.mtime_nanos) = (e.mode, e.uid, e.gid, e.mtime_secs, e.mtime_nanos);
                 n.xattrs = e.xattrs.clone();
                 return Ok(());
             }
         }
+        let mut meta = e.meta.clone();
+        if e.kind != EntryKind::Symlink {
+            meta.link.clear();
+        }
         let node = Node {
-            kind: e.kind,
-            mode: e.mode,
-            uid: e.uid,
-            gid: e.gid,
-            mtime: (e.mtime_secs, e.mtime_nanos),
-            size: e.size,
-            link: if e.kind == EntryKind::Symlink {
-                e.link.clone()
-            } else {
-                Vec::new()
-            },
-            rdev: (e.dev_major, e.dev_minor),
-            xattrs: e.xattrs.clone(),
+            meta,
             source: (e.kind == EntryKind::Regular).then_some((layer, entry)),
             nlink: 1,
             children: BTreeMap::new(),
@@ -349,23 +320,11 @@ pub(crate) mod testing {
     use super::*;
 
     pub fn e(path: &str, kind: EntryKind) -> IndexEntry {
-        IndexEntry {
-            path: LayerPath::normalize(path.as_bytes()).unwrap(),
-            kind,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime_secs: 0,
-            mtime_nanos: 0,
-            size: 0,
-            link: Vec::new(),
-            dev_major: 0,
-            dev_minor: 0,
-            xattrs: Vec::new(),
-            digest: None,
-            first_chunk: 0,
-            chunk_count: 0,
-        }
+        IndexEntry::new(
+            LayerPath::normalize(path.as_bytes()).unwrap(),
+            crate::model::Meta::new(kind, 0o644),
+            None,
+        )
     }
 
     pub fn layer(entries: Vec<IndexEntry>) -> LayerIndex {
