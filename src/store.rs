@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use oci_spec::image::{Descriptor, ImageIndex};
 
 use crate::digest::Digest;
+use crate::oci::document;
 use crate::reference::ImageRef;
 use crate::registry::{Access, Body, ClientOptions, Registry, RegistryError};
 
@@ -137,18 +139,17 @@ impl Store {
                     Ok(d) => (d, None),
                     Err(_) => {
                         let index = read_index(path)?;
-                        let entry = index["manifests"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .find(|m| m["annotations"][REF_NAME_ANNOTATION] == reference)
+                        let entry = index
+                            .manifests()
+                            .iter()
+                            .find(|m| ref_name(m) == Some(reference))
                             .ok_or_else(|| Self::layout_err(path, format!("no image tagged {reference:?}")))?;
-                        let digest = entry["digest"]
-                            .as_str()
-                            .unwrap_or_default()
+                        let digest = entry
+                            .digest()
+                            .to_string()
                             .parse()
                             .map_err(|e| Self::layout_err(path, e))?;
-                        (digest, entry["mediaType"].as_str().map(str::to_string))
+                        (digest, Some(entry.media_type().to_string()))
                     }
                 };
                 let body = self
@@ -252,15 +253,17 @@ impl Store {
                 self.put_blob_bytes(&digest, body).await?;
                 if let Some(tag) = tag {
                     let mut index = read_index(path)?;
-                    let manifests = index["manifests"]
-                        .as_array_mut()
-                        .ok_or_else(|| Self::layout_err(path, "index.json has no manifests"))?;
-                    manifests.retain(|m| m["annotations"][REF_NAME_ANNOTATION] != tag);
-                    manifests.push(serde_json::json!({
-                        "mediaType": media_type, "digest": digest.to_string(), "size": size,
-                        "annotations": {REF_NAME_ANNOTATION: tag},
-                    }));
-                    let text = serde_json::to_vec(&index).map_err(|e| Self::layout_err(path, e))?;
+                    let mut manifests = index.manifests().clone();
+                    manifests.retain(|m| ref_name(m) != Some(tag));
+                    let annotations = [(REF_NAME_ANNOTATION.to_string(), tag.to_string())].into();
+                    manifests.push(document::descriptor(
+                        media_type,
+                        &digest,
+                        size as u64,
+                        Some(annotations),
+                    ));
+                    index.set_manifests(manifests);
+                    let text = document::canonical_json(&index).map_err(|e| Self::layout_err(path, e))?;
                     let tmp = path.join("index.json.partial");
                     std::fs::write(&tmp, text).map_err(|e| Self::layout_err(path, e))?;
                     std::fs::rename(&tmp, path.join("index.json")).map_err(|e| Self::layout_err(path, e))?;
@@ -271,7 +274,12 @@ impl Store {
     }
 }
 
-fn read_index(path: &Path) -> Result<serde_json::Value, StoreError> {
+/// The `org.opencontainers.image.ref.name` of a layout's index entry.
+fn ref_name(d: &Descriptor) -> Option<&str> {
+    d.annotations().as_ref()?.get(REF_NAME_ANNOTATION).map(String::as_str)
+}
+
+fn read_index(path: &Path) -> Result<ImageIndex, StoreError> {
     let text =
         std::fs::read(path.join("index.json")).map_err(|e| Store::layout_err(path, format!("index.json: {e}")))?;
     serde_json::from_slice(&text).map_err(|e| Store::layout_err(path, format!("index.json: {e}")))

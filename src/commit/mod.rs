@@ -20,12 +20,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::cache::CacheDir;
-use crate::convert::{OCI_CONFIG, ZSTD_LAYER};
 use crate::digest::Digest;
 use crate::format::writer::{write_zstd_chunked, WriterOptions};
+use crate::oci::document;
+use crate::oci::media_types::{oci_layer_type, OCI_CONFIG, OCI_LAYER_ZSTD, OCI_MANIFEST};
 use crate::pull::spool::Spool;
 use crate::reference::ImageRef;
-use crate::registry::manifest::{self, OCI_MANIFEST};
+use crate::registry::manifest;
 use crate::registry::resolve::{layers_of, Layer};
 use crate::registry::{ClientOptions, Registry};
 use crate::store::{ImageLocation, Store};
@@ -238,10 +239,11 @@ pub async fn commit(
         Some(a) => a.push(written.diff_id.to_string().into()),
         None => return Err(CommitError::Upper("base config has no rootfs.diff_ids".into())),
     }
-    let mut entry = serde_json::json!({"created": now, "created_by": options.created_by});
-    if let Some(m) = &options.message {
-        entry["comment"] = m.clone().into();
-    }
+    let mut history = oci_spec::image::History::default();
+    history.set_created(Some(now.clone()));
+    history.set_created_by(Some(options.created_by.clone()));
+    history.set_comment(options.message.clone());
+    let entry = serde_json::to_value(&history).map_err(|e| CommitError::Upper(e.to_string()))?;
     match config_json["history"].as_array_mut() {
         Some(h) => h.push(entry),
         None => config_json["history"] = serde_json::json!([entry]),
@@ -250,29 +252,26 @@ pub async fn commit(
     let new_config_digest = Digest::of(&new_config);
     dst_store.put_blob_bytes(&new_config_digest, new_config.clone()).await?;
 
-    let mut layer_descs: Vec<serde_json::Value> = layers
+    let mut layer_descs: Vec<_> = layers
         .iter()
         .map(|l| {
-            let mut d = serde_json::json!({"mediaType": oci_layer_type(&l.media_type), "digest": l.digest.to_string(), "size": l.size});
-            if !l.annotations.is_empty() {
-                d["annotations"] = serde_json::to_value(&l.annotations).unwrap_or_default();
-            }
-            d
+            document::descriptor(
+                oci_layer_type(&l.media_type),
+                &l.digest,
+                l.size,
+                Some(l.annotations.clone()),
+            )
         })
         .collect();
-    layer_descs.push(serde_json::json!({
-        "mediaType": ZSTD_LAYER,
-        "digest": written.digest.to_string(),
-        "size": written.size,
-        "annotations": written.annotations,
-    }));
-    let new_manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": new_config_digest.to_string(), "size": new_config.len()},
-        "layers": layer_descs,
-    });
-    let body = Bytes::from(serde_json::to_vec(&new_manifest).map_err(|e| CommitError::Upper(e.to_string()))?);
+    layer_descs.push(document::descriptor(
+        OCI_LAYER_ZSTD,
+        &written.digest,
+        written.size,
+        Some(written.annotations.clone()),
+    ));
+    let config = document::descriptor(OCI_CONFIG, &new_config_digest, new_config.len() as u64, None);
+    let new_manifest = document::image_manifest(config, layer_descs, None, None, None);
+    let body = Bytes::from(document::canonical_json(&new_manifest).map_err(|e| CommitError::Upper(e.to_string()))?);
     let digest = dst_store.put_manifest(Some(&dst_tag), OCI_MANIFEST, body).await?;
     Ok(CommitReport {
         base: format!("{}@{manifest_digest}", identity.image),
@@ -284,15 +283,6 @@ pub async fn commit(
         base_layers_mounted: mounted,
         base_layers_uploaded: uploaded,
     })
-}
-
-/// The OCI media type for a base layer's (Docker media types have OCI twins).
-fn oci_layer_type(media_type: &str) -> &str {
-    match media_type {
-        "application/vnd.docker.image.rootfs.diff.tar.gzip" => "application/vnd.oci.image.layer.v1.tar+gzip",
-        "application/vnd.docker.image.rootfs.diff.tar" => "application/vnd.oci.image.layer.v1.tar",
-        other => other,
-    }
 }
 
 /// Download a base layer (verified) and store it in `dst`.
@@ -339,14 +329,5 @@ mod tests {
         assert_eq!(r.repository, "app");
         let old = Identity { manifest: None, ..id };
         assert!(base_reference(&old).unwrap().digest.is_none());
-    }
-
-    #[test]
-    fn docker_layer_types_get_their_oci_names() {
-        assert_eq!(
-            oci_layer_type("application/vnd.docker.image.rootfs.diff.tar.gzip"),
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-        );
-        assert_eq!(oci_layer_type(ZSTD_LAYER), ZSTD_LAYER);
     }
 }

@@ -25,18 +25,16 @@ use crate::digest::Digest;
 use crate::format::compression::decompressor;
 use crate::format::writer::{write_zstd_chunked, WriterOptions};
 use crate::format::zstd_chunked as zc;
+use crate::oci::document;
+use crate::oci::media_types::{OCI_CONFIG, OCI_INDEX, OCI_LAYER_ZSTD, OCI_MANIFEST};
 use crate::progress::Progress;
 use crate::pull::spool::Spool;
 use crate::pull::PullError;
-use crate::registry::manifest::{self, descriptor_digest, Manifest, Platform, OCI_INDEX, OCI_MANIFEST};
+use crate::registry::manifest::{self, descriptor_digest, Manifest, Platform};
 use crate::registry::resolve::{layers_of, Layer};
 use crate::registry::{ClientOptions, RegistryError};
 use crate::store::{ImageLocation, Store, StoreError};
 
-/// Media type of converted layers.
-pub const ZSTD_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-/// Media type of OCI image configs.
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 /// Bump when the writer's output for the same options changes, so old records are not reused.
 const WRITER_VERSION: u32 = 1;
 
@@ -217,11 +215,11 @@ async fn convert_index(
         let (bytes, layers) = convert_image(job, &format!("{src}@{digest}"), *m).await?;
         let size = bytes.len();
         let new_digest = job.dst.put_manifest(None, OCI_MANIFEST, bytes).await?;
-        let mut desc = serde_json::json!({"mediaType": OCI_MANIFEST, "digest": new_digest.to_string(), "size": size});
-        if let Some(p) = d.platform() {
-            desc["platform"] = serde_json::to_value(p).map_err(|e| ConvertError::Image(e.to_string()))?;
-        }
-        descriptors.push(desc);
+        descriptors.push(document::manifest_descriptor(
+            &new_digest,
+            size as u64,
+            d.platform().clone(),
+        ));
         images.push((platform.map(|p| p.0), layers));
     }
     if descriptors.is_empty() {
@@ -229,8 +227,8 @@ async fn convert_index(
             "{src}: no manifest matches the platform asked for"
         )));
     }
-    let new_index = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors});
-    let bytes = Bytes::from(serde_json::to_vec(&new_index).map_err(|e| ConvertError::Image(e.to_string()))?);
+    let new_index = document::image_index(descriptors);
+    let bytes = Bytes::from(document::canonical_json(&new_index).map_err(|e| ConvertError::Image(e.to_string()))?);
     let digest = job.dst.put_manifest(Some(dst_tag), OCI_INDEX, bytes).await?;
     Ok(ConvertReport { digest, images })
 }
@@ -260,20 +258,13 @@ async fn convert_image(
     for t in tasks {
         reports.push(t.await.map_err(|e| ConvertError::Image(format!("layer task: {e}")))??);
     }
-    let layer_descs: Vec<serde_json::Value> = reports
+    let layer_descs = reports
         .iter()
-        .map(|r| serde_json::json!({"mediaType": ZSTD_LAYER, "digest": r.digest.to_string(), "size": r.size, "annotations": r.annotations}))
+        .map(|r| document::descriptor(OCI_LAYER_ZSTD, &r.digest, r.size, Some(r.annotations.clone())))
         .collect();
-    let mut new = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": config_digest.to_string(), "size": config_bytes.len()},
-        "layers": layer_descs,
-    });
-    if let Some(a) = manifest.annotations() {
-        new["annotations"] = serde_json::to_value(a).map_err(|e| ConvertError::Image(e.to_string()))?;
-    }
-    let bytes = serde_json::to_vec(&new).map_err(|e| ConvertError::Image(e.to_string()))?;
+    let config = document::descriptor(OCI_CONFIG, &config_digest, config_bytes.len() as u64, None);
+    let new = document::image_manifest(config, layer_descs, manifest.annotations().clone(), None, None);
+    let bytes = document::canonical_json(&new).map_err(|e| ConvertError::Image(e.to_string()))?;
     Ok((bytes.into(), reports))
 }
 

@@ -167,8 +167,8 @@ pub(crate) mod tests {
     #[test]
     fn spec_built_blob_reads_back() {
         use crate::format::chunk::decode_chunk;
-        use crate::model::ChunkCodec;
         use crate::format::toc::{to_index, Dialect};
+        use crate::model::ChunkCodec;
         let big: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let files = [("etc/small", b"hello".to_vec(), 4096), ("usr/big", big.clone(), 4000)];
         let (blob, toc_digest) = build(&files);

@@ -11,8 +11,8 @@ use std::io::{self, Read};
 use crate::cache::chunks::ChunkStore;
 use crate::changeset::LayerPath;
 use crate::format::tar::{entry_meta, is_metadata_only};
-use crate::model::EntryKind;
 use crate::index::IndexEntry;
+use crate::model::EntryKind;
 use crate::model::{Chunk, ChunkKind};
 
 /// Size of the pieces a plain layer's files are cut into.

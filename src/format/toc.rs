@@ -10,8 +10,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::changeset::LayerPath;
-use crate::model::EntryKind;
 use crate::index::{IndexEntry, LayerIndex};
+use crate::model::EntryKind;
 use crate::model::{Chunk, ChunkKind};
 
 /// Most TOC entries accepted (a 10,000-file layer has ~10,000; chunks add a few per big file).

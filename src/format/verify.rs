@@ -2,9 +2,9 @@
 //! `lamina inspect --verify` does, and a proof that a TOC really describes its blob.
 
 use crate::format::chunk::decode_chunk;
-use crate::model::EntryKind;
 use crate::index::LayerIndex;
 use crate::model::ChunkKind;
+use crate::model::EntryKind;
 use crate::registry::resolve::Layer;
 use crate::registry::Registry;
 

@@ -423,10 +423,10 @@ fn finish<W: Write>(
 mod tests {
     use super::*;
     use crate::format::chunk::decode_chunk;
-    use crate::model::ChunkCodec;
-    use crate::model::EntryKind;
     use crate::format::toc::{to_index, Dialect};
     use crate::format::zstd_chunked::{decode_toc, location_from_annotations, location_from_footer};
+    use crate::model::ChunkCodec;
+    use crate::model::EntryKind;
     use proptest::prelude::*;
 
     #[derive(Debug, Clone)]

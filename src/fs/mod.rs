@@ -17,8 +17,8 @@ use fuser::{
 };
 
 use crate::fetch::{FetchError, Fetcher, LayerSource};
-use crate::model::EntryKind;
 use crate::model::Chunk;
+use crate::model::EntryKind;
 use crate::union::live::{LiveError, LiveUnion};
 use crate::union::Node;
 

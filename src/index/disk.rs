@@ -27,9 +27,9 @@
 use std::path::Path;
 
 use crate::changeset::LayerPath;
+use crate::index::{IndexEntry, LayerIndex};
 use crate::model::ChunkCodec;
 use crate::model::EntryKind;
-use crate::index::{IndexEntry, LayerIndex};
 use crate::model::{Chunk, ChunkKind};
 
 const MAGIC: &[u8; 8] = b"LAMIDX01";

@@ -14,38 +14,8 @@ const MAX_INDEX_DEPTH: usize = 2;
 /// Most layers accepted in one image (Docker's own limit is 127; leave headroom).
 pub const MAX_LAYERS: usize = 500;
 
-/// Layer media types lamina reads, with the compression each declares.
-pub const LAYER_MEDIA_TYPES: [(&str, Compression); 9] = [
-    ("application/vnd.oci.image.layer.v1.tar", Compression::None),
-    ("application/vnd.oci.image.layer.v1.tar+gzip", Compression::Gzip),
-    ("application/vnd.oci.image.layer.v1.tar+zstd", Compression::Zstd),
-    (
-        "application/vnd.oci.image.layer.nondistributable.v1.tar",
-        Compression::None,
-    ),
-    (
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-        Compression::Gzip,
-    ),
-    (
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-        Compression::Zstd,
-    ),
-    ("application/vnd.docker.image.rootfs.diff.tar", Compression::None),
-    ("application/vnd.docker.image.rootfs.diff.tar.gzip", Compression::Gzip),
-    ("application/vnd.docker.image.rootfs.diff.tar.zstd", Compression::Zstd),
-];
-
-/// A layer's compression.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Compression {
-    /// Plain tar.
-    None,
-    /// gzip (one or more members).
-    Gzip,
-    /// zstd (one or more frames, skippable frames allowed).
-    Zstd,
-}
+pub use crate::oci::media_types::Compression;
+use crate::oci::media_types::{layer_compression, LAYER_MEDIA_TYPES};
 
 /// One layer of a resolved image.
 #[derive(Clone, Debug)]
@@ -148,15 +118,11 @@ pub fn layers_of(reference: &str, manifest: &ImageManifest, config: &ImageConfig
         .zip(diff_ids)
         .map(|(d, diff_id)| {
             let media_type = d.media_type().to_string();
-            let compression = LAYER_MEDIA_TYPES
-                .iter()
-                .find(|(m, _)| *m == media_type)
-                .map(|(_, c)| *c)
-                .ok_or_else(|| RegistryError::UnsupportedMediaType {
-                    what: format!("layer {} of {reference}", d.digest()),
-                    media_type: media_type.clone(),
-                    supported: LAYER_MEDIA_TYPES.map(|(m, _)| m).join(", "),
-                })?;
+            let compression = layer_compression(&media_type).ok_or_else(|| RegistryError::UnsupportedMediaType {
+                what: format!("layer {} of {reference}", d.digest()),
+                media_type: media_type.clone(),
+                supported: LAYER_MEDIA_TYPES.map(|(m, _, _)| m).join(", "),
+            })?;
             let diff_id = diff_id
                 .parse()
                 .map_err(|e: crate::digest::DigestError| bad(reference, format!("config diff_id: {e}")))?;

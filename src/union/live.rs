@@ -31,9 +31,9 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::{Union, UnionError};
 use crate::changeset::{classify, LayerPath, LayerRules, Marker};
-use crate::model::EntryKind;
 use crate::index::{IndexEntry, LayerIndex};
 use crate::model::Chunk;
+use crate::model::EntryKind;
 
 /// Where a layer stands.
 #[derive(Clone, Debug, PartialEq, Eq)]

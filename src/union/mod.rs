@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 pub mod live;
 
 use crate::changeset::{classify, LayerPath, LayerRules, Marker};
-use crate::model::{EntryKind, Meta};
 use crate::index::{IndexEntry, LayerIndex};
+use crate::model::{EntryKind, Meta};
 
 /// The root's inode number.
 pub const ROOT_INO: u64 = 1;
@@ -248,7 +248,8 @@ impl Union {
                 return Err("the root entry is not a directory".into());
             }
             let root = &mut self.nodes[0];
-            (root.mode, root.uid, root.gid, root.mtime_secs, root.mtime_nanos) = (e.mode, e.uid, e.gid, e.mtime_secs, e.mtime_nanos);
+            (root.mode, root.uid, root.gid, root.mtime_secs, root.mtime_nanos) =
+                (e.mode, e.uid, e.gid, e.mtime_secs, e.mtime_nanos);
             root.xattrs = e.xattrs.clone();
             return Ok(());
         };
@@ -269,7 +270,8 @@ impl Union {
         if e.kind == EntryKind::Directory {
             if let Some(d) = existing.filter(|d| self.node(*d).kind == EntryKind::Directory) {
                 let n = &mut self.nodes[(d - 1) as usize];
-                (n.mode, n.uid, n.gid, n.mtime_secs, n.mtime_nanos) = (e.mode, e.uid, e.gid, e.mtime_secs, e.mtime_nanos);
+                (n.mode, n.uid, n.gid, n.mtime_secs, n.mtime_nanos) =
+                    (e.mode, e.uid, e.gid, e.mtime_secs, e.mtime_nanos);
                 n.xattrs = e.xattrs.clone();
                 return Ok(());
             }
