@@ -367,14 +367,14 @@ async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         image
             .layers
             .iter()
-            .map(|l| crate::format::locate::read_layer_toc(&registry, &args.image.repository, l)),
+            .map(|l| crate::fetch::locate::read_layer_toc(&registry, &args.image.repository, l)),
     )
     .await;
     // Indexes are derived data: keep them for later mounts (best effort).
     let cache = crate::cache::CacheDir::open(&crate::cache::default_cache_dir()).ok();
     let mut lazy = 0;
     for (l, toc) in image.layers.iter().zip(tocs) {
-        if let (Some(c), Ok(crate::format::locate::LayerToc { index: Some(ix), .. })) = (&cache, &toc) {
+        if let (Some(c), Ok(crate::fetch::locate::LayerToc { index: Some(ix), .. })) = (&cache, &toc) {
             if let Err(e) = crate::index::disk::save(ix, &c.index_path(&l.digest)) {
                 tracing::debug!(error = %e, "could not keep the layer index");
             }
@@ -403,7 +403,7 @@ async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
                     t.format.to_string()
                 );
                 if let (true, Some(ix)) = (args.verify, &t.index) {
-                    let v = crate::format::verify::verify_layer(&registry, &args.image.repository, l, ix)
+                    let v = crate::fetch::verify::verify_layer(&registry, &args.image.repository, l, ix)
                         .await
                         .map_err(|e| anyhow::anyhow!("layer {}: verification failed: {e}", l.digest))?;
                     println!(

@@ -24,8 +24,8 @@ use crate::digest::Digest;
 use crate::format::writer::{write_zstd_chunked, WriterOptions};
 use crate::oci::document;
 use crate::oci::media_types::{oci_layer_type, OCI_CONFIG, OCI_LAYER_ZSTD, OCI_MANIFEST};
-use crate::pull::spool::Spool;
 use crate::reference::ImageRef;
+use crate::registry::blob::Spool;
 use crate::registry::manifest;
 use crate::registry::resolve::{layers_of, Layer};
 use crate::registry::{ClientOptions, Registry};
@@ -299,7 +299,7 @@ async fn copy_layer(
     }
     let spool = Spool::create(&cache.temp_path("base-layer")).map_err(io("spool"))?;
     let result =
-        crate::pull::download::download_layer(registry.clone(), repo.to_string(), layer.clone(), spool.clone(), |_| {})
+        crate::registry::blob::download_layer(registry.clone(), repo.to_string(), layer.clone(), spool.clone(), |_| {})
             .await;
     let stored = match result {
         Ok(()) => dst

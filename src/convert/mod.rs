@@ -28,8 +28,8 @@ use crate::format::zstd_chunked as zc;
 use crate::oci::document;
 use crate::oci::media_types::{OCI_CONFIG, OCI_INDEX, OCI_LAYER_ZSTD, OCI_MANIFEST};
 use crate::progress::Progress;
-use crate::pull::spool::Spool;
 use crate::pull::PullError;
+use crate::registry::blob::Spool;
 use crate::registry::manifest::{self, descriptor_digest, Manifest, Platform};
 use crate::registry::resolve::{layers_of, Layer};
 use crate::registry::{ClientOptions, RegistryError};
@@ -328,7 +328,7 @@ async fn convert_layer(job: &Arc<Job>, layer: &Layer) -> Result<LayerReport, Con
             let Store::Registry { registry, repo } = job.src.as_ref() else {
                 unreachable!("layouts have blob paths")
             };
-            let task = tokio::spawn(crate::pull::download::download_layer(
+            let task = tokio::spawn(crate::registry::blob::download_layer(
                 registry.clone(),
                 repo.clone(),
                 layer.clone(),
@@ -400,7 +400,7 @@ async fn source_file(job: &Arc<Job>, layer: &Layer) -> Result<(PathBuf, bool), C
         layer: layer.digest.clone(),
         reason: format!("spool: {e}"),
     })?;
-    crate::pull::download::download_layer(registry.clone(), repo.clone(), layer.clone(), spool.clone(), |_| {}).await?;
+    crate::registry::blob::download_layer(registry.clone(), repo.clone(), layer.clone(), spool.clone(), |_| {}).await?;
     Ok((spool.path().to_path_buf(), true))
 }
 

@@ -3,7 +3,7 @@
 
 use std::io::{self, BufReader, Read};
 
-use crate::registry::resolve::Compression;
+use crate::oci::Compression;
 
 /// Read size for decompression.
 const BUFFER_BYTES: usize = 256 * 1024;

@@ -9,11 +9,8 @@
 pub mod chunk;
 pub mod compression;
 pub mod estargz;
-pub mod locate;
-pub mod plain;
 pub mod tar;
 pub mod tar_scan;
 pub mod toc;
-pub mod verify;
 pub mod writer;
 pub mod zstd_chunked;

@@ -20,8 +20,8 @@ use fuser::{Config, MountOption, SessionACL};
 
 use crate::cache::chunks::ChunkStore;
 use crate::cache::CacheDir;
+use crate::fetch::locate::{read_layer_toc, LocateError};
 use crate::fetch::{Fetcher, LayerSource};
-use crate::format::locate::{read_layer_toc, LocateError};
 use crate::fs::ImageFs;
 use crate::index::{disk, LayerIndex};
 use crate::model::ChunkKind;

@@ -96,7 +96,7 @@ async fn attempt(
     };
     let store = fetcher.store().clone();
     let spool =
-        crate::pull::spool::Spool::create(&cache.temp_path("plain")).map_err(|e| local(format!("spool: {e}")))?;
+        crate::registry::blob::Spool::create(&cache.temp_path("plain")).map_err(|e| local(format!("spool: {e}")))?;
     let counted = {
         let (fetcher, source) = (fetcher.clone(), source.clone());
         let last = std::sync::atomic::AtomicU64::new(0);
@@ -106,7 +106,7 @@ async fn attempt(
         }
     };
     fetcher.count(source, 1, 0, 0);
-    let download = tokio::spawn(crate::pull::download::download_layer(
+    let download = tokio::spawn(crate::registry::blob::download_layer(
         s.registry.clone(),
         s.repo.clone(),
         s.layer.clone(),
@@ -118,7 +118,7 @@ async fn attempt(
     let indexed = tokio::task::spawn_blocking(move || -> Result<(), String> {
         let tar = crate::format::compression::decompressor(reader, compression).map_err(|e| e.to_string())?;
         let mut hashing = crate::digest::HashingReader::new(tar);
-        crate::format::plain::stream_plain_layer(&mut hashing, &store, skip, |entry, chunks| {
+        crate::fetch::plain::stream_plain_layer(&mut hashing, &store, skip, |entry, chunks| {
             live.push(li, entry, chunks)
                 .map_err(|e| std::io::Error::other(e.to_string()))
         })

@@ -12,9 +12,6 @@
 //! directory and renamed into place); memory stays bounded whatever the layer size (streams
 //! and fixed buffers only); compressed blobs live on disk only until their layer is applied.
 
-pub mod download;
-pub mod spool;
-
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,10 +22,10 @@ use crate::digest::{Digest, HashingReader};
 use crate::format::compression::decompressor;
 use crate::progress::Progress;
 use crate::reference::ImageRef;
+use crate::registry::blob::{download_layer, Spool};
 use crate::registry::manifest::Platform;
 use crate::registry::resolve::{resolve_image, Layer};
 use crate::registry::{ClientOptions, Registry, RegistryError};
-use spool::Spool;
 
 /// Downloads running at once by default: enough to fill a link, few enough to keep the
 /// applier's next layers arriving in order.
@@ -153,7 +150,7 @@ pub async fn pull(reference: &ImageRef, dest: &Path, options: &PullOptions) -> R
             let guard = spool.guard();
             let _permit = limit.acquire_owned().await.expect("the semaphore is never closed");
             guard.disarm(); // download_layer guards the spool from here on
-            let result = download::download_layer(registry, repo, layer, spool, |n| bar.set_position(n)).await;
+            let result = download_layer(registry, repo, layer, spool, |n| bar.set_position(n)).await;
             bar.finish();
             result
         }));
@@ -179,7 +176,7 @@ pub async fn pull(reference: &ImageRef, dest: &Path, options: &PullOptions) -> R
             }
             for d in downloads {
                 if let Ok(Err(download_error)) = d.await {
-                    return Err(download_error);
+                    return Err(download_error.into());
                 }
             }
             return Err(e);

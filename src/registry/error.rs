@@ -125,6 +125,14 @@ pub enum RegistryError {
         /// Parser message.
         reason: String,
     },
+    /// A local file the client writes to (a download's spool) failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
     /// The Docker config file could not be read.
     #[error("docker config {path}: {reason}")]
     DockerConfig {

@@ -2,18 +2,24 @@
 //!
 //! ```text
 //! registry/
-//!   client.rs    Registry: auth, retries, redirects, manifest/blob GET (whole and Range), upload
-//!   auth.rs      Docker config credentials, WWW-Authenticate challenges, token cache
-//!   manifest.rs  media types, manifest/index/config parsing, platform selection
-//!   resolve.rs   reference → chosen image manifest + config
-//!   error.rs     RegistryError
+//!   client.rs     Registry: settings, identity, manifest GET/PUT
+//!   transport.rs  send: retries, redirects by hand, 401 → challenge, bounded body reads
+//!   token.rs      the auth flow: challenges, Basic headers, bearer tokens per scope
+//!   auth.rs       Docker config credentials, WWW-Authenticate parsing, token cache
+//!   blob/         blob reads, uploads, resumable downloads into spools, digest checks
+//!   manifest.rs   manifest/index/config parsing, platform selection
+//!   resolve.rs    reference → chosen image manifest + config + checked layers
+//!   error.rs      RegistryError
 //! ```
 
 pub mod auth;
+pub mod blob;
 pub mod client;
 pub mod error;
 pub mod manifest;
 pub mod resolve;
+mod token;
+mod transport;
 
 pub use client::{Access, Body, ClientOptions, Registry};
 pub use error::RegistryError;

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
+use super::check::BlobCheck;
 use super::spool::Spool;
-use super::PullError;
-use crate::registry::client::BlobCheck;
 use crate::registry::resolve::Layer;
 use crate::registry::{Registry, RegistryError};
 
@@ -25,7 +24,7 @@ pub async fn download_layer(
     layer: Layer,
     spool: Arc<Spool>,
     on_bytes: impl Fn(u64),
-) -> Result<(), PullError> {
+) -> Result<(), RegistryError> {
     let guard = spool.guard();
     let result = download(&registry, &repo, &layer, &spool, &on_bytes).await;
     guard.done(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
@@ -38,9 +37,9 @@ async fn download(
     layer: &Layer,
     spool: &Spool,
     on_bytes: &impl Fn(u64),
-) -> Result<(), PullError> {
+) -> Result<(), RegistryError> {
     let what = format!("layer {}", layer.digest);
-    let io_error = |source: std::io::Error| PullError::Io {
+    let io_error = |source: std::io::Error| RegistryError::Io {
         what: format!("writing {}", spool.path().display()),
         source,
     };
@@ -59,7 +58,7 @@ async fn download(
                 tokio::time::sleep(RESUME_BACKOFF * (1 << resumes)).await;
                 continue;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         };
         // A 200 answer to a resume starts again at byte 0: skip what we already have.
         let mut skip = if stream.partial { 0 } else { offset };
@@ -85,8 +84,7 @@ async fn download(
                     what: what.clone(),
                     expected: layer.size,
                     actual: check.len_bytes() + chunk.len() as u64,
-                }
-                .into());
+                });
             }
             file.write_all_at(&chunk, check.len_bytes()).map_err(io_error)?;
             check.update(&chunk);
@@ -110,10 +108,9 @@ async fn download(
                     method: "GET".into(),
                     url,
                     error,
-                }
-                .into())
+                })
             }
         }
     }
-    Ok(check.verify(&what, &layer.digest, layer.size)?)
+    check.verify(&what, &layer.digest, layer.size)
 }

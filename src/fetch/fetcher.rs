@@ -1,0 +1,426 @@
+//! The fetcher: brings a chunk from the registry into the chunk store, once.
+//!
+//! ```text
+//! FUSE thread ── ensure(chunk) ──► in store? ── yes ──► done (hit)
+//!                                    │ no
+//!                                    ▼
+//!               in flight already? ── yes ──► wait on that flight (deadline)
+//!                                    │ no
+//!                                    ▼
+//!               start a flight on the tokio runtime: Range GET ─► decode ─► verify ─► store
+//!               and wait on it (deadline); a flight that outlives its waiters still fills the store
+//! ```
+//!
+//! Invariants: one request in flight per chunk, whatever the number of readers; FUSE threads
+//! only ever wait (with a deadline), never drive the network; nothing unverified is stored.
+//! Chunks asked for together whose compressed bytes are neighbours in the blob (gaps up to
+//! `MERGE_GAP_BYTES`) are fetched with one Range request of at most `MAX_MERGE_BYTES`.
+//! Not yet here (DESIGN.md): priorities between demand reads and prefetch.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::cache::chunks::ChunkStore;
+use crate::digest::Digest;
+use crate::format::chunk::{decode_chunk, ChunkError};
+use crate::model::ChunkCodec;
+use crate::model::{Chunk, ChunkKind};
+use crate::registry::Registry;
+
+/// Default time a read waits for a missing chunk before failing with EIO.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Tries per chunk when the bytes arrive but do not verify.
+const VERIFY_ATTEMPTS: u32 = 3;
+/// Flights a read may wait on before it gives up on a failing chunk (within its deadline).
+const FLIGHT_ATTEMPTS: u32 = 3;
+/// Largest merged Range request: big enough to fill a thin link's bandwidth-delay product,
+/// small enough that a read never waits long for bytes it did not ask for.
+pub const MAX_MERGE_BYTES: u64 = 4 << 20;
+/// A gap this small between two chunks' bytes is read through rather than costing a request.
+pub const MERGE_GAP_BYTES: u64 = 16 << 10;
+
+/// Where one layer's blob is.
+#[derive(Clone)]
+pub struct LayerSource {
+    /// The registry client.
+    pub registry: Arc<Registry>,
+    /// The repository.
+    pub repo: String,
+    /// The blob.
+    pub digest: Digest,
+    /// How its chunks are compressed.
+    pub codec: ChunkCodec,
+}
+
+/// Why a chunk is not available.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum FetchError {
+    /// Not fetched before the deadline.
+    #[error("chunk not fetched within {0:?}")]
+    Timeout(Duration),
+    /// The registry failed, or the bytes never verified.
+    #[error("fetching chunk: {0}")]
+    Failed(String),
+}
+
+/// Most chunk-wait samples kept for the latency percentiles.
+const MAX_LATENCY_SAMPLES: usize = 100_000;
+
+/// Per-layer counters.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct LayerCounters {
+    /// Range requests made.
+    pub requests: u64,
+    /// Compressed bytes fetched.
+    pub bytes: u64,
+    /// Chunks stored.
+    pub chunks: u64,
+}
+
+/// Counters, for `lamina stats` and the benchmarks.
+#[derive(Debug, Default)]
+pub struct FetchStats {
+    /// Per layer blob digest.
+    pub layers: Mutex<HashMap<String, LayerCounters>>,
+    /// How long reads waited for missing chunks, in microseconds (most recent samples).
+    pub wait_micros: Mutex<Vec<u32>>,
+    /// Chunks found in the store.
+    pub hits: AtomicU64,
+    /// Chunks fetched.
+    pub fetched_chunks: AtomicU64,
+    /// Compressed bytes fetched.
+    pub fetched_bytes: AtomicU64,
+    /// Range requests made.
+    pub requests: AtomicU64,
+    /// Waits that hit the deadline.
+    pub timeouts: AtomicU64,
+}
+
+#[derive(Default)]
+struct Flight {
+    result: Mutex<Option<Result<(), FetchError>>>,
+    done: Condvar,
+}
+
+/// Brings chunks into the store.
+pub struct Fetcher {
+    runtime: tokio::runtime::Handle,
+    store: ChunkStore,
+    inflight: Mutex<HashMap<[u8; 32], Arc<Flight>>>,
+    timeout: Duration,
+    /// Counters.
+    pub stats: FetchStats,
+}
+
+/// Group chunks (in blob order) into runs that one Range request can fetch.
+fn merge_runs<T>(chunks: Vec<(Chunk, T)>) -> Vec<Vec<(Chunk, T)>> {
+    let mut runs: Vec<Vec<(Chunk, T)>> = Vec::new();
+    for (chunk, t) in chunks {
+        let joins = runs.last().is_some_and(|run| {
+            let first = run[0].0.blob_offset;
+            let last = &run[run.len() - 1].0;
+            let last_end = last.blob_offset + last.blob_len;
+            chunk.blob_offset >= last_end
+                && chunk.blob_offset - last_end <= MERGE_GAP_BYTES
+                && chunk.blob_offset + chunk.blob_len - first <= MAX_MERGE_BYTES
+        });
+        if joins {
+            runs.last_mut().expect("checked").push((chunk, t));
+        } else {
+            runs.push(vec![(chunk, t)]);
+        }
+    }
+    runs
+}
+
+/// A snapshot of a mount's counters, as written to its state file.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct StatsSnapshot {
+    /// Chunks found in the store.
+    pub hits: u64,
+    /// Chunks fetched.
+    pub fetched_chunks: u64,
+    /// Compressed bytes fetched.
+    pub fetched_bytes: u64,
+    /// Range requests.
+    pub requests: u64,
+    /// Reads that hit the deadline.
+    pub timeouts: u64,
+    /// Median wait for a missing chunk, microseconds.
+    pub wait_p50_micros: u32,
+    /// 99th percentile wait, microseconds.
+    pub wait_p99_micros: u32,
+    /// Per layer blob digest.
+    pub layers: HashMap<String, LayerCounters>,
+}
+
+impl Fetcher {
+    /// The counters now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let mut waits = self.stats.wait_micros.lock().clone();
+        waits.sort_unstable();
+        let pct = |p: usize| {
+            if waits.is_empty() {
+                0
+            } else {
+                waits[(waits.len() - 1) * p / 100]
+            }
+        };
+        StatsSnapshot {
+            hits: self.stats.hits.load(Ordering::Relaxed),
+            fetched_chunks: self.stats.fetched_chunks.load(Ordering::Relaxed),
+            fetched_bytes: self.stats.fetched_bytes.load(Ordering::Relaxed),
+            requests: self.stats.requests.load(Ordering::Relaxed),
+            timeouts: self.stats.timeouts.load(Ordering::Relaxed),
+            wait_p50_micros: pct(50),
+            wait_p99_micros: pct(99),
+            layers: self.stats.layers.lock().clone(),
+        }
+    }
+
+    /// A fetcher running its requests on `runtime`.
+    pub fn new(runtime: tokio::runtime::Handle, store: ChunkStore, timeout: Duration) -> Arc<Fetcher> {
+        Arc::new(Fetcher {
+            runtime,
+            store,
+            inflight: Mutex::new(HashMap::new()),
+            timeout,
+            stats: FetchStats::default(),
+        })
+    }
+
+    /// The chunk store.
+    pub fn store(&self) -> &ChunkStore {
+        &self.store
+    }
+
+    /// Whether `chunk` is neither stored nor on its way.
+    pub fn is_missing(&self, chunk: &Chunk) -> bool {
+        !self.store.contains(&chunk.digest) && !self.inflight.lock().contains_key(&chunk.digest)
+    }
+
+    /// Make sure `chunk` is in the store; blocks the calling (non-async) thread up to the
+    /// deadline.
+    pub fn ensure(self: &Arc<Self>, layer: &LayerSource, chunk: &Chunk) -> Result<(), FetchError> {
+        self.ensure_all(layer, std::slice::from_ref(chunk))
+    }
+
+    /// Make sure every chunk of `chunks` (in blob order) is in the store, fetching the missing
+    /// ones with as few requests as their positions allow; blocks up to one deadline.
+    pub fn ensure_all(self: &Arc<Self>, layer: &LayerSource, chunks: &[Chunk]) -> Result<(), FetchError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.ensure_once(layer, chunks, deadline) {
+                // A flight that failed may have been another reader's, started before the
+                // registry came back: try afresh while this read's deadline allows.
+                Err(FetchError::Failed(_)) if attempt < FLIGHT_ATTEMPTS && Instant::now() < deadline => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn ensure_once(
+        self: &Arc<Self>,
+        layer: &LayerSource,
+        chunks: &[Chunk],
+        deadline: Instant,
+    ) -> Result<(), FetchError> {
+        let mut waits = Vec::new();
+        let mut mine: Vec<(Chunk, Arc<Flight>)> = Vec::new();
+        for chunk in chunks {
+            if self.store.contains(&chunk.digest) {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if chunk.kind == ChunkKind::Zeros {
+                let zeros = vec![0u8; chunk.len as usize];
+                self.store
+                    .put(&chunk.digest, &zeros)
+                    .map_err(|e| FetchError::Failed(e.to_string()))?;
+                continue;
+            }
+            if layer.codec == ChunkCodec::Stream {
+                return Err(FetchError::Failed(format!(
+                    "layer {} has no random access and its chunk left the cache; mount the image again",
+                    layer.digest
+                )));
+            }
+            let mut map = self.inflight.lock();
+            match map.get(&chunk.digest) {
+                Some(f) => waits.push(f.clone()),
+                None => {
+                    let f = Arc::new(Flight::default());
+                    map.insert(chunk.digest, f.clone());
+                    waits.push(f.clone());
+                    mine.push((chunk.clone(), f));
+                }
+            }
+        }
+        for run in merge_runs(mine) {
+            let (me, layer) = (self.clone(), layer.clone());
+            self.runtime.spawn(async move { me.fetch_run(&layer, run).await });
+        }
+        let waited_from = Instant::now();
+        let any_wait = !waits.is_empty();
+        for flight in waits {
+            let mut result = flight.result.lock();
+            while result.is_none() {
+                if flight.done.wait_until(&mut result, deadline).timed_out() {
+                    self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                    return Err(FetchError::Timeout(self.timeout));
+                }
+            }
+            result.clone().expect("checked above")?;
+        }
+        if any_wait {
+            let mut samples = self.stats.wait_micros.lock();
+            if samples.len() >= MAX_LATENCY_SAMPLES {
+                samples.drain(..MAX_LATENCY_SAMPLES / 2);
+            }
+            samples.push(waited_from.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        }
+        Ok(())
+    }
+
+    /// Count work done for `layer` (by the fetcher, or by a layer stream).
+    pub fn count(&self, layer: &LayerSource, requests: u64, bytes: u64, chunks: u64) {
+        let mut map = self.stats.layers.lock();
+        let c = map.entry(layer.digest.to_string()).or_default();
+        c.requests += requests;
+        c.bytes += bytes;
+        c.chunks += chunks;
+    }
+
+    /// Fetch a run of neighbouring chunks with one request; a chunk that does not verify is
+    /// fetched again on its own.
+    async fn fetch_run(&self, layer: &LayerSource, run: Vec<(Chunk, Arc<Flight>)>) {
+        let start = run[0].0.blob_offset;
+        let end = run
+            .iter()
+            .map(|(c, _)| c.blob_offset + c.blob_len)
+            .max()
+            .expect("runs are not empty");
+        let fetched = self.range(layer, start, end - start).await;
+        for (chunk, flight) in run {
+            let result = match &fetched {
+                Err(e) => Err(e.clone()),
+                Ok(bytes) => {
+                    let from = (chunk.blob_offset - start) as usize;
+                    match self.store_chunk(layer, &chunk, &bytes[from..from + chunk.blob_len as usize]) {
+                        Ok(stored) => stored,
+                        Err(e) => {
+                            tracing::warn!(layer = %layer.digest, error = %e, "chunk did not verify; fetching it again");
+                            self.fetch(layer, &chunk).await
+                        }
+                    }
+                }
+            };
+            *flight.result.lock() = Some(result);
+            flight.done.notify_all();
+            self.inflight.lock().remove(&chunk.digest);
+        }
+    }
+
+    /// Fetch one chunk on its own, again while its bytes do not verify.
+    async fn fetch(&self, layer: &LayerSource, chunk: &Chunk) -> Result<(), FetchError> {
+        let mut last = String::new();
+        for _ in 0..VERIFY_ATTEMPTS {
+            let bytes = self.range(layer, chunk.blob_offset, chunk.blob_len).await?;
+            match self.store_chunk(layer, chunk, &bytes) {
+                Ok(stored) => return stored,
+                Err(e) => {
+                    tracing::warn!(layer = %layer.digest, error = %e, "chunk did not verify; fetching again");
+                    last = e.to_string();
+                }
+            }
+        }
+        Err(FetchError::Failed(format!("layer {}: {last}", layer.digest)))
+    }
+
+    /// One Range request, counted, and given up at the read deadline so a stalled connection
+    /// never holds a chunk's flight: the next read starts afresh.
+    async fn range(&self, layer: &LayerSource, start: u64, len: u64) -> Result<bytes::Bytes, FetchError> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let request = layer.registry.blob_range(&layer.repo, &layer.digest, start, len);
+        let bytes = tokio::time::timeout(self.timeout, request)
+            .await
+            .map_err(|_| FetchError::Failed(format!("no answer within {:?}", self.timeout)))?
+            .map_err(|e| FetchError::Failed(e.to_string()))?;
+        self.stats
+            .fetched_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.count(layer, 1, bytes.len() as u64, 0);
+        Ok(bytes)
+    }
+
+    /// Decode and verify one chunk from exactly its compressed bytes and store it. The outer
+    /// error means the bytes were wrong (worth fetching again); the inner one, the store failed.
+    fn store_chunk(
+        &self,
+        layer: &LayerSource,
+        chunk: &Chunk,
+        raw: &[u8],
+    ) -> Result<Result<(), FetchError>, ChunkError> {
+        let data = decode_chunk(layer.codec, chunk, raw)?;
+        let stored = self
+            .store
+            .put(&chunk.digest, &data)
+            .map_err(|e| FetchError::Failed(e.to_string()));
+        if stored.is_ok() {
+            self.stats.fetched_chunks.fetch_add(1, Ordering::Relaxed);
+            self.count(layer, 0, 0, 1);
+        }
+        Ok(stored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(blob_offset: u64, blob_len: u64) -> (Chunk, ()) {
+        let c = Chunk {
+            file_offset: 0,
+            len: 1,
+            blob_offset,
+            blob_len,
+            inner_offset: 0,
+            digest: [0; 32],
+            kind: ChunkKind::Data,
+        };
+        (c, ())
+    }
+
+    #[test]
+    fn runs_merge_neighbours_only() {
+        let spans = |runs: Vec<Vec<(Chunk, ())>>| {
+            runs.iter()
+                .map(|r| r.iter().map(|(c, _)| c.blob_offset).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        };
+        // Touching, a small gap, a large gap, then out of order.
+        let input = vec![
+            chunk(0, 100),
+            chunk(100, 100),
+            chunk(200 + MERGE_GAP_BYTES, 10),
+            chunk(1 << 30, 10),
+            chunk(50, 10),
+        ];
+        assert_eq!(
+            spans(merge_runs(input)),
+            vec![vec![0, 100, 200 + MERGE_GAP_BYTES], vec![1 << 30], vec![50]]
+        );
+        // The size cap splits a long run.
+        let input = (0..6).map(|i| chunk(i * (1 << 20), 1 << 20)).collect();
+        assert_eq!(
+            spans(merge_runs(input)).iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![4, 2]
+        );
+    }
+}
