@@ -33,3 +33,4 @@ pub mod run;
 pub mod store;
 pub mod union;
 pub mod upper;
+pub mod view;

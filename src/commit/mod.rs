@@ -79,9 +79,6 @@ pub enum CommitError {
     /// The registry failed.
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
-    /// Downloading a base layer failed.
-    #[error(transparent)]
-    Download(#[from] crate::pull::PullError),
     /// The upper directory cannot be committed.
     #[error("{0}")]
     Upper(String),

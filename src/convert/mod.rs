@@ -28,7 +28,6 @@ use crate::format::zstd_chunked as zc;
 use crate::oci::document;
 use crate::oci::media_types::{OCI_CONFIG, OCI_INDEX, OCI_LAYER_ZSTD, OCI_MANIFEST};
 use crate::progress::Progress;
-use crate::pull::PullError;
 use crate::registry::blob::Spool;
 use crate::registry::manifest::{self, descriptor_digest, Manifest, Platform};
 use crate::registry::resolve::{layers_of, Layer};
@@ -64,9 +63,6 @@ pub enum ConvertError {
     /// The registry failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    /// Downloading a layer failed.
-    #[error(transparent)]
-    Download(#[from] PullError),
     /// Local I/O or the layer's bytes failed.
     #[error("layer {layer}: {reason}")]
     Layer {

@@ -7,6 +7,9 @@ pub const MAX_XATTR_VALUE_BYTES: usize = 64 * 1024;
 /// Most xattrs accepted on one entry.
 pub const MAX_XATTRS_PER_ENTRY: usize = 128;
 
+/// Extended attributes, name → value.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// What kind of object an entry creates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EntryKind {
@@ -50,7 +53,7 @@ pub struct Meta {
     /// Device minor number.
     pub dev_minor: u32,
     /// Extended attributes, name → value, in archive order.
-    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub xattrs: Xattrs,
 }
 
 impl Meta {

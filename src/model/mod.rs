@@ -14,4 +14,4 @@ pub mod chunk;
 pub mod entry;
 
 pub use chunk::{Chunk, ChunkCodec, ChunkKind};
-pub use entry::{EntryKind, Meta};
+pub use entry::{EntryKind, Meta, Xattrs};

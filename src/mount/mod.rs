@@ -30,6 +30,7 @@ use crate::registry::manifest::Platform;
 use crate::registry::{resolve_image, ClientOptions, Registry, RegistryError};
 use crate::union::live::{LayerStatus, LiveUnion};
 use crate::union::UnionError;
+use crate::view::ImageView;
 
 /// FUSE worker threads: reads of different files wait on the network in parallel.
 const FUSE_THREADS: usize = 8;
@@ -243,10 +244,7 @@ pub fn serve(
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()));
         }
     };
-    let mut fs = ImageFs::new(live.clone(), prepared.sources.clone(), fetcher.clone());
-    if !options.passthrough {
-        fs = fs.without_passthrough();
-    }
+    let view = Arc::new(ImageView::new(live.clone(), prepared.sources.clone(), fetcher.clone()));
     let mut config = Config::default();
     config.mount_options = vec![
         if options.upper.is_some() {
@@ -264,7 +262,13 @@ pub fn serve(
     }
     config.n_threads = Some(FUSE_THREADS);
     let spawned = match &options.upper {
-        None => fuser::spawn_mount(fs, mountpoint, &config),
+        None => {
+            let mut fs = ImageFs::new(view);
+            if !options.passthrough {
+                fs = fs.without_passthrough();
+            }
+            fuser::spawn_mount(fs, mountpoint, &config)
+        }
         Some(u) => {
             let identity = crate::upper::Identity {
                 image: image.to_string(),
@@ -282,7 +286,8 @@ pub fn serve(
                     return Err(std::io::Error::other(e.to_string()));
                 }
             };
-            crate::overlay::OverlayFs::new(fs, upper).and_then(|ofs| fuser::spawn_mount(ofs, mountpoint, &config))
+            crate::overlay::OverlayFs::new(view, upper, options.passthrough)
+                .and_then(|ofs| fuser::spawn_mount(ofs, mountpoint, &config))
         }
     };
     match spawned {

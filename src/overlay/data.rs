@@ -98,7 +98,7 @@ impl OverlayFs {
         let (kind, l) = (n.kind, n.lower.ok_or(OvlError::Errno(Errno::NOENT))?);
         self.copy_up(st, parent, true)?;
         let pdir = self.upper_dir(st, parent)?;
-        let a = self.lower.lower_attr(l)?;
+        let a = self.lower.getattr(l)?;
         let (scratch, sname) = self.upper.scratch();
         let sname = sname.as_str();
         let made = self.make_copy(scratch, sname, kind, l, &a, bytes).and_then(|()| {
@@ -139,7 +139,7 @@ impl OverlayFs {
             return self.copy_up(st, ino, true);
         }
         let l = n.lower.ok_or(OvlError::Errno(Errno::NOENT))?;
-        let a = self.lower.lower_attr(l)?;
+        let a = self.lower.getattr(l)?;
         if a.nlink > 1 || a.size == 0 {
             return self.copy_up(st, ino, true);
         }
@@ -155,7 +155,7 @@ impl OverlayFs {
         let fd = self.file_fd(st, ino)?;
         let keep = rustix::fs::fstat(&*fd)?;
         if with_data {
-            let size = self.lower.lower_attr(l)?.size.min(keep.st_size as u64);
+            let size = self.lower.getattr(l)?.size.min(keep.st_size as u64);
             self.copy_lower_bytes(l, &fd, size)?;
             rustix::fs::fsync(&*fd)?;
             let times = Timestamps {
@@ -185,7 +185,7 @@ impl OverlayFs {
         let mut off = 0;
         while off < size {
             let len = COPY_PIECE.min(size - off);
-            let data = self.lower.op_read(INodeNo(l), off, len as u32)?;
+            let data = self.lower.read(INodeNo(l), off, len as u32)?;
             if data.len() as u64 != len {
                 return Err(Errno::IO.into());
             }
@@ -223,7 +223,7 @@ impl OverlayFs {
                 }
             }
             EntryKind::Symlink => {
-                let target = self.lower.lower_link(l)?;
+                let target = self.lower.link(l)?;
                 rustix::fs::symlinkat(target.as_slice(), scratch, sname)?
             }
             EntryKind::CharDevice | EntryKind::BlockDevice | EntryKind::Fifo => {
@@ -246,7 +246,7 @@ impl OverlayFs {
             rustix::fs::chmodat(scratch, sname, perm, AtFlags::empty())?;
         }
         let path = upper::xattr_path(scratch, sname.as_bytes());
-        for (k, v) in self.lower.lower_xattrs(l)? {
+        for (k, v) in self.lower.xattrs(l)? {
             let key = std::ffi::OsStr::new(std::str::from_utf8(&k).map_err(|_| OvlError::Errno(Errno::INVAL))?);
             rustix::fs::lsetxattr(&path, key, &v, rustix::fs::XattrFlags::empty())?;
         }
@@ -273,7 +273,7 @@ impl OverlayFs {
 
     /// Link the other names of lower hard-link group `l` (still showing it) to `ino`'s copy.
     fn link_group(&self, st: &mut State, ino: u64, l: u64, copy: (&OwnedFd, &[u8])) -> Result<()> {
-        for (lp, lname) in self.lower.lower_names(l)? {
+        for (lp, lname) in self.lower.names(l)? {
             // The name's directory must still show in the merged view (perhaps moved).
             if self.merged_dir_of_lower(st, lp)? != Some(lp) || self.resolve(st, lp, &lname)? != Some(ino) {
                 continue;
@@ -291,14 +291,14 @@ impl OverlayFs {
     /// directories may have been moved: Some(lp) when it does (a directory from the image
     /// keeps its union inode number, moved or not).
     fn merged_dir_of_lower(&self, st: &mut State, lp: u64) -> Result<Option<u64>> {
-        let Some(path) = self.lower.lower_path(lp) else {
+        let Some(path) = self.lower.path(lp) else {
             return Ok(None);
         };
         // The lower directories from the root down to lp.
         let mut chain = vec![ROOT_INO];
         for c in &path {
             let parent = *chain.last().expect("not empty");
-            match self.lower.lower_child(parent, c)? {
+            match self.lower.child(parent, c)? {
                 Some(next) => chain.push(next),
                 None => return Ok(None),
             }
@@ -477,7 +477,7 @@ impl OverlayFs {
                 buf.truncate(got);
                 Ok(buf)
             }
-            Err(l) => Ok(self.lower.op_read(INodeNo(l), offset, size)?),
+            Err(l) => Ok(self.lower.read(INodeNo(l), offset, size)?),
         }
     }
 

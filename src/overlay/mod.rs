@@ -1,4 +1,4 @@
-//! The writable mount: the image's union (read through [`ImageFs`]) under an upper directory
+//! The writable mount: the image's union (read through an [`ImageView`]) under an upper directory
 //! ([`UpperDir`]), merged as the kernel's overlayfs merges `lowerdir` and `upperdir` with
 //! `redirect_dir=on,index=on`: an upper non-directory hides the names below it, directories
 //! merge unless opaque, whiteouts delete, renamed directories keep their lower contents
@@ -16,6 +16,7 @@ mod ops;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -25,8 +26,8 @@ use fuser::{
 };
 use parking_lot::Mutex;
 
-use crate::fs::{ImageFs, OpError};
 use crate::upper::UpperDir;
+use crate::view::{ImageView, OpError};
 use nodes::Nodes;
 
 /// How long the kernel may keep names and attributes: everything that changes them comes
@@ -41,7 +42,7 @@ struct State {
 
 /// A writable mount.
 pub struct OverlayFs {
-    lower: ImageFs,
+    lower: Arc<ImageView>,
     upper: UpperDir,
     state: Mutex<State>,
     /// Whether the kernel took FUSE passthrough at init.
@@ -83,7 +84,7 @@ impl From<std::io::Error> for OvlError {
 /// The one mapping from the writable layer's errors to errno.
 fn errno(e: &OvlError) -> Errno {
     match e {
-        OvlError::Lower(e) => crate::fs::errno(e),
+        OvlError::Lower(e) => crate::view::errno(e),
         OvlError::Errno(e) => Errno::from_i32(e.raw_os_error()),
     }
 }
@@ -131,9 +132,8 @@ fn attr_of(ino: u64, st: &rustix::fs::Stat) -> FileAttr {
 
 impl OverlayFs {
     /// The merged view of `lower` under `upper`.
-    pub fn new(lower: ImageFs, upper: UpperDir) -> std::io::Result<OverlayFs> {
+    pub fn new(lower: Arc<ImageView>, upper: UpperDir, want_passthrough: bool) -> std::io::Result<OverlayFs> {
         let root = rustix::fs::fstat(upper.root())?;
-        let want_passthrough = lower.wants_passthrough();
         // Created objects get exactly the mode asked for (the kernel has applied the umask).
         rustix::process::umask(rustix::fs::Mode::empty());
         Ok(OverlayFs {
@@ -483,7 +483,7 @@ impl Filesystem for OverlayFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        crate::fs::reply_sized(
+        crate::view::reply_sized(
             reply,
             size,
             self.op_getxattr(ino.0, name_bytes(name)).map_err(|e| errno(&e)),
@@ -491,6 +491,6 @@ impl Filesystem for OverlayFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        crate::fs::reply_sized(reply, size, self.op_listxattr(ino.0).map_err(|e| errno(&e)));
+        crate::view::reply_sized(reply, size, self.op_listxattr(ino.0).map_err(|e| errno(&e)));
     }
 }

@@ -179,7 +179,7 @@ impl OverlayFs {
     /// Whether directory `parent`'s lower side has `name` (so removing it needs a whiteout).
     pub(super) fn lower_has(&self, st: &State, parent: u64, name: &[u8]) -> Result<bool> {
         match self.node(st, parent)?.lower {
-            Some(l) => Ok(self.lower.lower_child(l, name)?.is_some()),
+            Some(l) => Ok(self.lower.child(l, name)?.is_some()),
             None => Ok(false),
         }
     }
@@ -211,12 +211,12 @@ impl OverlayFs {
                         self.lower_at(&path)?
                     } else {
                         match p_lower {
-                            Some(l) => self.lower.lower_child(l, name)?,
+                            Some(l) => self.lower.child(l, name)?,
                             None => None,
                         }
                     };
                     let lower = match lower {
-                        Some(l) if self.lower.lower_kind(l)? == EntryKind::Directory => Some(l),
+                        Some(l) if self.lower.kind(l)? == EntryKind::Directory => Some(l),
                         _ => None,
                     };
                     match lower {
@@ -232,11 +232,11 @@ impl OverlayFs {
                     && upper::get_xattr(&upper::xattr_path(dir.as_fd(), name), upper::METACOPY)?.is_some()
                 {
                     let l = match p_lower {
-                        Some(pl) => self.lower.lower_child(pl, name)?,
+                        Some(pl) => self.lower.child(pl, name)?,
                         None => None,
                     };
                     match l {
-                        Some(l) if self.lower.lower_kind(l)? == EntryKind::Regular => Some(l),
+                        Some(l) if self.lower.kind(l)? == EntryKind::Regular => Some(l),
                         // Its data is gone from below: reads fail rather than show zeros.
                         _ => return Err(Errno::IO.into()),
                     }
@@ -260,13 +260,13 @@ impl OverlayFs {
             }
         }
         let Some(pl) = p_lower else { return Ok(None) };
-        let Some(l) = self.lower.lower_child(pl, name)? else {
+        let Some(l) = self.lower.child(pl, name)? else {
             return Ok(None);
         };
         match st.nodes.get_mut(l) {
             Some(n) => n.add_name(parent, name),
             None => {
-                let kind = self.lower.lower_kind(l)?;
+                let kind = self.lower.kind(l)?;
                 st.nodes.insert(l, ONode::new(kind, parent, name, Some(l), false));
             }
         }
@@ -285,7 +285,7 @@ impl OverlayFs {
     fn lower_at(&self, path: &[Vec<u8>]) -> Result<Option<u64>> {
         let mut ino = ROOT_INO;
         for name in path {
-            match self.lower.lower_child(ino, name)? {
+            match self.lower.child(ino, name)? {
                 Some(c) => ino = c,
                 None => return Ok(None),
             }
@@ -300,7 +300,7 @@ impl OverlayFs {
             return Ok(attr_of(ino, &s));
         }
         let l = n.lower.ok_or(OvlError::Errno(Errno::NOENT))?;
-        let mut a = self.lower.lower_attr(l)?;
+        let mut a = self.lower.getattr(l)?;
         a.ino = INodeNo(ino);
         Ok(a)
     }
@@ -332,7 +332,7 @@ impl OverlayFs {
             }
         }
         if let Some(l) = lower {
-            for (name, _) in self.lower.lower_children(l)? {
+            for (name, _) in self.lower.children(l)? {
                 if !seen.contains(&name) {
                     names.insert(name);
                 }
@@ -342,7 +342,7 @@ impl OverlayFs {
         for name in names {
             if let Some(child) = self.resolve(st, ino, &name)? {
                 let kind = self.node(st, child)?.kind;
-                out.push((name, child, crate::fs::file_type(kind)));
+                out.push((name, child, crate::view::file_type(kind)));
             }
         }
         Ok(out)
@@ -379,7 +379,7 @@ impl OverlayFs {
             let (dir, name) = self.upper_entry(&st, ino)?;
             return Ok(rustix::fs::readlinkat(&dir, name.as_slice(), Vec::new())?.into_bytes());
         }
-        Ok(self.lower.lower_link(n.lower.ok_or(OvlError::Errno(Errno::NOENT))?)?)
+        Ok(self.lower.link(n.lower.ok_or(OvlError::Errno(Errno::NOENT))?)?)
     }
 
     /// `create`, `mkdir`, `mknod`, `symlink`: the new object's attributes (and a regular
@@ -487,7 +487,7 @@ impl OverlayFs {
             return Ok(());
         }
         let Some(l) = n.lower else { return Ok(()) };
-        if self.lower.lower_attr(l)?.nlink > 1 {
+        if self.lower.getattr(l)?.nlink > 1 {
             self.copy_up(st, ino, true)?;
         }
         Ok(())
@@ -571,7 +571,7 @@ impl OverlayFs {
     fn prepare_moved_dir(&self, st: &State, ino: u64, dir: &OwnedFd, name: &[u8], lower_at_target: bool) -> Result<()> {
         match self.node(st, ino)?.lower {
             Some(l) => {
-                let path = self.lower.lower_path(l).ok_or(OvlError::Errno(Errno::NOENT))?;
+                let path = self.lower.path(l).ok_or(OvlError::Errno(Errno::NOENT))?;
                 let mut value = Vec::new();
                 for c in &path {
                     value.push(b'/');
@@ -807,7 +807,7 @@ impl OverlayFs {
             let (dir, name) = self.upper_entry(st, ino)?;
             return Ok(upper::xattrs(&upper::xattr_path(dir.as_fd(), &name))?);
         }
-        Ok(self.lower.lower_xattrs(n.lower.ok_or(OvlError::Errno(Errno::NOENT))?)?)
+        Ok(self.lower.xattrs(n.lower.ok_or(OvlError::Errno(Errno::NOENT))?)?)
     }
 
     /// `getxattr`

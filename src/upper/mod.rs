@@ -33,8 +33,7 @@ const IDENTITY_FILE: &str = "lamina-upper.json";
 /// overlayfs' marker of an upper file that holds metadata only (its data is the lower file's).
 pub const METACOPY: &str = "trusted.overlay.metacopy";
 
-/// xattr names and values.
-pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+pub use crate::model::Xattrs;
 
 /// Which image an upper directory's changes belong to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
