@@ -15,6 +15,7 @@ pub mod cache;
 pub mod changeset;
 pub mod cli;
 pub mod commit;
+pub mod config;
 pub mod convert;
 pub mod digest;
 pub mod fetch;

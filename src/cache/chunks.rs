@@ -10,6 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
+use crate::index::LayerIndex;
 
 /// Open chunk files kept for reading: a sequential read touches each chunk many times, and
 /// an open per touch cost half the read throughput.
@@ -68,6 +69,23 @@ impl ChunkStore {
     /// Whether the chunk is present.
     pub fn contains(&self, digest: &[u8; 32]) -> bool {
         self.open.lock().contains(digest) || self.path(digest).exists()
+    }
+
+    /// The share of a layer's file bytes that is in the store, in percent (100 for a layer
+    /// without file bytes).
+    pub fn local_percent(&self, index: &LayerIndex) -> f64 {
+        let total: u64 = index.chunks.iter().map(|c| c.len).sum();
+        let here: u64 = index
+            .chunks
+            .iter()
+            .filter(|c| self.contains(&c.digest))
+            .map(|c| c.len)
+            .sum();
+        if total == 0 {
+            100.0
+        } else {
+            100.0 * here as f64 / total as f64
+        }
     }
 
     fn file(&self, digest: &[u8; 32]) -> io::Result<std::sync::Arc<std::fs::File>> {

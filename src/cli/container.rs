@@ -2,12 +2,12 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
-use super::{mb, parse_reference, start_mount_daemon, RegistryArgs};
+use super::{mb, parse_reference, RegistryArgs};
+use crate::mount::daemon;
 use crate::reference::ImageRef;
 use crate::registry::manifest::Platform;
 use crate::store::ImageLocation;
@@ -85,53 +85,6 @@ fn passed_on(cache_dir: &Path, registry: &RegistryArgs) -> Vec<OsString> {
     a
 }
 
-/// A mount lamina made for the length of a command: unmounted, its daemon waited for and
-/// its directory removed when dropped (unless kept).
-struct TempMount {
-    point: PathBuf,
-    daemon: std::process::Child,
-    keep: bool,
-}
-
-impl TempMount {
-    fn start(mut args: Vec<OsString>, point: PathBuf, cache_dir: &Path, keep: bool) -> anyhow::Result<TempMount> {
-        std::fs::create_dir_all(&point).with_context(|| format!("creating {}", point.display()))?;
-        args.extend(std::iter::once(OsString::from("--foreground")));
-        match start_mount_daemon(args, cache_dir) {
-            Ok((daemon, _log)) => Ok(TempMount { point, daemon, keep }),
-            Err(e) => {
-                let _ = std::fs::remove_dir(&point);
-                Err(e)
-            }
-        }
-    }
-}
-
-impl Drop for TempMount {
-    fn drop(&mut self) {
-        if self.keep {
-            return;
-        }
-        if let Err(e) = crate::mount::unmount(&self.point) {
-            eprintln!("lamina: unmounting {}: {e}", self.point.display());
-        }
-        // The daemon ends with its session (and removes a --writable layer then).
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while matches!(self.daemon.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if matches!(self.daemon.try_wait(), Ok(None)) {
-            eprintln!(
-                "lamina: the mount daemon (pid {}) did not end; killing it",
-                self.daemon.id()
-            );
-            let _ = self.daemon.kill();
-            let _ = self.daemon.wait();
-        }
-        let _ = std::fs::remove_dir(&self.point);
-    }
-}
-
 fn unique_dir(cache_dir: &Path, kind: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -169,7 +122,7 @@ pub(super) fn commit(args: CommitArgs, runtime: &tokio::runtime::Runtime) -> any
             let point = unique_dir(&cache_dir, "commit-mounts");
             let mut margs = crate::run::mount_args(&image, &point, Some(&source), false);
             margs.extend(passed_on(&cache_dir, &args.registry));
-            let t = TempMount::start(margs, point.clone(), &cache_dir, false)?;
+            let t = daemon::TempMount::start(margs, point.clone(), &cache_dir, false)?;
             _temp = Some(t);
             (source.clone(), Some(point))
         } else {
@@ -239,7 +192,7 @@ pub(super) fn run(args: RunArgs, runtime: &tokio::runtime::Runtime) -> anyhow::R
     let upper = args.upper.as_deref().map(std::path::absolute).transpose()?;
     let mut margs = crate::run::mount_args(&pinned.to_string(), &point, upper.as_deref(), args.keep);
     margs.extend(passed_on(&cache_dir, &args.registry));
-    let mount = TempMount::start(margs, point.clone(), &cache_dir, args.keep)?;
+    let mount = daemon::TempMount::start(margs, point.clone(), &cache_dir, args.keep)?;
     let hostname = format!("lamina-{}", std::process::id());
     let spec = crate::run::spec(&image.config, &args.command, &mount.point, &hostname)?;
     let status = match args.runtime {

@@ -9,9 +9,11 @@
 //! lamina umount DIR ──► unmount (lazy) ──► the daemon's session ends ─► it exits
 //! ```
 
+pub mod daemon;
 pub mod stream;
 
-use std::io::Write;
+pub use daemon::signal_ready;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -383,20 +385,5 @@ pub fn unmount(mountpoint: &Path) -> Result<(), String> {
             mountpoint.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         ))
-    }
-}
-
-/// Tell the parent process how the start went, through the pipe it gave us.
-pub fn signal_ready(fd: Option<i32>, result: &Result<(), String>) {
-    let Some(fd) = fd else { return };
-    // Re-opening the inherited pipe through /proc avoids taking ownership of a raw descriptor.
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .write(true)
-        .open(format!("/proc/self/fd/{fd}"))
-    {
-        let _ = match result {
-            Ok(()) => f.write_all(b"ready\n"),
-            Err(e) => f.write_all(e.as_bytes()),
-        };
     }
 }
