@@ -9,7 +9,9 @@
 //! thin FUSE adapter. Metadata operations are serialized by one lock; reads and writes of
 //! open upper files go to their file without it (or bypass the daemon with passthrough).
 
+mod attrs;
 mod data;
+mod merged;
 mod nodes;
 mod ops;
 
