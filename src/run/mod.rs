@@ -12,6 +12,8 @@
 //! The image's files are read through an `openat2(RESOLVE_IN_ROOT)` descriptor, so a symlinked
 //! /etc/passwd resolves inside the image, never on the host.
 
+pub mod bundle;
+
 use std::ffi::{CString, OsString};
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -278,60 +280,6 @@ pub fn run_chroot(root: &Path, spec: &Spec) -> std::io::Result<std::process::Exi
     .map_err(|_| std::io::Error::other("the runner thread panicked"))?
 }
 
-/// Capabilities of a container process: the default set of Docker and Podman.
-const DEFAULT_CAPS: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-
-/// The OCI runtime `config.json` (runtime-spec 1.0) that starts `spec` in `root` with `crun`
-/// or `runc`: new PID, mount, IPC and UTS namespaces, the host's network, the usual /proc,
-/// /dev, /sys mounts, the default capabilities, a writable root.
-pub fn bundle_config(spec: &Spec, root: &Path) -> serde_json::Value {
-    let caps: Vec<&str> = DEFAULT_CAPS.to_vec();
-    let mount = |dest: &str, kind: &str, source: &str, options: &[&str]| serde_json::json!({"destination": dest, "type": kind, "source": source, "options": options});
-    serde_json::json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": {"uid": spec.uid, "gid": spec.gid, "additionalGids": spec.groups},
-            "args": spec.argv,
-            "env": spec.env,
-            "cwd": spec.cwd,
-            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "noNewPrivileges": true
-        },
-        "root": {"path": root, "readonly": false},
-        "hostname": spec.hostname,
-        "mounts": [
-            mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-            mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
-            mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]),
-            mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
-            mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
-            mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
-        ],
-        "linux": {
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
-            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-                            "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
-        }
-    })
-}
-
 /// Start `spec` with the OCI runtime `runtime` (`crun` or `runc`) from a bundle written to
 /// `bundle` (removed afterwards) and wait for it.
 pub fn run_oci(
@@ -342,7 +290,7 @@ pub fn run_oci(
     spec: &Spec,
 ) -> std::io::Result<std::process::ExitStatus> {
     std::fs::create_dir_all(bundle)?;
-    let config = serde_json::to_vec_pretty(&bundle_config(spec, root)).map_err(std::io::Error::other)?;
+    let config = serde_json::to_vec_pretty(&bundle::config(spec, root)?).map_err(std::io::Error::other)?;
     std::fs::write(bundle.join("config.json"), config)?;
     let status = std::process::Command::new(runtime)
         .args(["run", "--bundle"])
@@ -461,42 +409,6 @@ mod tests {
         c["config"] = serde_json::json!({"Cmd": ["sh"], "User": "svc"});
         let s = spec(&config(c), &[], t.path(), "h").unwrap();
         assert_eq!(s.uid, 77);
-    }
-
-    #[test]
-    fn bundles_carry_the_spec_for_oci_runtimes() {
-        let spec = Spec {
-            argv: vec!["python3".into(), "-c".into(), "1".into()],
-            env: vec!["A=1".into()],
-            cwd: "/work".into(),
-            uid: 1000,
-            gid: 1001,
-            groups: vec![2000],
-            hostname: "lamina-7".into(),
-        };
-        let c = bundle_config(&spec, Path::new("/var/lib/lamina/run/x"));
-        assert_eq!(c["process"]["args"], serde_json::json!(["python3", "-c", "1"]));
-        assert_eq!(c["process"]["env"], serde_json::json!(["A=1"]));
-        assert_eq!(c["process"]["cwd"], "/work");
-        assert_eq!(
-            c["process"]["user"],
-            serde_json::json!({"uid": 1000, "gid": 1001, "additionalGids": [2000]})
-        );
-        assert_eq!(c["root"]["path"], "/var/lib/lamina/run/x");
-        assert_eq!(c["root"]["readonly"], false);
-        assert_eq!(c["hostname"], "lamina-7");
-        let ns: Vec<&str> = c["linux"]["namespaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n["type"].as_str().unwrap())
-            .collect();
-        assert_eq!(ns, ["pid", "ipc", "uts", "mount"]);
-        assert!(c["mounts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["destination"] == "/proc"));
     }
 
     #[test]
