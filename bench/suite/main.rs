@@ -30,14 +30,14 @@
 //! failed is written as failed, with its error.
 
 #[allow(dead_code)]
-#[path = "../tests/it/support/mod.rs"]
+#[path = "../../tests/it/support/mod.rs"]
 mod support;
 
 #[allow(dead_code)]
-#[path = "common.rs"]
+#[path = "../common.rs"]
 mod common;
 
-#[path = "link.rs"]
+#[path = "../link.rs"]
 mod link;
 
 use std::collections::BTreeMap;
