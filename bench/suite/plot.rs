@@ -1,0 +1,193 @@
+//! The plots, hand-written SVG (and PNG through rsvg-convert when it is there), one panel per
+//! workload: `suite-startup` (time to ready against RTT, a line per mode, estimates hollow)
+//! and `suite-bytes` (MB fetched per mode, a bar each).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use crate::link::Link;
+use crate::run::MODES;
+use crate::stats::{stat_of, Sample};
+use crate::workloads::Workload;
+
+/// A colour per mode of [`MODES`].
+const COLORS: [&str; 5] = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#7f7f7f"];
+/// Panel width and height, margin.
+const PW: f64 = 360.0;
+const PH: f64 = 260.0;
+const M: f64 = 50.0;
+
+/// Write `suite-startup.svg|png` and `suite-bytes.svg|png` to `dir`.
+pub fn plots(dir: &Path, links: &[Link], workloads: &[Workload], samples: &[Sample]) {
+    let mut svg = open(workloads.len());
+    for (wi, wl) in workloads.iter().enumerate() {
+        startup_panel(&mut svg, wi, wl, links, samples);
+    }
+    svg.push_str("</svg>");
+    save_svg(dir, "suite-startup", &svg);
+
+    let mut svg = open(workloads.len());
+    for (wi, wl) in workloads.iter().enumerate() {
+        bytes_panel(&mut svg, wi, wl, links, samples);
+    }
+    svg.push_str("</svg>");
+    save_svg(dir, "suite-bytes", &svg);
+}
+
+/// The start of an SVG with `panels` panels side by side, on white.
+fn open(panels: usize) -> String {
+    format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{}' font-family='sans-serif' font-size='11'><rect width='100%' height='100%' fill='white'/>",
+        PW * panels.max(1) as f64,
+        PH + 40.0
+    )
+}
+
+/// Panel `wi`: time to ready against RTT, a line per mode; the legend in the first panel.
+fn startup_panel(svg: &mut String, wi: usize, wl: &Workload, links: &[Link], samples: &[Sample]) {
+    let x0 = wi as f64 * PW;
+    // (RTT ms, median s, estimated) per link where the mode has a time.
+    let pts = |mode: &str| -> Vec<(f64, f64, bool)> {
+        links
+            .iter()
+            .filter_map(|l| {
+                let s = stat_of(samples, wl.name, &l.name(), mode)?;
+                (!s.median.is_nan()).then_some((l.rtt.as_secs_f64() * 1e3, s.median, s.estimated))
+            })
+            .collect()
+    };
+    let all: Vec<(f64, f64, bool)> = MODES.iter().flat_map(|m| pts(m)).collect();
+    let xmax = all.iter().map(|p| p.0).fold(1.0, f64::max);
+    let ymax = all.iter().map(|p| p.1).fold(0.1, f64::max) * 1.1;
+    let sx = |x: f64| x0 + M + x / xmax * (PW - 2.0 * M);
+    let sy = |y: f64| PH - M + 20.0 - y / ymax * (PH - 2.0 * M);
+    write!(
+        svg,
+        "<text x='{}' y='16' font-size='13'>{} — time to ready (s) vs RTT (ms)</text><line x1='{}' y1='{}' x2='{}' y2='{}' stroke='black'/><line x1='{}' y1='{}' x2='{}' y2='{}' stroke='black'/>",
+        x0 + M, wl.name, sx(0.0), sy(0.0), sx(xmax), sy(0.0), sx(0.0), sy(0.0), sx(0.0), sy(ymax)
+    )
+    .unwrap();
+    for k in 0..=4 {
+        let y = ymax * k as f64 / 4.0;
+        write!(
+            svg,
+            "<text x='{}' y='{}' text-anchor='end'>{y:.1}</text>",
+            sx(0.0) - 4.0,
+            sy(y) + 4.0
+        )
+        .unwrap();
+    }
+    for l in links {
+        let x = l.rtt.as_secs_f64() * 1e3;
+        write!(
+            svg,
+            "<text x='{}' y='{}' text-anchor='middle'>{x:.0}</text>",
+            sx(x),
+            sy(0.0) + 14.0
+        )
+        .unwrap();
+    }
+    for (mi, mode) in MODES.iter().enumerate() {
+        let p = pts(mode);
+        if p.is_empty() {
+            continue;
+        }
+        let path: Vec<String> = p
+            .iter()
+            .map(|(x, y, _)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+            .collect();
+        write!(
+            svg,
+            "<polyline fill='none' stroke='{}' stroke-width='2' points='{}'/>",
+            COLORS[mi],
+            path.join(" ")
+        )
+        .unwrap();
+        for (x, y, est) in &p {
+            // A budget estimate is drawn hollow.
+            write!(
+                svg,
+                "<circle cx='{:.1}' cy='{:.1}' r='3' fill='{}' stroke='{}'/>",
+                sx(*x),
+                sy(*y),
+                if *est { "white" } else { COLORS[mi] },
+                COLORS[mi]
+            )
+            .unwrap();
+        }
+        if wi == 0 && mi == 0 {
+            write!(
+                svg,
+                "<text x='{}' y='{}' fill='black'>hollow = estimate (budget)</text>",
+                x0 + M + 8.0,
+                40.0 + 13.0 * MODES.len() as f64
+            )
+            .unwrap();
+        }
+        if wi == 0 {
+            write!(
+                svg,
+                "<text x='{}' y='{}' fill='{}'>{mode}</text>",
+                x0 + M + 8.0,
+                40.0 + 13.0 * mi as f64,
+                COLORS[mi]
+            )
+            .unwrap();
+        }
+    }
+}
+
+/// Panel `wi`: MB fetched per mode on the first link (the bytes do not depend on the link).
+fn bytes_panel(svg: &mut String, wi: usize, wl: &Workload, links: &[Link], samples: &[Sample]) {
+    let bar_w = 14.0;
+    let x0 = wi as f64 * PW;
+    let vals: Vec<(usize, f64)> = MODES
+        .iter()
+        .enumerate()
+        .filter_map(|(mi, mode)| {
+            let s = stat_of(samples, wl.name, &links.first()?.name(), mode)?;
+            Some((mi, s.bytes as f64 / 1e6))
+        })
+        .collect();
+    let ymax = vals.iter().map(|v| v.1).fold(1.0, f64::max) * 1.15;
+    write!(
+        svg,
+        "<text x='{}' y='16' font-size='13'>{} — MB fetched per mode</text>",
+        x0 + M,
+        wl.name
+    )
+    .unwrap();
+    for (k, (mi, mb)) in vals.iter().enumerate() {
+        let h = mb / ymax * (PH - 2.0 * M);
+        let x = x0 + M + k as f64 * (bar_w * 4.0);
+        let y = PH - M + 20.0 - h;
+        write!(
+            svg,
+            "<rect x='{x}' y='{y}' width='{}' height='{h}' fill='{}'/><text x='{}' y='{}' text-anchor='middle'>{mb:.1}</text><text x='{}' y='{}' text-anchor='middle' font-size='9'>{}</text>",
+            bar_w * 2.0,
+            COLORS[*mi],
+            x + bar_w,
+            y - 3.0,
+            x + bar_w,
+            PH - M + 34.0,
+            MODES[*mi]
+        )
+        .unwrap();
+    }
+}
+
+/// Write `<name>.svg`, and `<name>.png` through rsvg-convert.
+fn save_svg(dir: &Path, name: &str, svg: &str) {
+    let path = dir.join(format!("{name}.svg"));
+    std::fs::write(&path, svg).unwrap();
+    match Command::new("rsvg-convert")
+        .arg("-o")
+        .arg(dir.join(format!("{name}.png")))
+        .arg(&path)
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        _ => println!("{name}.png not written: rsvg-convert (Debian librsvg2-bin) is missing or failed"),
+    }
+}
