@@ -1,14 +1,12 @@
 //! lamina mounts container images straight from an OCI registry, without pulling them first,
 //! and also does the classic full pull so the two can be compared.
 //!
-//! ```text
-//! reference ──► registry ──► resolve (manifest, config, layers)
-//!                               └──► pull: download (parallel, resumable) ──► spool ──► apply ──► DIR
-//! ```
-//!
-//! Modules are named with the words of the design: [`reference`], [`registry`], [`changeset`]
-//! (the OCI layer rules shared by every consumer of layers), [`apply`] (the reference applier),
-//! [`pull`].
+//! The modules are layers, each using only those below it (ARCHITECTURE.md has the picture;
+//! `scripts/check-layers.sh` checks it): [`model`], [`digest`], [`changeset`] at the bottom;
+//! [`index`], [`oci`], [`reference`]; [`format`] (pure parsers and writers), [`registry`],
+//! [`cache`], [`union`]; [`fetch`], [`apply`], [`store`]; [`view`], the image as the front doors
+//! read it; [`fs`] and [`overlay`], the front doors; [`mount`]; and the commands ([`pull`],
+//! [`convert`], [`commit`], [`run`], [`cli`]).
 
 pub mod apply;
 pub mod cache;
