@@ -10,6 +10,15 @@ use crate::reference::ImageRef;
 use crate::registry::manifest::Platform;
 use crate::registry::ClientOptions;
 
+/// What a mount fetches before it is read.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prefetch {
+    /// Read-ahead in blob order, and the access profile where there is one.
+    Auto,
+    /// Only what is read.
+    None,
+}
+
 /// lamina: mount container images straight from an OCI registry.
 #[derive(Parser, Debug)]
 #[command(name = "lamina", version, about)]
@@ -117,6 +126,11 @@ pub struct MountArgs {
     /// where the kernel has it, for files whose bytes are all local).
     #[arg(long)]
     pub no_passthrough: bool,
+    /// What lamina fetches before it is read: `auto` = read-ahead in blob order for readers
+    /// that go on in it (and the image's access profile, where there is one); `none` = only
+    /// what is read (plus the rest of a file's 1 MiB read-ahead, in the same request).
+    #[arg(long, value_enum, default_value_t = Prefetch::Auto)]
+    pub prefetch: Prefetch,
     /// Cache directory (default: $LAMINA_CACHE_DIR, /var/lib/lamina as root, else ~/.cache/lamina).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,

@@ -40,6 +40,7 @@ pub(super) fn mount(args: MountArgs, runtime: &tokio::runtime::Runtime) -> anyho
         cache_max_bytes: args.cache_max_bytes,
         upper,
         passthrough: !args.no_passthrough,
+        prefetch: args.prefetch == super::Prefetch::Auto,
     };
     let prepared = match runtime.block_on(crate::mount::prepare(&args.image, &options)) {
         Ok(p) => p,
@@ -110,6 +111,12 @@ pub(super) fn stats(args: StatsArgs) -> anyhow::Result<()> {
         s.fetched_chunks,
         s.hits,
         s.timeouts
+    );
+    println!(
+        "prefetch   {} fetched ahead, {} used, {} not (yet) used",
+        mb(s.prefetched_bytes),
+        mb(s.prefetch_used_bytes),
+        mb(s.prefetched_bytes.saturating_sub(s.prefetch_used_bytes))
     );
     println!(
         "chunk wait p50 {:.1} ms, p99 {:.1} ms",

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use super::prefetch::Prefetch;
 use crate::cache::chunks::ChunkStore;
 use crate::digest::Digest;
 use crate::format::chunk::{decode_chunk, ChunkError};
@@ -114,6 +115,8 @@ pub struct Fetcher {
     timeout: Duration,
     /// Counters.
     pub stats: FetchStats,
+    /// Prefetch: permits and used / wasted bytes.
+    pub prefetch: Prefetch,
 }
 
 /// Group chunks (in blob order) into runs that one Range request can fetch.
@@ -156,6 +159,12 @@ pub struct StatsSnapshot {
     pub wait_p99_micros: u32,
     /// Per layer blob digest.
     pub layers: HashMap<String, LayerCounters>,
+    /// Uncompressed bytes of chunks prefetched.
+    #[serde(default)]
+    pub prefetched_bytes: u64,
+    /// Of those, bytes a read has used.
+    #[serde(default)]
+    pub prefetch_used_bytes: u64,
 }
 
 impl Fetcher {
@@ -179,6 +188,8 @@ impl Fetcher {
             wait_p50_micros: pct(50),
             wait_p99_micros: pct(99),
             layers: self.stats.layers.lock().clone(),
+            prefetched_bytes: self.prefetch.stats.bytes.load(Ordering::Relaxed),
+            prefetch_used_bytes: self.prefetch.stats.used_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -190,6 +201,7 @@ impl Fetcher {
             inflight: Mutex::new(HashMap::new()),
             timeout,
             stats: FetchStats::default(),
+            prefetch: Prefetch::default(),
         })
     }
 
@@ -206,17 +218,24 @@ impl Fetcher {
     /// Make sure `chunk` is in the store; blocks the calling (non-async) thread up to the
     /// deadline.
     pub fn ensure(self: &Arc<Self>, layer: &LayerSource, chunk: &Chunk) -> Result<(), FetchError> {
-        self.ensure_all(layer, std::slice::from_ref(chunk))
+        self.ensure_all(layer, std::slice::from_ref(chunk), 1)
     }
 
-    /// Make sure every chunk of `chunks` (in blob order) is in the store, fetching the missing
-    /// ones with as few requests as their positions allow; blocks up to one deadline.
-    pub fn ensure_all(self: &Arc<Self>, layer: &LayerSource, chunks: &[Chunk]) -> Result<(), FetchError> {
+    /// Make sure the first `wait_for` chunks of `chunks` (in blob order) are in the store,
+    /// fetching every missing one of `chunks` with as few requests as their positions allow
+    /// (the rest is read-ahead: fetched in the same requests, not waited for); blocks up to
+    /// one deadline.
+    pub fn ensure_all(
+        self: &Arc<Self>,
+        layer: &LayerSource,
+        chunks: &[Chunk],
+        wait_for: usize,
+    ) -> Result<(), FetchError> {
         let deadline = Instant::now() + self.timeout;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.ensure_once(layer, chunks, deadline) {
+            match self.ensure_once(layer, chunks, wait_for, deadline) {
                 // A flight that failed may have been another reader's, started before the
                 // registry came back: try afresh while this read's deadline allows.
                 Err(FetchError::Failed(_)) if attempt < FLIGHT_ATTEMPTS && Instant::now() < deadline => continue,
@@ -229,13 +248,21 @@ impl Fetcher {
         self: &Arc<Self>,
         layer: &LayerSource,
         chunks: &[Chunk],
+        wait_for: usize,
         deadline: Instant,
     ) -> Result<(), FetchError> {
         let mut waits = Vec::new();
         let mut mine: Vec<(Chunk, Arc<Flight>)> = Vec::new();
-        for chunk in chunks {
+        for (i, chunk) in chunks.iter().enumerate() {
+            let needed = i < wait_for;
             if self.store.contains(&chunk.digest) {
-                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                if needed {
+                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    self.prefetch.note_used(&chunk.digest);
+                }
+                continue;
+            }
+            if !needed && chunk.kind == ChunkKind::Zeros {
                 continue;
             }
             if chunk.kind == ChunkKind::Zeros {
@@ -253,18 +280,23 @@ impl Fetcher {
             }
             let mut map = self.inflight.lock();
             match map.get(&chunk.digest) {
-                Some(f) => waits.push(f.clone()),
+                Some(f) if needed => {
+                    self.prefetch.note_used(&chunk.digest);
+                    waits.push(f.clone())
+                }
+                Some(_) => {}
                 None => {
                     let f = Arc::new(Flight::default());
                     map.insert(chunk.digest, f.clone());
-                    waits.push(f.clone());
+                    if needed {
+                        waits.push(f.clone());
+                    }
                     mine.push((chunk.clone(), f));
                 }
             }
         }
         for run in merge_runs(mine) {
-            let (me, layer) = (self.clone(), layer.clone());
-            self.runtime.spawn(async move { me.fetch_run(&layer, run).await });
+            self.runtime.spawn(self.clone().fetch_run(layer.clone(), run));
         }
         let waited_from = Instant::now();
         let any_wait = !waits.is_empty();
@@ -288,6 +320,50 @@ impl Fetcher {
         Ok(())
     }
 
+    /// Fetch `chunks` (in blob order) that nobody waits for yet, behind demand reads (see
+    /// [`super::prefetch`]); returns at once.
+    pub fn prefetch(self: &Arc<Self>, layer: &LayerSource, chunks: Vec<Chunk>) {
+        if chunks.is_empty() || layer.codec == ChunkCodec::Stream {
+            return;
+        }
+        let (me, layer) = (self.clone(), layer.clone());
+        self.runtime.spawn(async move {
+            let runs = merge_runs(chunks.into_iter().map(|c| (c, ())).collect());
+            for run in runs {
+                let Ok(permit) = me.prefetch.permits.clone().acquire_owned().await else {
+                    return;
+                };
+                // Flights are registered only now: a read that came first started its own.
+                let missing: Vec<Chunk> = run
+                    .into_iter()
+                    .map(|(c, _)| c)
+                    .filter(|c| c.kind == ChunkKind::Data && !me.store.contains(&c.digest))
+                    .collect();
+                let mut mine: Vec<(Chunk, Arc<Flight>)> = Vec::new();
+                {
+                    let mut map = me.inflight.lock();
+                    for c in missing {
+                        if let std::collections::hash_map::Entry::Vacant(v) = map.entry(c.digest) {
+                            let f = Arc::new(Flight::default());
+                            v.insert(f.clone());
+                            mine.push((c, f));
+                        }
+                    }
+                }
+                for (c, _) in &mine {
+                    me.prefetch.record(c.digest, c.len);
+                }
+                let (me, layer) = (me.clone(), layer.clone());
+                tokio::spawn(async move {
+                    for sub in merge_runs(mine) {
+                        me.clone().fetch_run(layer.clone(), sub).await;
+                    }
+                    drop(permit);
+                });
+            }
+        });
+    }
+
     /// Count work done for `layer` (by the fetcher, or by a layer stream).
     pub fn count(&self, layer: &LayerSource, requests: u64, bytes: u64, chunks: u64) {
         let mut map = self.stats.layers.lock();
@@ -297,34 +373,98 @@ impl Fetcher {
         c.chunks += chunks;
     }
 
-    /// Fetch a run of neighbouring chunks with one request; a chunk that does not verify is
-    /// fetched again on its own.
-    async fn fetch_run(&self, layer: &LayerSource, run: Vec<(Chunk, Arc<Flight>)>) {
+    /// Fetch a run of neighbouring chunks with one request, settling each chunk's flight as
+    /// soon as its bytes have arrived and verified (a read waiting for the first chunk of a
+    /// long run does not wait for the rest). A chunk that does not verify is fetched again on
+    /// its own; when the request fails or stalls, the chunks not yet settled fail.
+    async fn fetch_run(self: Arc<Self>, layer: LayerSource, run: Vec<(Chunk, Arc<Flight>)>) {
         let start = run[0].0.blob_offset;
         let end = run
             .iter()
             .map(|(c, _)| c.blob_offset + c.blob_len)
             .max()
             .expect("runs are not empty");
-        let fetched = self.range(layer, start, end - start).await;
-        for (chunk, flight) in run {
-            let result = match &fetched {
+        let mut pending = run.into_iter().peekable();
+        let outcome = self.stream_run(&layer, start, end, &mut pending).await;
+        for (chunk, flight) in pending {
+            let result = match &outcome {
+                Ok(()) => Err(FetchError::Failed("the range ended before this chunk".into())),
                 Err(e) => Err(e.clone()),
-                Ok(bytes) => {
-                    let from = (chunk.blob_offset - start) as usize;
-                    match self.store_chunk(layer, &chunk, &bytes[from..from + chunk.blob_len as usize]) {
-                        Ok(stored) => stored,
-                        Err(e) => {
-                            tracing::warn!(layer = %layer.digest, error = %e, "chunk did not verify; fetching it again");
-                            self.fetch(layer, &chunk).await
-                        }
+            };
+            self.settle(&chunk, &flight, result);
+        }
+    }
+
+    /// Stream bytes `start..end` of the layer blob, storing the chunks of `pending` (in blob
+    /// order) as their bytes complete. Stops at the first error or stall.
+    async fn stream_run(
+        self: &Arc<Self>,
+        layer: &LayerSource,
+        start: u64,
+        end: u64,
+        pending: &mut std::iter::Peekable<std::vec::IntoIter<(Chunk, Arc<Flight>)>>,
+    ) -> Result<(), FetchError> {
+        let failed = |e: String| FetchError::Failed(e);
+        let stall = |_| FetchError::Failed(format!("no bytes within {:?}", self.timeout));
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.count(layer, 1, 0, 0);
+        let request = layer
+            .registry
+            .blob_range_stream(&layer.repo, &layer.digest, start, end - start);
+        let mut stream = tokio::time::timeout(self.timeout, request)
+            .await
+            .map_err(stall)?
+            .map_err(|e| failed(e.to_string()))?;
+        let mut buf = bytes::BytesMut::new();
+        let mut buf_offset = start;
+        while pending.peek().is_some() {
+            let piece = tokio::time::timeout(self.timeout, stream.next())
+                .await
+                .map_err(stall)?
+                .map_err(|e| failed(e.to_string()))?;
+            let Some(piece) = piece else { break };
+            self.stats
+                .fetched_bytes
+                .fetch_add(piece.len() as u64, Ordering::Relaxed);
+            self.count(layer, 0, piece.len() as u64, 0);
+            buf.extend_from_slice(&piece);
+            while let Some((chunk, _)) = pending.peek() {
+                let (from, to) = (
+                    chunk.blob_offset - buf_offset,
+                    chunk.blob_offset + chunk.blob_len - buf_offset,
+                );
+                if to > buf.len() as u64 {
+                    break;
+                }
+                let (chunk, flight) = pending.next().expect("peeked");
+                match self.store_chunk(layer, &chunk, &buf[from as usize..to as usize]) {
+                    Ok(stored) => self.settle(&chunk, &flight, stored),
+                    Err(e) => {
+                        tracing::warn!(layer = %layer.digest, error = %e, "chunk did not verify; fetching it again");
+                        let (me, layer) = (self.clone(), layer.clone());
+                        tokio::spawn(async move {
+                            let result = me.fetch(&layer, &chunk).await;
+                            me.settle(&chunk, &flight, result);
+                        });
                     }
                 }
-            };
-            *flight.result.lock() = Some(result);
-            flight.done.notify_all();
-            self.inflight.lock().remove(&chunk.digest);
+                // Keep only the bytes from the next chunk on.
+                let next = pending
+                    .peek()
+                    .map_or(to, |(c, _)| c.blob_offset - buf_offset)
+                    .min(buf.len() as u64);
+                let _ = buf.split_to(next as usize);
+                buf_offset += next;
+            }
         }
+        Ok(())
+    }
+
+    /// Record a chunk's outcome and wake its waiters.
+    fn settle(&self, chunk: &Chunk, flight: &Flight, result: Result<(), FetchError>) {
+        *flight.result.lock() = Some(result);
+        flight.done.notify_all();
+        self.inflight.lock().remove(&chunk.digest);
     }
 
     /// Fetch one chunk on its own, again while its bytes do not verify.

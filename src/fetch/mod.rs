@@ -5,12 +5,14 @@
 //!   fetcher.rs  Fetcher: one flight per chunk, merged Range requests, deadlines, counters
 //!   locate.rs   a layer's TOC over the network: annotations first, else one footer probe
 //!   plain.rs    a plain tar layer streamed once: each file's bytes into the chunk store
+//!   prefetch.rs chunks fetched before they are read, behind demand reads; used / wasted
 //!   verify.rs   fetch and check every chunk of a layer (`inspect --verify`)
 //! ```
 
 pub mod fetcher;
 pub mod locate;
 pub mod plain;
+pub mod prefetch;
 pub mod verify;
 
 pub use fetcher::*;

@@ -54,6 +54,8 @@ pub struct MountOptions {
     pub upper: Option<UpperOptions>,
     /// Ask the kernel for FUSE passthrough (reads and writes of local files bypass lamina).
     pub passthrough: bool,
+    /// Fetch ahead of reads (blob-order read-ahead; access profiles).
+    pub prefetch: bool,
 }
 
 /// Where a writable mount keeps its changes.
@@ -246,7 +248,11 @@ pub fn serve(
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()));
         }
     };
-    let view = Arc::new(ImageView::new(live.clone(), prepared.sources.clone(), fetcher.clone()));
+    let mut view = ImageView::new(live.clone(), prepared.sources.clone(), fetcher.clone());
+    if !options.prefetch {
+        view = view.without_readahead();
+    }
+    let view = Arc::new(view);
     let mut config = Config::default();
     config.mount_options = vec![
         if options.upper.is_some() {

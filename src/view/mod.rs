@@ -10,6 +10,7 @@
 //! ```
 
 mod read;
+mod readahead;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -71,6 +72,7 @@ pub struct ImageView {
     live: Arc<LiveUnion>,
     sources: Vec<LayerSource>,
     fetcher: Arc<Fetcher>,
+    readahead: readahead::Readahead,
 }
 
 /// The FUSE file type of an entry kind.
@@ -96,7 +98,19 @@ fn time_of((secs, nanos): (i64, u32)) -> SystemTime {
 impl ImageView {
     /// A view over a merged image.
     pub fn new(live: Arc<LiveUnion>, sources: Vec<LayerSource>, fetcher: Arc<Fetcher>) -> ImageView {
-        ImageView { live, sources, fetcher }
+        let readahead = readahead::Readahead::new(sources.len());
+        ImageView {
+            live,
+            sources,
+            fetcher,
+            readahead,
+        }
+    }
+
+    /// Fetch nothing ahead in blob order (`--prefetch none`).
+    pub fn without_readahead(mut self) -> ImageView {
+        self.readahead = readahead::Readahead::new(0);
+        self
     }
 
     /// How many nodes the union has (for statfs).

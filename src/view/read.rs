@@ -5,7 +5,7 @@
 use fuser::INodeNo;
 
 use super::{ImageView, OpError};
-use crate::model::{Chunk, EntryKind};
+use crate::model::{Chunk, ChunkCodec, EntryKind};
 
 /// Chunks past the end of a read fetched along with it (in the same merged request): a file
 /// being read is usually read on, and one round trip more costs more than the bytes.
@@ -23,6 +23,8 @@ struct FilePlan {
     needed: usize,
     /// Every chunk digest of the file, when the read reaches its end and it is assembled.
     all_digests: Option<Vec<[u8; 32]>>,
+    /// Chunks of the layer to fetch ahead, in blob order (the read goes on in blob order).
+    ahead: Vec<Chunk>,
 }
 
 impl ImageView {
@@ -72,6 +74,18 @@ impl ImageView {
                 needed
             };
             let assembled = e.digest.filter(|_| e.chunk_count > 1);
+            let mut ahead = Vec::new();
+            if index.codec != ChunkCodec::Stream && first < needed {
+                let start = chunks[first].blob_offset;
+                let end = chunks[first..needed]
+                    .iter()
+                    .map(|c| c.blob_offset + c.blob_len)
+                    .max()
+                    .unwrap_or(start);
+                if let Some((from, to)) = self.readahead.advance(layer, start, end) {
+                    ahead = self.readahead.chunks_in(layer, index, from, to);
+                }
+            }
             Ok(Some(FilePlan {
                 layer,
                 size: n.size,
@@ -79,17 +93,18 @@ impl ImageView {
                 chunks: chunks[first..wanted].to_vec(),
                 needed: needed - first,
                 all_digests: (assembled.is_some() && end == n.size).then(|| chunks.iter().map(|c| c.digest).collect()),
+                ahead,
             }))
         })
     }
 
     /// The bytes of a file range, fetching missing chunks.
     pub fn read(&self, ino: INodeNo, offset: u64, size: u32) -> Result<Vec<u8>, OpError> {
-        let Some(plan) = self.plan(ino, offset, size)? else {
+        let Some(mut plan) = self.plan(ino, offset, size)? else {
             return Ok(Vec::new());
         };
         let end = (offset + size as u64).min(plan.size);
-        let data = self.read_chunks(&plan, offset, end)?;
+        let data = self.read_chunks(&mut plan, offset, end)?;
         if let (Some(file_digest), Some(digests)) = (plan.assembled, plan.all_digests) {
             // The file has been read to its end: if every chunk is here, keep one copy of it
             // whole, so later reads (this mount's and the next) are one pread.
@@ -105,11 +120,13 @@ impl ImageView {
     }
 
     /// The bytes `offset..end` of a file from its chunks, fetching missing ones.
-    fn read_chunks(&self, plan: &FilePlan, offset: u64, end: u64) -> Result<Vec<u8>, OpError> {
+    fn read_chunks(&self, plan: &mut FilePlan, offset: u64, end: u64) -> Result<Vec<u8>, OpError> {
         let layer = plan.layer;
         let mut out = vec![0u8; (end - offset) as usize];
         self.fetcher
-            .ensure_all(&self.sources[layer], &plan.chunks)
+            .prefetch(&self.sources[layer], std::mem::take(&mut plan.ahead));
+        self.fetcher
+            .ensure_all(&self.sources[layer], &plan.chunks, plan.needed)
             .map_err(OpError::Fetch)?;
         for c in &plan.chunks[..plan.needed] {
             let from = offset.max(c.file_offset);

@@ -19,5 +19,5 @@ pub mod upload;
 
 pub use check::BlobCheck;
 pub use download::download_layer;
-pub use read::{parse_content_range, BlobStream};
+pub use read::{parse_content_range, BlobStream, RangeStream};
 pub use spool::Spool;

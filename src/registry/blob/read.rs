@@ -5,6 +5,7 @@
 //! `Content-Range` checked, or was cut from a 200 answer that ignored the Range.
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, RANGE};
 use reqwest::{Method, Response, StatusCode};
 
@@ -21,6 +22,75 @@ pub struct BlobStream {
     pub partial: bool,
     /// The URL, for errors.
     pub url: String,
+}
+
+/// Most bytes reserved up front for a range read into memory (the rest grows as it arrives).
+const MAX_PREALLOCATED_BYTES: u64 = 8 << 20;
+
+type BodyStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+/// The bytes of one range of a blob, arriving: exactly `len` bytes, or an error.
+pub struct RangeStream {
+    body: Option<BodyStream>,
+    /// Bytes still to skip (a 200 answer starts at byte 0 of the blob).
+    skip: u64,
+    /// Bytes of the range still to come.
+    left: u64,
+    len: u64,
+    url: String,
+}
+
+impl RangeStream {
+    fn empty(url: String) -> RangeStream {
+        RangeStream {
+            body: None,
+            skip: 0,
+            left: 0,
+            len: 0,
+            url,
+        }
+    }
+
+    /// The next piece of the range; `None` once all of it came. A body that ends early is a
+    /// `SizeMismatch`; bytes past the range are never returned.
+    pub async fn next(&mut self) -> Result<Option<Bytes>> {
+        while self.left > 0 {
+            let Some(body) = self.body.as_mut() else { break };
+            let piece = match body.next().await {
+                None => break,
+                Some(Err(error)) => {
+                    return Err(RegistryError::Transport {
+                        method: "GET".into(),
+                        url: self.url.clone(),
+                        error,
+                    })
+                }
+                Some(Ok(p)) => p,
+            };
+            let mut piece = piece;
+            let k = self.skip.min(piece.len() as u64) as usize;
+            self.skip -= k as u64;
+            let piece = piece.split_off(k);
+            if piece.is_empty() {
+                continue;
+            }
+            let take = self.left.min(piece.len() as u64) as usize;
+            self.left -= take as u64;
+            if self.left == 0 {
+                // Done: drop the body so a whole-blob answer is not read on.
+                self.body = None;
+            }
+            return Ok(Some(piece.slice(..take)));
+        }
+        if self.left > 0 {
+            return Err(RegistryError::SizeMismatch {
+                what: format!("range of {} bytes from {}", self.len, self.url),
+                expected: self.len,
+                actual: self.len - self.left,
+            });
+        }
+        Ok(None)
+    }
 }
 
 impl Registry {
@@ -84,21 +154,34 @@ impl Registry {
         })
     }
 
-    /// Bytes `start .. start + len` of a blob (one Range request). A registry that ignores
-    /// Range and answers 200 still gives the right bytes, cut from the full body.
+    /// Bytes `start .. start + len` of a blob (one Range request), in memory. A registry that
+    /// ignores Range and answers 200 still gives the right bytes, cut from the full body as it
+    /// streams by (never more than `len` bytes are kept).
     pub async fn blob_range(&self, repo: &str, digest: &Digest, start: u64, len: u64) -> Result<Bytes> {
-        if len == 0 {
-            return Ok(Bytes::new());
+        let mut stream = self.blob_range_stream(repo, digest, start, len).await?;
+        let mut out = bytes::BytesMut::with_capacity(len.min(MAX_PREALLOCATED_BYTES) as usize);
+        while let Some(piece) = stream.next().await? {
+            out.extend_from_slice(&piece);
         }
-        let end = start + len - 1;
+        Ok(out.freeze())
+    }
+
+    /// Start reading bytes `start .. start + len` of a blob (one Range request); the body is
+    /// read piece by piece with [`RangeStream::next`], so a caller can use the first bytes
+    /// before the last arrive.
+    pub async fn blob_range_stream(&self, repo: &str, digest: &Digest, start: u64, len: u64) -> Result<RangeStream> {
+        let end = start + len.max(1) - 1;
         let url = self.blob_url(repo, digest)?;
+        if len == 0 {
+            return Ok(RangeStream::empty(url.to_string()));
+        }
         let mut headers = HeaderMap::new();
         headers.insert(RANGE, range_header(&format!("bytes={start}-{end}")));
         let resp = self
             .send(&scope(repo, Access::Pull), Method::GET, url.clone(), headers, None)
             .await?;
         let resp = expect(resp, &[StatusCode::OK, StatusCode::PARTIAL_CONTENT], "GET", &url).await?;
-        if resp.status() == StatusCode::PARTIAL_CONTENT {
+        let skip = if resp.status() == StatusCode::PARTIAL_CONTENT {
             let got = header_text(&resp, "content-range").unwrap_or_default();
             if !matches!(parse_content_range(&got), Some((s, e, _)) if s == start && e == end) {
                 return Err(RegistryError::BadRange {
@@ -108,25 +191,18 @@ impl Registry {
                     got,
                 });
             }
-            let body = read_limited(resp, len, &url, "range").await?;
-            if body.len() as u64 != len {
-                return Err(RegistryError::SizeMismatch {
-                    what: format!("range {start}-{end} of {url}"),
-                    expected: len,
-                    actual: body.len() as u64,
-                });
-            }
-            return Ok(body);
-        }
-        let body = read_limited(resp, end.saturating_add(1), &url, "range (full answer)").await?;
-        if (body.len() as u64) < end + 1 {
-            return Err(RegistryError::SizeMismatch {
-                what: format!("range {start}-{end} of {url} (registry sent the whole blob)"),
-                expected: end + 1,
-                actual: body.len() as u64,
-            });
-        }
-        Ok(body.slice(start as usize..=end as usize))
+            0
+        } else {
+            // The whole blob: skip to `start` as it streams by.
+            start
+        };
+        Ok(RangeStream {
+            body: Some(Box::pin(resp.bytes_stream())),
+            skip,
+            left: len,
+            len,
+            url: url.to_string(),
+        })
     }
 
     /// Whether the repository already has the blob (`HEAD`).

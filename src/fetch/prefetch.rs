@@ -1,0 +1,65 @@
+//! Prefetch: chunks fetched before anyone reads them (read-ahead windows, access profiles).
+//!
+//! Demand reads always come first: a prefetch request registers its chunks' flights only when
+//! it starts (so a read never waits behind a queued prefetch: it starts its own request), and
+//! at most [`PREFETCH_REQUESTS`] prefetch requests are in flight at once, leaving room on the
+//! link for demand requests. Every prefetched chunk is remembered until a read uses it, which
+//! gives the used / wasted figures of `lamina stats`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+/// Prefetch requests in flight at once: enough to fill a link's bandwidth-delay product with
+/// 4 MiB requests, few enough that demand requests still get their share of the link.
+pub const PREFETCH_REQUESTS: usize = 4;
+
+/// What prefetch did, in uncompressed chunk bytes.
+#[derive(Debug, Default)]
+pub struct PrefetchStats {
+    /// Bytes of chunks prefetched.
+    pub bytes: AtomicU64,
+    /// Of those, bytes a read has used since.
+    pub used_bytes: AtomicU64,
+    /// Chunks prefetched.
+    pub chunks: AtomicU64,
+}
+
+/// The prefetch side of a fetcher.
+pub struct Prefetch {
+    /// Requests allowed in flight.
+    pub(super) permits: Arc<tokio::sync::Semaphore>,
+    /// Prefetched chunks no read has used yet, with their lengths.
+    unused: Mutex<HashMap<[u8; 32], u64>>,
+    /// Counters.
+    pub stats: PrefetchStats,
+}
+
+impl Default for Prefetch {
+    fn default() -> Self {
+        Prefetch {
+            permits: Arc::new(tokio::sync::Semaphore::new(PREFETCH_REQUESTS)),
+            unused: Mutex::new(HashMap::new()),
+            stats: PrefetchStats::default(),
+        }
+    }
+}
+
+impl Prefetch {
+    /// A chunk was fetched by prefetch.
+    pub(super) fn record(&self, digest: [u8; 32], len: u64) {
+        if self.unused.lock().insert(digest, len).is_none() {
+            self.stats.bytes.fetch_add(len, Ordering::Relaxed);
+            self.stats.chunks.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A read needed this chunk: if prefetch brought it, it was worth it.
+    pub fn note_used(&self, digest: &[u8; 32]) {
+        if let Some(len) = self.unused.lock().remove(digest) {
+            self.stats.used_bytes.fetch_add(len, Ordering::Relaxed);
+        }
+    }
+}
