@@ -24,6 +24,7 @@ pub mod model;
 pub mod mount;
 pub mod oci;
 pub mod overlay;
+pub mod profile;
 pub mod progress;
 pub mod pull;
 pub mod reference;

@@ -24,7 +24,8 @@ pub type Needed = BTreeMap<&'static str, (u64, f64)>;
 
 /// Build and publish the `wanted` workloads, in the order distro, python, app, weights.
 /// Images: the Debian image of scripts/build-image.sh (its base layer alone is the distro
-/// image), its `app` variant, and a large-file image (distro + a 128 MiB "weights" file).
+/// image), its `app` variant, and a large-file image (distro + a 128 MiB "weights" file);
+/// `tree` reads every file of the python image.
 pub fn publish_all(root: &str, registry: &TestRegistry, w: &Path, wanted: &[String]) -> Vec<Workload> {
     let wants = |name: &str| wanted.iter().any(|x| x == name);
     let python_layout = build_image(root, None);
@@ -62,6 +63,22 @@ pub fn publish_all(root: &str, registry: &TestRegistry, w: &Path, wanted: &[Stri
                 "python3".into(),
                 "-c".into(),
                 "import json, yaml, email.parser, http.client, decimal; print('ready')".into(),
+            ],
+        });
+    }
+    if wants("tree") {
+        // Every file of the python image read once, in the order tar walks the tree: a bulk
+        // reader (backup, scan, copy), the worst case for one request per file.
+        if !wants("python") {
+            publish(root, registry, &python_layout, "suite/python", w);
+        }
+        workloads.push(Workload {
+            name: "tree",
+            repo: "suite/python".into(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "tar -cf - --one-file-system -C / . | cat > /dev/null".into(),
             ],
         });
     }

@@ -48,6 +48,8 @@ pub enum Command {
     Stats(StatsArgs),
     /// Look after the local cache: `stats`, `ls`, `gc --max-bytes N`.
     Cache(CacheArgs),
+    /// Access profiles (what workloads read, for prefetch): `ls`, `show`, `push`, `rm`.
+    Profile(ProfileArgs),
     /// Turn a writable mount's changes into a new image (one zstd:chunked layer on top).
     Commit(container::CommitArgs),
     /// Mount an image writable and run its program in it (chroot + namespaces); exits with
@@ -78,6 +80,45 @@ pub enum CacheAction {
         /// The quota for chunks, in bytes (0 empties the chunk store).
         #[arg(long)]
         max_bytes: u64,
+    },
+}
+
+/// `lamina profile`.
+#[derive(Args, Debug)]
+pub struct ProfileArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: ProfileAction,
+    /// Cache directory (default: $LAMINA_CACHE_DIR, /var/lib/lamina as root, else ~/.cache/lamina).
+    #[arg(long, global = true)]
+    pub cache_dir: Option<PathBuf>,
+    /// Registry settings.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// `lamina profile` actions.
+#[derive(Subcommand, Debug)]
+pub enum ProfileAction {
+    /// List the profiles in the cache.
+    Ls,
+    /// Show an image's profile (the cache's, else the registry's).
+    Show {
+        /// Image reference.
+        #[arg(value_parser = parse_reference)]
+        image: ImageRef,
+    },
+    /// Push an image's cached profile to its registry, as an artifact referring to the image.
+    Push {
+        /// Image reference.
+        #[arg(value_parser = parse_reference)]
+        image: ImageRef,
+    },
+    /// Remove an image's profile from the cache.
+    Rm {
+        /// Image reference.
+        #[arg(value_parser = parse_reference)]
+        image: ImageRef,
     },
 }
 

@@ -7,6 +7,7 @@
 //!   image.rs      pull, convert, inspect
 //!   mount.rs      mount (foreground or as a daemon), stats
 //!   cache.rs      cache stats | ls | gc
+//!   profile.rs    profile ls | show | push | rm
 //!   container.rs  commit, run (and the temporary mounts they make)
 //! ```
 
@@ -15,6 +16,7 @@ mod cache;
 mod container;
 mod image;
 mod mount;
+mod profile;
 
 use anyhow::Context as _;
 
@@ -34,6 +36,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Umount(args) => crate::mount::unmount(&args.mountpoint).map_err(anyhow::Error::msg),
         Command::Stats(args) => mount::stats(args),
         Command::Cache(args) => cache::cache(args),
+        Command::Profile(args) => runtime.block_on(profile::profile(args)),
         Command::Commit(args) => container::commit(args, &runtime),
         Command::Run(args) => {
             let code = container::run(args, &runtime)?;

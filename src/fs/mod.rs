@@ -102,7 +102,10 @@ impl Filesystem for ImageFs {
         match self.view.with_node(ino, |_| ()) {
             Err(e) => reply.error(errno(&e)),
             Ok(()) if self.passthrough => self.backing.lock().open(&self.view, ino, reply),
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(()) => {
+                self.view.record_open(ino, false);
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
+            }
         }
     }
 

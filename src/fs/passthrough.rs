@@ -75,12 +75,14 @@ impl Backing {
                     }
                     Err(e) => {
                         tracing::trace!(error = %e, "no passthrough; serving reads");
+                        view.record_open(ino, false);
                         let fh = backing.open_cached(ino.0);
                         return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
                     }
                 }
             }
         };
+        view.record_open(ino, true);
         let fh = backing.new_fh();
         backing.by_handle.insert(fh, id.clone());
         backing.by_inode.retain(|_, w| w.strong_count() > 0);

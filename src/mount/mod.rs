@@ -10,6 +10,7 @@
 //! ```
 
 pub mod daemon;
+pub mod profiling;
 pub mod stream;
 
 pub use daemon::signal_ready;
@@ -101,6 +102,8 @@ pub struct Prepared {
     pub store: ChunkStore,
     /// Digest of the image manifest.
     pub manifest_digest: crate::digest::Digest,
+    /// The access profile the mount starts from, if the image has one.
+    pub profile: Option<crate::profile::Profile>,
 }
 
 /// Resolve and index an image.
@@ -172,6 +175,14 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
             codec: ix.codec,
         })
         .collect();
+    let profile = profiling::starting_profile(
+        &options.cache_dir,
+        &registry,
+        &reference.repository,
+        &image.manifest_digest,
+        options.prefetch,
+    )
+    .await;
     Ok(Prepared {
         layers,
         sources,
@@ -179,6 +190,7 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
         cache,
         store,
         manifest_digest: image.manifest_digest.clone(),
+        profile,
     })
 }
 
@@ -205,6 +217,8 @@ pub struct MountState {
 
 /// How often a mount's state file is rewritten.
 const STATE_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a mount merges what it recorded into the cached access profile.
+const PROFILE_INTERVAL: Duration = Duration::from_secs(5);
 /// How often a mount with a cache quota collects.
 const GC_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -253,6 +267,13 @@ pub fn serve(
         view = view.without_readahead();
     }
     let view = Arc::new(view);
+    let recording = profiling::Recording::new(
+        prepared.profile.clone(),
+        options.cache_dir.clone(),
+        prepared.manifest_digest.clone(),
+        layer_digests.clone(),
+        view.clone(),
+    );
     let mut config = Config::default();
     config.mount_options = vec![
         if options.upper.is_some() {
@@ -271,7 +292,7 @@ pub fn serve(
     config.n_threads = Some(FUSE_THREADS);
     let spawned = match &options.upper {
         None => {
-            let mut fs = ImageFs::new(view);
+            let mut fs = ImageFs::new(view.clone());
             if !options.passthrough {
                 fs = fs.without_passthrough();
             }
@@ -294,7 +315,7 @@ pub fn serve(
                     return Err(std::io::Error::other(e.to_string()));
                 }
             };
-            crate::overlay::OverlayFs::new(view, upper, options.passthrough)
+            crate::overlay::OverlayFs::new(view.clone(), upper, options.passthrough)
                 .and_then(|ofs| fuser::spawn_mount(ofs, mountpoint, &config))
         }
     };
@@ -313,11 +334,17 @@ pub fn serve(
             let publisher = {
                 let (stop, state, image, mountpoint) =
                     (stop.clone(), state.clone(), image.to_string(), mountpoint.to_path_buf());
+                let (fetcher, layer_digests) = (fetcher.clone(), layer_digests.clone());
                 let (quota, cache_dir) = (options.cache_max_bytes, options.cache_dir.clone());
                 let upper_dir = options.upper.as_ref().map(|u| u.dir.clone());
                 std::thread::spawn(move || {
                     let mut last_gc = std::time::Instant::now() - GC_INTERVAL;
+                    let mut last_profile = std::time::Instant::now();
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if last_profile.elapsed() >= PROFILE_INTERVAL {
+                            recording.flush();
+                            last_profile = std::time::Instant::now();
+                        }
                         if let Some(max) = quota.filter(|_| last_gc.elapsed() >= GC_INTERVAL) {
                             let c = crate::cache::gc::collect(&cache_dir, max);
                             if c.chunks > 0 {
@@ -350,10 +377,14 @@ pub fn serve(
                         let _ = first_tx.send(());
                         std::thread::sleep(STATE_INTERVAL);
                     }
+                    recording.flush();
                 })
             };
             let _ = first_rx.recv_timeout(Duration::from_secs(5));
             ready(Ok(()));
+            if let Some(p) = prepared.profile.as_ref().filter(|_| options.prefetch) {
+                profiling::prefetch(p, &view, &fetcher, &prepared.sources, &layer_digests);
+            }
             let result = session.join();
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = publisher.join();

@@ -8,6 +8,7 @@
 //!   auth.rs       Docker config credentials, WWW-Authenticate parsing, token cache
 //!   blob/         blob reads, uploads, resumable downloads into spools, digest checks
 //!   manifest.rs   manifest/index/config parsing, platform selection
+//!   referrers.rs  OCI 1.1 referrers API, and the fallback tag of registries without it
 //!   resolve.rs    reference → chosen image manifest + config + checked layers
 //!   error.rs      RegistryError
 //! ```
@@ -17,6 +18,7 @@ pub mod blob;
 pub mod client;
 pub mod error;
 pub mod manifest;
+pub mod referrers;
 pub mod resolve;
 mod token;
 mod transport;

@@ -11,6 +11,7 @@
 
 mod read;
 mod readahead;
+pub mod record;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -73,6 +74,8 @@ pub struct ImageView {
     sources: Vec<LayerSource>,
     fetcher: Arc<Fetcher>,
     readahead: readahead::Readahead,
+    /// What the workload reads, for the image's access profile.
+    pub recorder: record::Recorder,
 }
 
 /// The FUSE file type of an entry kind.
@@ -104,6 +107,19 @@ impl ImageView {
             sources,
             fetcher,
             readahead,
+            recorder: record::Recorder::default(),
+        }
+    }
+
+    /// The union this view serves.
+    pub fn live(&self) -> &Arc<LiveUnion> {
+        &self.live
+    }
+
+    /// File `ino` was opened (`whole`: with passthrough, its reads will not reach lamina).
+    pub fn record_open(&self, ino: INodeNo, whole: bool) {
+        if let Some((layer, entry)) = self.live.read(|st| st.union.get(ino.0).and_then(|n| n.source)) {
+            self.recorder.opened(layer, entry, whole);
         }
     }
 

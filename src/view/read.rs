@@ -74,6 +74,9 @@ impl ImageView {
                 needed
             };
             let assembled = e.digest.filter(|_| e.chunk_count > 1);
+            if first < needed {
+                self.recorder.read(layer, entry, first as u32, (needed - 1) as u32);
+            }
             let mut ahead = Vec::new();
             if index.codec != ChunkCodec::Stream && first < needed {
                 let start = chunks[first].blob_offset;
