@@ -300,7 +300,7 @@ mod tests {
     #[test]
     fn ranges_normalize() {
         assert_eq!(
-            normalize_ranges(vec![(5, 6), (0, 1), (2, 3), (9, 8), (7, 7)]),
+            normalize_ranges(vec![(5, 6), (0, 1), (2, 3), (9, 8), (7, 7), (4, 4)]),
             vec![(0, 7)]
         );
         assert_eq!(normalize_ranges(vec![(0, 0), (2, 2)]), vec![(0, 0), (2, 2)]);
