@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! CACHE/
-//!   blobs/sha256/<hex>              whole blobs lamina wrote (converted layers), named by digest
+//!   blobs/sha256/<hex>              whole blobs lamina wrote (converted layers) and the manifests,
+//!                                   indexes and configs of mounted images (documents.rs), by digest
 //!   conversions/<src-hex>.<opts>.json   source layer → converted layer record
 //!   indexes/<layer-hex>.lidx            a layer's index (index::disk format), built from its TOC
 //!   chunks/sha256/ab/<hex>             one uncompressed chunk, named by its sha256 (chunks.rs)
@@ -15,6 +16,7 @@
 //! verified, then renamed); a conversion record names a blob that was complete when written.
 
 pub mod chunks;
+pub mod documents;
 pub mod gc;
 
 use std::path::{Path, PathBuf};

@@ -35,7 +35,7 @@ use crate::registry::{ClientOptions, RegistryError};
 use crate::store::{ImageLocation, Store, StoreError};
 
 /// Bump when the writer's output for the same options changes, so old records are not reused.
-const WRITER_VERSION: u32 = 1;
+const WRITER_VERSION: u32 = 2;
 
 /// Settings for a conversion.
 #[derive(Clone, Debug)]

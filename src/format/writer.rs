@@ -209,6 +209,11 @@ pub fn write_zstd_chunked<R: Read, W: Write>(input: R, output: W, options: &Writ
                 if (pending.len() - start) as u64 != padding {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated tar padding"));
                 }
+                // The padding is part of the stream: tar-split keeps it as raw bytes, so the
+                // tar can be rebuilt byte for byte from tar-split and the files.
+                if padding > 0 {
+                    split.segment(&pending[start..])?;
+                }
             }
         }
     }

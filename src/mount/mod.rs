@@ -30,7 +30,7 @@ use crate::index::{disk, LayerIndex};
 use crate::model::ChunkKind;
 use crate::reference::ImageRef;
 use crate::registry::manifest::Platform;
-use crate::registry::{resolve_image, ClientOptions, Registry, RegistryError};
+use crate::registry::{resolve_image_with, ClientOptions, Registry, RegistryError};
 use crate::union::live::{LayerStatus, LiveUnion};
 use crate::union::UnionError;
 use crate::view::ImageView;
@@ -113,9 +113,10 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
         reference.api_host(),
         &options.client,
     )?);
-    let image = resolve_image(&registry, reference, &options.platform).await?;
     let cache = CacheDir::open(&options.cache_dir)
         .map_err(|e| MountError::Local(format!("cache {}: {e}", options.cache_dir.display())))?;
+    // Manifests and configs by digest come from the cache: a warm mount by digest sends nothing.
+    let image = resolve_image_with(&registry, reference, &options.platform, Some(&cache)).await?;
     let store = ChunkStore::open(&options.cache_dir)
         .map_err(|e| MountError::Local(format!("chunk store {}: {e}", options.cache_dir.display())))?;
     let indexes = futures_util::future::join_all(image.layers.iter().map(|l| {

@@ -1,6 +1,7 @@
 //! From an image reference to what a pull or mount needs: the chosen platform's manifest, its
 //! config, and a checked list of layers with their diff ids.
 
+use bytes::Bytes;
 use oci_spec::image::{ImageConfiguration, ImageManifest};
 
 use super::client::Registry;
@@ -51,13 +52,53 @@ pub struct ResolvedImage {
     pub layers: Vec<Layer>,
 }
 
+/// Where resolved documents (manifests, indexes, configs) are kept by digest, so that a
+/// reference by digest resolves again without the registry.
+pub trait DocumentStore: Send + Sync {
+    /// The document named `digest`, if kept (and its bytes still have that digest).
+    fn get(&self, digest: &Digest) -> Option<Bytes>;
+    /// Keep a document whose digest was checked (best effort).
+    fn put(&self, digest: &Digest, bytes: &[u8]);
+}
+
 /// Resolve `reference` on `registry`, picking `platform` from an index.
 pub async fn resolve_image(registry: &Registry, reference: &ImageRef, platform: &Platform) -> Result<ResolvedImage> {
+    resolve_image_with(registry, reference, platform, None).await
+}
+
+/// A manifest by tag or digest: from `docs` when named by a digest it keeps, else from the
+/// registry (and then kept).
+async fn manifest_of(
+    registry: &Registry,
+    repo: &str,
+    wanted: &str,
+    docs: Option<&dyn DocumentStore>,
+) -> Result<(Bytes, Option<String>, Digest)> {
+    if let (Some(docs), Ok(digest)) = (docs, wanted.parse::<Digest>()) {
+        if let Some(body) = docs.get(&digest) {
+            return Ok((body, None, digest));
+        }
+    }
+    let (body, content_type, digest) = registry.manifest(repo, wanted).await?;
+    if let Some(docs) = docs {
+        docs.put(&digest, &body);
+    }
+    Ok((body, content_type, digest))
+}
+
+/// [`resolve_image`], keeping manifests and configs in `docs`: a reference by digest whose
+/// documents are kept resolves without a single request.
+pub async fn resolve_image_with(
+    registry: &Registry,
+    reference: &ImageRef,
+    platform: &Platform,
+    docs: Option<&dyn DocumentStore>,
+) -> Result<ResolvedImage> {
     let repo = &reference.repository;
     let mut wanted = reference.manifest_reference();
     let mut depth = 0;
     let (manifest, manifest_digest) = loop {
-        let (body, content_type, digest) = registry.manifest(repo, &wanted).await?;
+        let (body, content_type, digest) = manifest_of(registry, repo, &wanted, docs).await?;
         match manifest::parse_manifest(&reference.to_string(), content_type.as_deref(), &body)? {
             Manifest::Image(m) => break (*m, digest),
             Manifest::Index(i) if depth < MAX_INDEX_DEPTH => {
@@ -71,9 +112,18 @@ pub async fn resolve_image(registry: &Registry, reference: &ImageRef, platform: 
         }
     };
     let config_digest = descriptor_digest(manifest.config())?;
-    let config_bytes = registry
-        .blob_bytes(repo, &config_digest, manifest::MAX_CONFIG_BYTES)
-        .await?;
+    let config_bytes = match docs.and_then(|d| d.get(&config_digest)) {
+        Some(b) => b,
+        None => {
+            let b = registry
+                .blob_bytes(repo, &config_digest, manifest::MAX_CONFIG_BYTES)
+                .await?;
+            if let Some(docs) = docs {
+                docs.put(&config_digest, &b);
+            }
+            b
+        }
+    };
     let config = manifest::parse_config(&reference.to_string(), &config_bytes)?;
     let layers = layers_of(&reference.to_string(), &manifest, &config)?;
     Ok(ResolvedImage {

@@ -1,13 +1,15 @@
 //! Read-ahead in blob order, per layer: when the reads of a layer go on in the order of the
-//! layer's blob (one large file read front to back, or a bulk reader walking a tree whose
-//! files sit in the blob in the order it visits them), the chunks after the last read are
-//! fetched before they are asked for, in a window that doubles with every read that stays on
-//! the stream, up to [`MAX_WINDOW_BYTES`]. A read elsewhere in the layer starts over with
-//! nothing fetched ahead, so scattered readers (a program importing modules) cost no bytes.
+//! layer's blob and read nearly every byte they pass (one large file read front to back, or a
+//! bulk reader walking a tree whose files sit in the blob in the order it visits them), the
+//! chunks after the last read are fetched before they are asked for, in a window that
+//! doubles with every read that stays on the stream, up to [`MAX_WINDOW_BYTES`]. Readers that
+//! skip much of what they pass (a program importing some modules of a directory) get no
+//! window: the stream must have read at least [`DENSE_PERCENT`] of the blob bytes it spans,
+//! over at least [`PROVEN_BYTES`]. A read elsewhere in the layer starts a new stream.
 //!
 //! ```text
-//! blob ─────[ read ]─────────[ fetched ahead ............ )──────────
-//!                   next_blob                            issued_to = next_blob + window
+//! blob ───[start ...... read ......]───────[ fetched ahead ............ )──────────
+//!                                   next_blob                          issued_to = next_blob + window
 //! ```
 
 use std::sync::OnceLock;
@@ -17,23 +19,33 @@ use parking_lot::Mutex;
 use crate::index::LayerIndex;
 use crate::model::{Chunk, ChunkKind};
 
-/// The first window past a read that continues the previous one.
+/// The first window once a stream has proven itself.
 const FIRST_WINDOW_BYTES: u64 = 256 << 10;
 /// The largest window: 2.7 s of a 100 Mbit/s link, 8 requests of the fetcher's largest size.
 pub const MAX_WINDOW_BYTES: u64 = 32 << 20;
 /// How far a read may start from where the stream is and still count as on it (the metadata
-/// frames between two files, a reader skipping a small file it does not need).
+/// frames between two files, a small file the reader does not need).
 const SLACK_BYTES: u64 = 64 << 10;
+/// Blob bytes a stream must span before anything is fetched ahead for it.
+pub const PROVEN_BYTES: u64 = 128 << 10;
+/// Share of the bytes it spans that a stream must have read to get a window.
+pub const DENSE_PERCENT: u64 = 90;
 
 /// One layer's stream of reads.
 #[derive(Default)]
 struct Stream {
-    /// Where the last read on the stream ended (compressed blob offset).
+    /// Where the stream started (compressed blob offset).
+    start: u64,
+    /// Where the furthest read on the stream ended.
     next_blob: u64,
+    /// Blob bytes the stream's reads covered.
+    read_bytes: u64,
     /// Fetched ahead up to here.
     issued_to: u64,
-    /// The window now; 0 before the first read.
+    /// The window now (0: nothing ahead).
     window: u64,
+    /// Whether any read happened yet.
+    started: bool,
 }
 
 /// Read-ahead state of every layer of a mount.
@@ -53,24 +65,34 @@ impl Readahead {
     }
 
     /// A read of `layer` needs its blob bytes `start..end`: the blob range to fetch ahead, if
-    /// this read continues the layer's stream.
+    /// this read continues a dense stream of reads.
     pub fn advance(&self, layer: usize, start: u64, end: u64) -> Option<(u64, u64)> {
         let mut st = self.streams.get(layer)?.lock();
-        let on_stream = st.window > 0
-            && start + SLACK_BYTES >= st.next_blob
-            && start <= st.issued_to.max(st.next_blob) + SLACK_BYTES;
+        let on_stream =
+            st.started && start + SLACK_BYTES >= st.next_blob && start <= st.issued_to.max(st.next_blob) + SLACK_BYTES;
         if !on_stream {
             *st = Stream {
+                start,
                 next_blob: end,
+                read_bytes: end - start,
                 issued_to: end,
-                window: FIRST_WINDOW_BYTES,
+                window: 0,
+                started: true,
             };
             return None;
         }
-        if end > st.next_blob {
-            st.window = (st.window * 2).min(MAX_WINDOW_BYTES);
-            st.next_blob = end;
+        if end <= st.next_blob {
+            // Nothing new read: nothing more to fetch ahead.
+            return None;
         }
+        st.read_bytes += end - start.max(st.next_blob);
+        st.next_blob = end;
+        let span = st.next_blob - st.start;
+        if span < PROVEN_BYTES || st.read_bytes * 100 < span * DENSE_PERCENT {
+            st.window = 0;
+            return None;
+        }
+        st.window = (st.window * 2).clamp(FIRST_WINDOW_BYTES, MAX_WINDOW_BYTES);
         let target = st.next_blob + st.window;
         if target <= st.issued_to {
             return None;
@@ -127,32 +149,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn windows_grow_on_the_stream_and_start_over_off_it() {
+    fn dense_streams_get_growing_windows_and_sparse_ones_none() {
         let r = Readahead::new(1);
         let kib = 1 << 10;
-        // The first read only arms the stream.
-        assert_eq!(r.advance(0, 0, 100 * kib), None);
-        // It goes on: 512 KiB ahead, then 1 MiB, ...
-        assert_eq!(
-            r.advance(0, 100 * kib, 200 * kib),
-            Some((200 * kib, 200 * kib + 512 * kib))
-        );
-        assert_eq!(
-            r.advance(0, 200 * kib, 300 * kib),
-            Some((712 * kib, 300 * kib + 1024 * kib))
-        );
-        // A read inside what was fetched ahead is still on the stream.
-        assert!(r.advance(0, 800 * kib, 900 * kib).is_some());
-        // Far away: start over, nothing ahead.
+        // Front to back: nothing ahead until the stream spans PROVEN_BYTES, then 256 KiB, 512 KiB, ...
+        assert_eq!(r.advance(0, 0, 64 * kib), None);
+        assert_eq!(r.advance(0, 64 * kib, 128 * kib), Some((128 * kib, 384 * kib)));
+        assert_eq!(r.advance(0, 128 * kib, 192 * kib), Some((384 * kib, 704 * kib)));
+        // A read inside what was fetched ahead is still on the stream; reading nothing new
+        // fetches nothing more.
+        assert_eq!(r.advance(0, 128 * kib, 192 * kib), None);
+        // Far away: a new stream, nothing ahead.
         assert_eq!(r.advance(0, 100 << 20, (100 << 20) + 10), None);
         // The window never passes the cap.
         let mut at = 100 << 20;
         let mut last = None;
-        for _ in 0..40 {
+        for _ in 0..60 {
             last = r.advance(0, at, at + 128 * kib).or(last);
             at += 128 * kib;
         }
         let (from, to) = last.unwrap();
         assert!(to - at <= MAX_WINDOW_BYTES && to > from, "{from} {to} {at}");
+        // A reader taking 10 KiB of every 40 KiB (some modules of a directory): never a window.
+        let r = Readahead::new(1);
+        for i in 0..100u64 {
+            assert_eq!(r.advance(0, i * 40 * kib, i * 40 * kib + 10 * kib), None, "read {i}");
+        }
     }
 }
