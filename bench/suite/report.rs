@@ -133,11 +133,12 @@ fn table_rows(md: &mut String, wl: &Workload, l: &Link, samples: &[Sample], floo
             .unwrap();
             continue;
         }
-        let vs_floor = if m == "lazy-cold" && l.rate_bps.is_none() {
+        let cold = m == "lazy-cold" || m == "lazy-profile";
+        let vs_floor = if cold && l.rate_bps.is_none() {
             // No rate: the floor is a few RTTs, and the ratio would only say how
             // fast this machine's CPU is.
             "— (unlimited link)".to_string()
-        } else if m == "lazy-cold" {
+        } else if cold {
             format!("{:.2} (floor {:.2} s)", s.median / floor, floor)
         } else {
             String::new()

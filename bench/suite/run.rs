@@ -11,7 +11,14 @@ use crate::support::registry::TestRegistry;
 use crate::workloads::Workload;
 
 /// Every mode, in the order of the report and the plots' colours.
-pub const MODES: [&str; 5] = ["skopeo+umoci", "pull", "lazy-cold", "lazy-warm", "local"];
+pub const MODES: [&str; 6] = [
+    "skopeo+umoci",
+    "pull",
+    "lazy-cold",
+    "lazy-profile",
+    "lazy-warm",
+    "local",
+];
 
 /// What every run needs: the checkout, the registry behind the relays, the scratch folder.
 pub struct Ctx<'a> {
@@ -38,6 +45,12 @@ pub fn run_mode(
     let _ = std::fs::remove_dir_all(&dir);
     let rss_file = ctx.work.join("rss");
     let _ = std::fs::remove_file(&rss_file);
+    // A warm start is by digest: nothing needs the registry (looked up before the clock starts).
+    let by_digest = if mode == "lazy-warm" {
+        Some(manifest_digest(ctx, wl)?)
+    } else {
+        None
+    };
     drop_caches();
     let before = ctx.registry.settled_blob_gets(&wl.repo, None);
     let t = Instant::now();
@@ -68,15 +81,25 @@ pub fn run_mode(
             rss = read_rss(&rss_file);
             try_run(&mut chroot_cmd(&dir, &wl.cmd))?;
         }
-        "lazy-cold" | "lazy-warm" => {
-            if mode == "lazy-cold" {
+        "lazy-cold" | "lazy-profile" | "lazy-warm" => {
+            if mode == "lazy-profile" {
+                // A profile recorded on another machine (another cache) and pushed: this
+                // mount, with an empty cache, finds it in the registry.
+                ensure_profile_pushed(ctx, wl)?;
+                drop_caches();
+            }
+            if mode != "lazy-warm" {
                 let _ = std::fs::remove_dir_all(warm_cache);
             }
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let image = match &by_digest {
+                Some(d) => format!("{relay}/{}@{d}", wl.repo),
+                None => zc_ref.clone(),
+            };
             let out = try_run(
                 lamina(ctx.root)
                     .arg("mount")
-                    .arg(&zc_ref)
+                    .arg(&image)
                     .arg(&dir)
                     .env("LAMINA_CACHE_DIR", warm_cache),
             )?;
@@ -113,6 +136,73 @@ pub fn run_mode(
         bytes: after.1 - before.1,
         rss_kb: rss,
     })
+}
+
+/// Record `wl`'s access profile once per suite run (its own cache, straight to the registry, not
+/// timed) and push it, so `lazy-profile` runs start from a profile made elsewhere.
+fn ensure_profile_pushed(ctx: &Ctx, wl: &Workload) -> Result<(), String> {
+    static PUSHED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    if PUSHED.lock().unwrap().contains(&wl.repo) {
+        return Ok(());
+    }
+    let image = format!("{}/{}:zc", ctx.registry.addr, wl.repo);
+    let cache = ctx.work.join(format!("profile-cache-{}", wl.name));
+    let point = ctx.work.join(format!("profile-mnt-{}", wl.name));
+    let _ = std::fs::remove_dir_all(&cache);
+    std::fs::create_dir_all(&point).map_err(|e| e.to_string())?;
+    let out = try_run(
+        lamina(ctx.root)
+            .args(["mount", "--prefetch", "none"])
+            .arg(&image)
+            .arg(&point)
+            .env("LAMINA_CACHE_DIR", &cache),
+    )?;
+    let pid = daemon_pid(&String::from_utf8_lossy(&out.stdout));
+    let ran = try_run(&mut chroot_cmd(&point, &wl.cmd));
+    let _ = lamina(ctx.root).arg("umount").arg(&point).status();
+    // The daemon writes the profile as it ends.
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists()) && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    ran?;
+    try_run(
+        lamina(ctx.root)
+            .args(["profile", "push"])
+            .arg(&image)
+            .env("LAMINA_CACHE_DIR", &cache),
+    )?;
+    let _ = std::fs::remove_dir_all(&cache);
+    PUSHED.lock().unwrap().push(wl.repo.clone());
+    Ok(())
+}
+
+/// The digest of `wl`'s converted image manifest (for this machine's platform).
+fn manifest_digest(ctx: &Ctx, wl: &Workload) -> Result<String, String> {
+    let out = try_run(
+        lamina(ctx.root)
+            .arg("inspect")
+            .arg(format!("{}/{}:zc", ctx.registry.addr, wl.repo)),
+    )?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("manifest")
+                .map(|r| r.trim().split(' ').next().unwrap_or("").to_string())
+        })
+        .filter(|d| d.starts_with("sha256:"))
+        .ok_or_else(|| "lamina inspect printed no manifest digest".to_string())
+}
+
+/// The daemon pid `lamina mount` printed.
+fn daemon_pid(stdout: &str) -> Option<u32> {
+    stdout
+        .split("daemon pid ")
+        .nth(1)?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Run a command; Err with its stderr if it fails.
