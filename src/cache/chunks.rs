@@ -66,6 +66,14 @@ impl ChunkStore {
         self.root.join(&hex[..2]).join(hex)
     }
 
+    /// The cache directory the store is in.
+    pub fn cache_root(&self) -> PathBuf {
+        self.root
+            .parent()
+            .and_then(Path::parent)
+            .map_or_else(|| self.root.clone(), Path::to_path_buf)
+    }
+
     /// Whether the chunk is present.
     pub fn contains(&self, digest: &[u8; 32]) -> bool {
         self.open.lock().contains(digest) || self.path(digest).exists()

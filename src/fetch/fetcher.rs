@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::prefetch::Prefetch;
+use super::shared::{ChunkLock, ChunkLocks, Locked};
 use crate::cache::chunks::ChunkStore;
 use crate::digest::Digest;
 use crate::format::chunk::{decode_chunk, ChunkError};
@@ -105,12 +106,15 @@ pub struct FetchStats {
 struct Flight {
     result: Mutex<Option<Result<(), FetchError>>>,
     done: Condvar,
+    /// The machine-wide lock of the chunk while this process fetches it.
+    lock: Mutex<Option<ChunkLock>>,
 }
 
 /// Brings chunks into the store.
 pub struct Fetcher {
     runtime: tokio::runtime::Handle,
     store: ChunkStore,
+    locks: ChunkLocks,
     inflight: Mutex<HashMap<[u8; 32], Arc<Flight>>>,
     timeout: Duration,
     /// Counters.
@@ -195,9 +199,14 @@ impl Fetcher {
 
     /// A fetcher running its requests on `runtime`.
     pub fn new(runtime: tokio::runtime::Handle, store: ChunkStore, timeout: Duration) -> Arc<Fetcher> {
+        let locks = ChunkLocks::open(&store.cache_root()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no chunk locks: daemons sharing this cache may fetch a chunk twice");
+            ChunkLocks::disabled()
+        });
         Arc::new(Fetcher {
             runtime,
             store,
+            locks,
             inflight: Mutex::new(HashMap::new()),
             timeout,
             stats: FetchStats::default(),
@@ -295,6 +304,7 @@ impl Fetcher {
                 }
             }
         }
+        let mine = self.claim(layer, mine, deadline);
         for run in merge_runs(mine) {
             self.runtime.spawn(self.clone().fetch_run(layer.clone(), run));
         }
@@ -344,7 +354,12 @@ impl Fetcher {
                     let mut map = me.inflight.lock();
                     for c in missing {
                         if let std::collections::hash_map::Entry::Vacant(v) = map.entry(c.digest) {
+                            // Another process fetching it: it will be in the store.
+                            let Locked::Mine(lock) = me.locks.try_lock(&c.digest) else {
+                                continue;
+                            };
                             let f = Arc::new(Flight::default());
+                            *f.lock.lock() = Some(lock);
                             v.insert(f.clone());
                             mine.push((c, f));
                         }
@@ -465,6 +480,39 @@ impl Fetcher {
         *flight.result.lock() = Some(result);
         flight.done.notify_all();
         self.inflight.lock().remove(&chunk.digest);
+        drop(flight.lock.lock().take());
+    }
+
+    /// Take the machine-wide locks of the chunks this process is about to fetch; the chunks
+    /// another process is fetching are waited for instead (and fetched here only if that
+    /// process let go without storing them). Returns the chunks to fetch.
+    fn claim(
+        self: &Arc<Self>,
+        layer: &LayerSource,
+        mine: Vec<(Chunk, Arc<Flight>)>,
+        deadline: Instant,
+    ) -> Vec<(Chunk, Arc<Flight>)> {
+        let mut out = Vec::with_capacity(mine.len());
+        for (chunk, flight) in mine {
+            match self.locks.try_lock(&chunk.digest) {
+                Locked::Mine(lock) => {
+                    *flight.lock.lock() = Some(lock);
+                    out.push((chunk, flight));
+                }
+                Locked::Elsewhere => {
+                    let (me, layer) = (self.clone(), layer.clone());
+                    self.runtime.spawn(async move {
+                        let (locks, store, digest) = (me.locks.clone(), me.store.clone(), chunk.digest);
+                        let there = tokio::task::spawn_blocking(move || locks.wait_for(&digest, &store, deadline))
+                            .await
+                            .unwrap_or(false);
+                        let result = if there { Ok(()) } else { me.fetch(&layer, &chunk).await };
+                        me.settle(&chunk, &flight, result);
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// Fetch one chunk on its own, again while its bytes do not verify.

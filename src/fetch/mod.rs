@@ -6,6 +6,7 @@
 //!   locate.rs   a layer's TOC over the network: annotations first, else one footer probe
 //!   plain.rs    a plain tar layer streamed once: each file's bytes into the chunk store
 //!   prefetch.rs chunks fetched before they are read, behind demand reads; used / wasted
+//!   shared.rs   machine-wide chunk locks: daemons sharing a cache fetch a chunk once
 //!   verify.rs   fetch and check every chunk of a layer (`inspect --verify`)
 //! ```
 
@@ -13,6 +14,7 @@ pub mod fetcher;
 pub mod locate;
 pub mod plain;
 pub mod prefetch;
+pub mod shared;
 pub mod verify;
 
 pub use fetcher::*;
