@@ -15,7 +15,7 @@ fn big_image(layout_dir: &Path) -> (Layout, Vec<Vec<u8>>) {
     let mut contents = Vec::new();
     let layers: Vec<Layer> = (0..3u64)
         .map(|i| {
-            let data = crate::pull::noise(96 << 20, 100 + i);
+            let data = crate::support::layers::noise(96 << 20, 100 + i);
             let tar = crate::support::layout::tar_bytes(&[crate::support::layout::Entry::File(
                 &format!("big{i}"),
                 0o644,

@@ -2,7 +2,11 @@
 //! the tree oracle.
 
 pub mod image;
+pub mod layers;
 pub mod layout;
+pub mod mount;
+pub mod overlay;
+pub mod poll;
 pub mod registry;
 pub mod tree;
 
@@ -79,6 +83,30 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A helper script of `tests/it/support` started as an HTTP server: `SCRIPT PORT ARGS…` on a
+/// port of its own, stdout to `log`. Returns it (killed when dropped) and its address, once it
+/// answers HTTP.
+pub fn start_helper(script: &str, args: &[&str], log: &Path) -> (KillOnDrop, String) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/it/support")
+        .join(script);
+    let (child, port) = registry::start_server(script, |port| {
+        python()
+            .arg(&path)
+            .arg(port.to_string())
+            .args(args)
+            .stdout(std::process::Stdio::from(std::fs::File::create(log).unwrap()))
+            .spawn()
+            .unwrap()
+    });
+    let child = KillOnDrop(child);
+    let addr = format!("127.0.0.1:{port}");
+    poll::until(&format!("{script} answering on {addr}"), || {
+        registry::http_status(&addr, "/v2/").map(drop)
+    });
+    (child, addr)
 }
 
 /// The lamina binary under test.
