@@ -10,7 +10,7 @@ use crate::support::layers::{
     base_layer, build_image, changes_layer, noise, opaque_layer_tar, push_multi_platform, Step,
 };
 use crate::support::registry::TestRegistry;
-use crate::support::tree::assert_same_tree;
+use crate::support::tree::{assert_same_pulled_tree, assert_same_tree};
 use crate::support::{assert_ok, lamina, lamina_pull, require_root, require_tools, run};
 
 fn lamina_ok(args: &[&str], cache: &Path) -> String {
@@ -73,7 +73,7 @@ fn converted_images_equal_their_source_for_real_tools() {
     // Real tools see the same image; so does lamina pull.
     assert_same_tree(&skopeo_gzip_unpack(&dst, w, "skopeo"), &oracle);
     assert_ok(&lamina_pull(&dst, &w.join("pulled"), &[]));
-    assert_same_tree(&w.join("pulled"), &oracle);
+    assert_same_pulled_tree(&w.join("pulled"), &oracle);
 
     // Re-running reuses every conversion and gives the same manifest.
     let again = lamina_ok(
@@ -106,7 +106,7 @@ fn converted_images_equal_their_source_for_real_tools() {
         &w.join("cache2"),
     );
     assert_ok(&lamina_pull(&from_layout, &w.join("pulled-from-layout"), &[]));
-    assert_same_tree(&w.join("pulled-from-layout"), &oracle);
+    assert_same_pulled_tree(&w.join("pulled-from-layout"), &oracle);
     let out_layout = w.join("out-layout");
     lamina_ok(&["convert", &src, &format!("oci:{}:zc", out_layout.display())], &cache);
     let back = format!("{}/back:t", registry.addr);

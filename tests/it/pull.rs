@@ -3,7 +3,7 @@
 use crate::support::image::skopeo_push;
 use crate::support::layers::{build_image, PULL_LAYERS};
 use crate::support::registry::TestRegistry;
-use crate::support::tree::assert_same_tree;
+use crate::support::tree::assert_same_pulled_tree;
 use crate::support::{assert_ok, lamina_pull, require_root, require_tools};
 
 #[test]
@@ -22,7 +22,7 @@ fn pull_of_umoci_image_matches_umoci_unpack() {
     assert_ok(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("4 layers"), "{stdout}");
-    assert_same_tree(&w.join("out"), &w.join("oracle/rootfs"));
+    assert_same_pulled_tree(&w.join("out"), &w.join("oracle/rootfs"));
 
     // The oracle agreeing is the proof; these name what it proves, so a regression in the
     // oracle itself cannot hide one here.
