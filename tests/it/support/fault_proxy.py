@@ -6,7 +6,8 @@ Blob GETs (/v2/.../blobs/...) are treated according to the word in MODE_FILE, re
 request: pass, drop (close without answering), stall (answer nothing for 60 s), truncate
 (announce the full length, send half, close), flip (change one byte of the body), 500, 503,
 hold:N (send the first N bytes of the body, then wait until the mode changes and send the rest).
-Everything else is forwarded untouched. Each faulted request is logged as `FAULT mode path`.
+Everything else is forwarded untouched. Each faulted request is logged as `FAULT mode path`,
+and every blob GET as `GET path range=VALUE` (`-` without a Range header).
 """
 import http.client
 import http.server
@@ -31,6 +32,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def forward(self):
         m = mode() if "/blobs/" in self.path and self.command == "GET" else "pass"
+        if "/blobs/" in self.path and self.command == "GET":
+            print(f"GET {self.path} range={self.headers.get('Range', '-')}", flush=True)
         if m != "pass":
             print(f"FAULT {m} {self.path}", flush=True)
         if m == "drop":

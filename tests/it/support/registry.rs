@@ -224,7 +224,7 @@ pub fn start_server(what: &str, mut spawn: impl FnMut(u16) -> Child) -> (Child, 
 
 /// Wait until `child` itself has a listening socket on `port` (a socket of another process on
 /// the same port does not count); `Err` with its exit status if it exits first.
-fn wait_listening(child: &mut Child, port: u16) -> Result<(), std::process::ExitStatus> {
+pub fn wait_listening(child: &mut Child, port: u16) -> Result<(), std::process::ExitStatus> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
