@@ -12,4 +12,5 @@ mod platform;
 mod pull;
 mod restart;
 mod support;
+mod tarsplit;
 mod writable;
