@@ -6,8 +6,11 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use super::poll;
 
 /// How long a registry may take to answer after start.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -165,19 +168,24 @@ impl TestRegistry {
         (lines.len(), bytes)
     }
 
-    /// [`Self::blob_gets_now`] once the log has settled (the registry writes a line after the
-    /// response has gone out, so a client can be done before its last line is there).
+    /// [`Self::blob_gets_now`] once the log has caught up. The registry writes a request's line
+    /// after its response has gone out, so a client can be done before its last line is there:
+    /// a request of our own, made now, is answered and logged after those, so its line is
+    /// waited for (no quiet period guessed).
     pub fn settled_blob_gets(&self, repo: &str, except: Option<&str>) -> (usize, u64) {
-        let mut last = self.blob_gets_now(repo, except);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            std::thread::sleep(Duration::from_millis(300));
-            let now = self.blob_gets_now(repo, except);
-            if now == last || Instant::now() > deadline {
-                return now;
-            }
-            last = now;
-        }
+        static SYNCS: AtomicU64 = AtomicU64::new(0);
+        let marker = format!(
+            "/v2/lamina-test-sync/manifests/s{}",
+            SYNCS.fetch_add(1, Ordering::Relaxed)
+        );
+        assert!(
+            http_status(&self.addr, &marker).is_some(),
+            "the registry did not answer"
+        );
+        poll::until("the registry to log our own request", || {
+            self.log().contains(&format!("\"GET {marker} ")).then_some(())
+        });
+        self.blob_gets_now(repo, except)
     }
 }
 
