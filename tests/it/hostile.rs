@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::support::layout::{Entry, Layer, Layout};
+use crate::support::layout::{push_layers, Entry, Layer};
 use crate::support::registry::TestRegistry;
 use crate::support::{assert_failed, assert_ok, dir_names, lamina_pull, require_root, require_tools};
 
@@ -39,12 +39,8 @@ fn pull_hostile(
     work: &Path,
     canary: &Canary,
 ) -> (std::process::Output, std::path::PathBuf) {
-    let mut layout = Layout::create(&work.join(format!("layout-{name}")));
     let built: Vec<Layer> = layers.iter().map(|l| Layer::gzip(l)).collect();
-    let desc = layout.image(&built, "amd64");
-    layout.tag("t", desc);
-    let image = format!("{}/hostile-{name}:t", registry.addr);
-    crate::support::image::skopeo_push(&layout.dir, "t", &image, None, false);
+    let image = push_layers(work, &registry.addr, &format!("hostile-{name}"), &built);
     let before = canary.state();
     let dest = work.join(format!("out-{name}"));
     let out = lamina_pull(&image, &dest, &[]);

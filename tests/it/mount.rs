@@ -6,7 +6,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::image::skopeo_push;
 use crate::support::layers::{build_layout, noise, push_and_convert, Step};
 use crate::support::mount::{add_python, config_digest, fixture, have_python, require_fuse, Mounted};
 use crate::support::registry::TestRegistry;
@@ -213,7 +212,7 @@ fn plain_layers_serve_files_before_they_finish_streaming() {
     if !require_tools(&["docker-registry", "skopeo", "python3"]) || !require_root() || !require_fuse() {
         return;
     }
-    use crate::support::layout::{Entry, Layer, Layout};
+    use crate::support::layout::{push_layers, Entry, Layer};
     let registry = TestRegistry::start();
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
@@ -234,11 +233,7 @@ fn plain_layers_serve_files_before_they_finish_streaming() {
         Entry::File("late/big", 0o644, &big),
     ];
     let top = vec![Entry::File("top-note", 0o600, b"from the upper layer")];
-    let mut layout = Layout::create(&w.join("layout"));
-    let desc = layout.image(&[Layer::gzip(&base), Layer::gzip(&top)], "amd64");
-    layout.tag("t", desc);
-    let direct = format!("{}/streamed:t", registry.addr);
-    skopeo_push(&layout.dir, "t", &direct, None, false);
+    let direct = push_layers(w, &registry.addr, "streamed", &[Layer::gzip(&base), Layer::gzip(&top)]);
 
     // The proxy sends the first 256 KiB of each blob, then holds the rest: the big base layer
     // cannot finish streaming until the test lets it.
@@ -384,7 +379,7 @@ fn hostile_images_never_reach_outside_through_the_mount() {
     if !require_tools(&["docker-registry", "skopeo"]) || !require_root() || !require_fuse() {
         return;
     }
-    use crate::support::layout::{Entry, Layer, Layout};
+    use crate::support::layout::{push_layers, Entry, Layer};
     let registry = TestRegistry::start();
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
@@ -394,13 +389,8 @@ fn hostile_images_never_reach_outside_through_the_mount() {
     let c = canary.to_str().unwrap();
     let secret = format!("{c}/secret");
     let push = |name: &str, layers: Vec<Vec<Entry<'_>>>| {
-        let mut layout = Layout::create(&w.join(format!("layout-{name}")));
         let built: Vec<Layer> = layers.iter().map(|l| Layer::gzip(l)).collect();
-        let desc = layout.image(&built, "amd64");
-        layout.tag("t", desc);
-        let image = format!("{}/hostile-{name}:t", registry.addr);
-        skopeo_push(&layout.dir, "t", &image, None, false);
-        image
+        push_layers(w, &registry.addr, &format!("hostile-{name}"), &built)
     };
     let image = push(
         "links",
