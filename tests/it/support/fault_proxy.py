@@ -12,9 +12,20 @@ and every blob GET as `GET path range=VALUE` (`-` without a Range header).
 import http.client
 import http.server
 import sys
+import threading
 import time
 
 port, upstream, mode_file = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+
+LOG_LOCK = threading.Lock()
+
+
+def log(line):
+    """One whole line on stdout (handler threads must not interleave their lines)."""
+    with LOG_LOCK:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def mode():
@@ -33,9 +44,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def forward(self):
         m = mode() if "/blobs/" in self.path and self.command == "GET" else "pass"
         if "/blobs/" in self.path and self.command == "GET":
-            print(f"GET {self.path} range={self.headers.get('Range', '-')}", flush=True)
+            log(f"GET {self.path} range={self.headers.get('Range', '-')}")
         if m != "pass":
-            print(f"FAULT {m} {self.path}", flush=True)
+            log(f"FAULT {m} {self.path}")
         if m == "drop":
             self.close_connection = True
             return
@@ -78,7 +89,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(data[:n])
             self.wfile.flush()
             if len(data) > n:
-                print(f"HOLD {self.path} at {n} of {len(data)}", flush=True)
+                log(f"HOLD {self.path} at {n} of {len(data)}")
             while len(data) > n and mode() == m:
                 time.sleep(0.05)
             self.wfile.write(data[n:])
