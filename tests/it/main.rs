@@ -6,6 +6,7 @@ mod container;
 mod convert;
 mod durability;
 mod errors;
+mod fetching;
 mod hostile;
 mod mount;
 mod platform;

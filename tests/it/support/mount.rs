@@ -111,6 +111,35 @@ pub fn config_digest(image: &str) -> String {
     m["config"]["digest"].as_str().unwrap().to_string()
 }
 
+/// Layer blob GETs of `repo` (the config excluded), once the access log has settled.
+pub fn blob_gets_and_bytes(registry: &TestRegistry, repo: &str, config_digest: &str) -> (usize, u64) {
+    registry.settled_blob_gets(repo, Some(config_digest))
+}
+
+/// Layer blob GETs of `repo` (the config excluded), once the access log has settled.
+pub fn blob_gets(registry: &TestRegistry, repo: &str, config_digest: &str) -> usize {
+    blob_gets_and_bytes(registry, repo, config_digest).0
+}
+
+/// `lamina stats --json` of `m`, once its counters equal what the registry's log shows of
+/// `repo` since `since` (requests, bytes): every fetch is counted, and only fetches.
+pub fn stats_matching_log(
+    m: &Mounted,
+    cache: &Path,
+    registry: &TestRegistry,
+    repo: &str,
+    config: &str,
+    since: (usize, u64),
+) -> serde_json::Value {
+    let text = m.stats_until(cache, &["--json"], |t| {
+        let state: serde_json::Value = serde_json::from_str(t).unwrap();
+        let (requests, bytes) = registry.blob_gets_now(repo, Some(config));
+        state["stats"]["requests"].as_u64() == Some((requests - since.0) as u64)
+            && state["stats"]["fetched_bytes"].as_u64() == Some(bytes - since.1)
+    });
+    serde_json::from_str(&text).unwrap()
+}
+
 /// The standard image with its oracle, pushed (`mnt-src:t`) and converted (`mnt-zc:t`).
 pub struct Fixture {
     /// The registry holding both images.
