@@ -286,3 +286,13 @@ pub fn http_status(addr: &str, path: &str) -> Option<u16> {
     let line = String::from_utf8_lossy(&buf[..n]);
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+#[test]
+fn ports_are_never_handed_out_twice_even_to_parallel_tests() {
+    let threads: Vec<_> = (0..8)
+        .map(|_| std::thread::spawn(|| (0..50).map(|_| free_port()).collect::<Vec<u16>>()))
+        .collect();
+    let ports: Vec<u16> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let distinct: BTreeSet<u16> = ports.iter().copied().collect();
+    assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+}
