@@ -121,11 +121,24 @@ fn plain_layers_serve_files_before_they_finish_streaming() {
     assert!(log.contains("HOLD"), "the proxy never held a blob: {log}");
 
     // A file past the hold waits for the stream (not for an error), and arrives once it goes on.
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let reader = {
         let point = m.point.clone();
-        std::thread::spawn(move || std::fs::read(point.join("late/big")))
+        std::thread::spawn(move || {
+            tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get()).unwrap();
+            std::fs::read(point.join("late/big"))
+        })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // The reader is blocked on the mount (in openat, a stat or read: the name or its bytes
+    // wait for the stream) while the stream is held.
+    let tid = tid_rx.recv().unwrap();
+    let syscall = crate::support::poll::until("the reader to block on the mount", || {
+        let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
+        let nr = s.split_whitespace().next().and_then(|n| n.parse::<u32>().ok());
+        // x86_64: read, newfstatat, openat, statx (elsewhere: any syscall).
+        nr.filter(|n| !cfg!(target_arch = "x86_64") || [0, 262, 257, 332].contains(n))
+    });
+    eprintln!("the reader waits in syscall {syscall}");
     assert!(!reader.is_finished(), "a file the stream has not reached was served");
     std::fs::write(&mode, "pass").unwrap();
     let got = reader.join().unwrap().unwrap();
