@@ -334,6 +334,7 @@ impl<W: Write> Walker<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upper::tests::require_root;
 
     fn names(tar_bytes: &[u8]) -> Vec<(String, tar::EntryType, String)> {
         let mut a = tar::Archive::new(tar_bytes);
@@ -361,8 +362,7 @@ mod tests {
 
     #[test]
     fn whiteouts_links_and_symlinks_become_oci_entries() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("SKIPPED: whiteouts (0/0 character devices) need root");
+        if !require_root("whiteouts (0/0 character devices) need root") {
             return;
         }
         let t = tempfile::tempdir().unwrap();
@@ -394,8 +394,7 @@ mod tests {
 
     #[test]
     fn opaque_dirs_get_a_marker_and_moved_dirs_need_the_view() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("SKIPPED: trusted.* xattrs need root");
+        if !require_root("trusted.* xattrs need root") {
             return;
         }
         let t = tempfile::tempdir().unwrap();

@@ -350,7 +350,7 @@ pub fn set_marker(dir: BorrowedFd<'_>, name: &[u8], key: &str, value: &[u8]) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn identity(layers: &[&str]) -> Identity {
@@ -390,10 +390,21 @@ mod tests {
         assert!(e.to_string().contains("not a lamina upper directory"), "{e}");
     }
 
+    /// Whether we run as root, with the integration tests' rule (tests/it/support): not root
+    /// is a failure under CI=true (or 1), otherwise the test is skipped with `why` printed.
+    pub(crate) fn require_root(why: &str) -> bool {
+        if rustix::process::geteuid().is_root() {
+            return true;
+        }
+        let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!in_ci, "{why}, and we are not root; CI=true makes this a failure");
+        eprintln!("SKIPPED: {why}");
+        false
+    }
+
     #[test]
     fn markers_are_read_from_the_directory_itself() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("SKIPPED: trusted.* xattrs need root");
+        if !require_root("trusted.* xattrs need root") {
             return;
         }
         let t = tempfile::tempdir().unwrap();

@@ -2,13 +2,11 @@
 //! bearer-token flow (a token endpoint in front of the real registry), including refresh.
 
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
 use crate::support::image::{skopeo_push, Umoci};
-use crate::support::registry::{free_port, http_status, TestRegistry};
+use crate::support::registry::TestRegistry;
 use crate::support::{assert_failed, assert_ok, lamina, require_root, require_tools};
 
 fn small_image(work: &Path) -> Umoci {
@@ -62,30 +60,17 @@ fn basic_auth_from_docker_config() {
 }
 
 struct TokenProxy {
-    child: std::process::Child,
+    _child: crate::support::KillOnDrop,
     addr: String,
     log: std::path::PathBuf,
 }
 
 impl TokenProxy {
     fn start(upstream: &str, user: &str, password: &str, uses_per_token: u32, log: &Path) -> TokenProxy {
-        let port = free_port();
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/token_proxy.py");
-        let child = crate::support::python()
-            .arg(script)
-            .args([&port.to_string(), upstream, user, password, &uses_per_token.to_string()])
-            .stdout(Stdio::from(std::fs::File::create(log).unwrap()))
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let addr = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while http_status(&addr, "/v2/").is_none() {
-            assert!(Instant::now() < deadline, "token proxy did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let uses = uses_per_token.to_string();
+        let (child, addr) = crate::support::start_helper("token_proxy.py", &[upstream, user, password, &uses], log);
         TokenProxy {
-            child,
+            _child: child,
             addr,
             log: log.to_path_buf(),
         }
@@ -97,13 +82,6 @@ impl TokenProxy {
             .lines()
             .filter(|l| l.starts_with("TOKEN"))
             .count()
-    }
-}
-
-impl Drop for TokenProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -6,12 +6,15 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::convert::skopeo_gzip_unpack;
-use crate::mount::{add_python, fixture, have_python, require_fuse, Mounted};
-use crate::support::image::{skopeo_push, Umoci};
+use crate::support::layers::{build_layout, push_and_convert, Step};
+use crate::support::mount::{add_python, fixture, have_python, require_fuse, Mounted};
+use crate::support::overlay::{same_outcomes, KernelOverlay};
 use crate::support::registry::TestRegistry;
-use crate::support::tree::{assert_same_snapshot, assert_same_tree, snapshot, without_empty_xattrs};
+use crate::support::tree::{
+    assert_same_pulled_tree, assert_same_snapshot, assert_same_tree_except, snapshot, without_empty_xattrs,
+    without_mtimes, Mtimes,
+};
 use crate::support::{assert_ok, lamina, lamina_pull, require_root, require_tools, run};
-use crate::writable::{same_outcomes, KernelOverlay};
 
 /// Changes of every kind a layer can carry, made under `root` (a merged view).
 fn scripted_changes(root: &Path) {
@@ -62,7 +65,7 @@ fn committed_images_equal_the_mounted_view_for_lamina_and_for_skopeo_and_umoci()
         return;
     };
     let w = f.work.path();
-    let cache = w.join("cache");
+    let cache = f.cache();
     let upper = w.join("upper");
     let k = KernelOverlay::mount(
         &f.oracle,
@@ -71,16 +74,12 @@ fn committed_images_equal_the_mounted_view_for_lamina_and_for_skopeo_and_umoci()
         &w.join("k-mnt"),
         "redirect_dir=on,index=on",
     );
-    let m = Mounted::new(
-        &f.converted,
-        &w.join("mnt"),
-        &cache,
-        &["--upper", upper.to_str().unwrap()],
-    );
+    let m = f.mount_upper("mnt", &upper, &[]);
     scripted_changes(&m.point);
     scripted_changes(&w.join("k-mnt"));
     same_outcomes(7, 150, &m.point, &w.join("k-mnt"));
-    assert_same_tree(&m.point, &w.join("k-mnt"));
+    // The same changes ran on both sides at different moments: mtimes differ.
+    assert_same_tree_except(&m.point, &w.join("k-mnt"), Mtimes::All);
     drop(k);
 
     // From the mount point.
@@ -96,13 +95,15 @@ fn committed_images_equal_the_mounted_view_for_lamina_and_for_skopeo_and_umoci()
     println!("{}", String::from_utf8_lossy(&out.stdout).trim());
     let pulled = w.join("pulled");
     assert_ok(&lamina_pull(&committed, &pulled, &[]));
-    assert_same_tree(&pulled, &m.point);
+    // The committed layer carries whole seconds (no PAX mtime), and it was pulled (see
+    // assert_same_pulled_tree for directories).
+    assert_same_tree_except(&pulled, &m.point, Mtimes::OfDirsAndNanos);
     // umoci reads xattrs with empty values as deleted PAX records (POSIX says so), so those
     // are left out of its side of the comparison.
     let unpacked = skopeo_gzip_unpack(&committed, w, "committed");
     assert_same_snapshot(
-        &snapshot(&unpacked),
-        &without_empty_xattrs(snapshot(&m.point)),
+        &without_mtimes(snapshot(&unpacked), Mtimes::Nanos),
+        &without_mtimes(without_empty_xattrs(snapshot(&m.point)), Mtimes::Nanos),
         &unpacked,
         &m.point,
     );
@@ -115,7 +116,7 @@ fn committed_images_equal_the_mounted_view_for_lamina_and_for_skopeo_and_umoci()
     assert_eq!(last["comment"], "scripted and random changes");
     // Mounted lazily, it shows the same tree too.
     let again = Mounted::new(&committed, &w.join("mnt-committed"), &cache, &[]);
-    assert_same_tree(&again.point, &pulled);
+    assert_same_pulled_tree(&pulled, &again.point);
     drop(again);
 
     // From the upper directory, unmounted: its moved directories need the merged view, which
@@ -133,14 +134,14 @@ fn committed_images_equal_the_mounted_view_for_lamina_and_for_skopeo_and_umoci()
     assert_ok(&out);
     let pulled2 = w.join("pulled2");
     assert_ok(&lamina_pull(&committed2, &pulled2, &[]));
-    assert_same_tree(&pulled2, &pulled);
+    assert_same_pulled_tree(&pulled2, &pulled);
     let leftover = std::fs::read_dir(cache.join("commit-mounts")).map_or(0, |d| d.count());
     assert_eq!(leftover, 0, "commit left its mount behind");
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     assert!(!mounts.contains("commit-mounts"), "{mounts}");
 
     // A read-only mount and a directory that is neither are refused clearly.
-    let ro = Mounted::new(&f.converted, &w.join("mnt-ro"), &cache, &[]);
+    let ro = f.mount("mnt-ro", &[]);
     let out = lamina()
         .arg("commit")
         .arg(&ro.point)
@@ -177,6 +178,23 @@ fn count(dir: &Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |d| d.count())
 }
 
+/// python3, a user `app` (1000, also in group `extra`, 2000) and the directories a container
+/// needs.
+fn python_user_image(rootfs: &Path) {
+    add_python(rootfs);
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1000:\nextra:x:2000:app\n").unwrap();
+    for d in ["proc", "dev", "work", "home/app"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::os::unix::fs::chown(rootfs.join("work"), Some(1000), Some(1000)).unwrap();
+}
+
 #[test]
 fn run_starts_the_images_program_as_its_config_says_and_cleans_up() {
     if !require_tools(&["docker-registry", "umoci", "skopeo", "ldd", "cp"])
@@ -189,23 +207,7 @@ fn run_starts_the_images_program_as_its_config_says_and_cleans_up() {
     let registry = TestRegistry::start();
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let umoci = Umoci::init(&w.join("layout"), "t");
-    let bundle = w.join("bundle");
-    umoci.unpack("t", &bundle);
-    let rootfs = bundle.join("rootfs");
-    add_python(&rootfs);
-    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
-    std::fs::write(
-        rootfs.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:App:/home/app:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(rootfs.join("etc/group"), "root:x:0:\napp:x:1000:\nextra:x:2000:app\n").unwrap();
-    for d in ["proc", "dev", "work", "home/app"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::os::unix::fs::chown(rootfs.join("work"), Some(1000), Some(1000)).unwrap();
-    umoci.repack("t", &bundle);
+    let umoci = build_layout(w, &[Step::Repack(python_user_image)]);
     umoci.config(
         "t",
         &[
@@ -224,15 +226,8 @@ fn run_starts_the_images_program_as_its_config_says_and_cleans_up() {
         ],
     );
     let src = format!("{}/runme:t", registry.addr);
-    skopeo_push(&umoci.layout, "t", &src, None, false);
     let image = format!("{}/runme:zc", registry.addr);
-    assert_ok(
-        &lamina()
-            .args(["convert", &src, &image])
-            .env("LAMINA_CACHE_DIR", w.join("convert-cache"))
-            .output()
-            .unwrap(),
-    );
+    push_and_convert(&umoci.layout, &src, &image, &w.join("convert-cache"));
     let cache = w.join("cache");
     let lamina_run = |extra: &[&str], cmd: &[&str]| {
         let mut c = lamina();

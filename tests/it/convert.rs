@@ -6,8 +6,11 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support::image::{skopeo_push, Umoci};
+use crate::support::layers::{
+    base_layer, build_image, changes_layer, noise, opaque_layer_tar, push_multi_platform, Step,
+};
 use crate::support::registry::TestRegistry;
-use crate::support::tree::assert_same_tree;
+use crate::support::tree::{assert_same_pulled_tree, assert_same_tree};
 use crate::support::{assert_ok, lamina, lamina_pull, require_root, require_tools, run};
 
 fn lamina_ok(args: &[&str], cache: &Path) -> String {
@@ -47,16 +50,14 @@ fn converted_images_equal_their_source_for_real_tools() {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     let cache = w.join("cache");
-    let umoci = Umoci::init(&w.join("layout"), "t");
-    let bundle = w.join("bundle");
-    umoci.unpack("t", &bundle);
-    crate::pull::base_layer(&bundle.join("rootfs"));
-    umoci.repack("t", &bundle);
-    crate::pull::changes_layer(&bundle.join("rootfs"));
-    umoci.repack("t", &bundle);
-    std::fs::write(w.join("opaque.tar"), crate::pull::opaque_layer_tar()).unwrap();
-    umoci.add_layer("t", &w.join("opaque.tar"));
-    umoci.unpack("t", &w.join("oracle"));
+    let umoci = build_image(
+        w,
+        &[
+            Step::Repack(base_layer),
+            Step::Repack(changes_layer),
+            Step::Tar(opaque_layer_tar),
+        ],
+    );
     let oracle = w.join("oracle/rootfs");
     let src = format!("{}/src:t", registry.addr);
     skopeo_push(&umoci.layout, "t", &src, None, false);
@@ -72,7 +73,7 @@ fn converted_images_equal_their_source_for_real_tools() {
     // Real tools see the same image; so does lamina pull.
     assert_same_tree(&skopeo_gzip_unpack(&dst, w, "skopeo"), &oracle);
     assert_ok(&lamina_pull(&dst, &w.join("pulled"), &[]));
-    assert_same_tree(&w.join("pulled"), &oracle);
+    assert_same_pulled_tree(&w.join("pulled"), &oracle);
 
     // Re-running reuses every conversion and gives the same manifest.
     let again = lamina_ok(
@@ -105,7 +106,7 @@ fn converted_images_equal_their_source_for_real_tools() {
         &w.join("cache2"),
     );
     assert_ok(&lamina_pull(&from_layout, &w.join("pulled-from-layout"), &[]));
-    assert_same_tree(&w.join("pulled-from-layout"), &oracle);
+    assert_same_pulled_tree(&w.join("pulled-from-layout"), &oracle);
     let out_layout = w.join("out-layout");
     lamina_ok(&["convert", &src, &format!("oci:{}:zc", out_layout.display())], &cache);
     let back = format!("{}/back:t", registry.addr);
@@ -127,7 +128,7 @@ fn lamina_reads_zstd_chunked_written_by_skopeo() {
     let umoci = Umoci::init(&w.join("layout"), "t");
     let bundle = w.join("bundle");
     umoci.unpack("t", &bundle);
-    std::fs::write(bundle.join("rootfs/big"), crate::pull::noise(3 << 20, 9)).unwrap();
+    std::fs::write(bundle.join("rootfs/big"), noise(3 << 20, 9)).unwrap();
     std::fs::write(bundle.join("rootfs/small"), b"small file").unwrap();
     umoci.repack("t", &bundle);
     // skopeo silently reuses a gzip blob it knows of, through its blob-info cache: give it a
@@ -177,17 +178,10 @@ fn multi_platform_index_is_converted_per_platform() {
     if !require_tools(&["docker-registry", "skopeo"]) {
         return;
     }
-    use crate::support::layout::{Entry, Layer, Layout};
     let registry = TestRegistry::start();
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let mut layout = Layout::create(&w.join("layout"));
-    let amd = layout.image(&[Layer::gzip(&[Entry::File("platform", 0o644, b"amd64")])], "amd64");
-    let arm = layout.image(&[Layer::gzip(&[Entry::File("platform", 0o644, b"arm64")])], "arm64");
-    let index = layout.index_of(vec![amd, arm]);
-    layout.tag("multi", index);
-    let src = format!("{}/multi:t", registry.addr);
-    skopeo_push(&layout.dir, "multi", &src, None, true);
+    let src = push_multi_platform(&registry.addr, "multi", w);
 
     let dst = format!("{}/multi-zc:t", registry.addr);
     let out = lamina_ok(&["convert", &src, &dst], &w.join("cache"));

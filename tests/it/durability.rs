@@ -4,49 +4,18 @@
 //! EIO and leaves the lower file as it was.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::mount::{fixture, Mounted};
+use crate::support::mount::fixture;
+use crate::support::overlay::{env_count, env_list, run_script, KernelOverlay};
 use crate::support::tree::assert_same_tree;
 use crate::support::{python, run};
-use crate::writable::KernelOverlay;
-
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/it/support")
-        .join(name)
-}
 
 fn fsx(args: &[&str]) {
-    let out = Command::new("timeout")
-        .arg("300")
-        .arg(python().get_program())
-        .arg(script("fsx.py"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "fsx: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{}", String::from_utf8_lossy(&out.stdout).trim());
-}
-
-/// Seeds of the fsx run: LAMINA_FSX_SEEDS=a,b,… or the CI set; LAMINA_FSX_OPS operations each.
-fn fsx_seeds() -> (Vec<u64>, usize) {
-    let seeds = std::env::var("LAMINA_FSX_SEEDS")
-        .ok()
-        .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
-        .unwrap_or_else(|| vec![11, 12]);
-    let ops = std::env::var("LAMINA_FSX_OPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1500);
-    (seeds, ops)
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    run_script("fsx.py", &args, "fsx");
 }
 
 #[test]
@@ -55,14 +24,14 @@ fn fsx_writes_match_the_model_and_survive_a_remount() {
         return;
     };
     let w = f.work.path();
-    let cache = w.join("cache");
-    let (seeds, ops) = fsx_seeds();
+    // LAMINA_FSX_SEEDS=a,b,… (else the CI set), LAMINA_FSX_OPS operations each.
+    let seeds = env_list("LAMINA_FSX_SEEDS", &[11, 12]);
+    let ops = env_count("LAMINA_FSX_OPS", 1500);
     // With FUSE passthrough (the kernel writes the upper file) and without (lamina does).
     for (mode, extra) in [("passthrough", None), ("no-passthrough", Some("--no-passthrough"))] {
         let upper = w.join(format!("upper-{mode}"));
-        let mut args = vec!["--upper", upper.to_str().unwrap()];
-        args.extend(extra);
-        let m = Mounted::new(&f.converted, &w.join(format!("mnt-{mode}")), &cache, &args);
+        let extra: Vec<&str> = extra.into_iter().collect();
+        let m = f.mount_upper(&format!("mnt-{mode}"), &upper, &extra);
         // A lower file (copied up by the first write), then a new file per seed.
         let mut runs = vec![("usr/lib/libx.so.1".to_string(), seeds[0])];
         runs.extend(seeds.iter().map(|s| (format!("fresh-{s}"), *s)));
@@ -80,7 +49,7 @@ fn fsx_writes_match_the_model_and_survive_a_remount() {
         }
         m.unmount();
         drop(m);
-        let m = Mounted::new(&f.converted, &w.join(format!("mnt2-{mode}")), &cache, &args);
+        let m = f.mount_upper(&format!("mnt2-{mode}"), &upper, &extra);
         for (name, model) in &files {
             fsx(&["verify", m.point.join(name).to_str().unwrap(), model.to_str().unwrap()]);
         }
@@ -93,10 +62,8 @@ fn a_daemon_killed_mid_write_loses_no_fsynced_byte() {
         return;
     };
     let w = f.work.path();
-    let cache = w.join("cache");
     let upper = w.join("upper");
-    let up = ["--upper", upper.to_str().unwrap()];
-    let m = Mounted::new(&f.converted, &w.join("mnt"), &cache, &up);
+    let m = f.mount_upper("mnt", &upper, &[]);
     // Records of 4 KiB appended to a new file and written over a copied-up lower file; after
     // every 8th an fsync of both, then the count is printed.
     let writer_src = r#"
@@ -130,11 +97,7 @@ while True:
     }
     // SIGKILL mid-stream: the writer is still going.
     run(Command::new("kill").args(["-KILL", &m.pid.to_string()]));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while m.daemon_alive() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(!m.daemon_alive(), "the daemon survived SIGKILL");
+    m.wait_daemon_gone("after SIGKILL");
     for l in lines.map_while(Result::ok) {
         synced = synced.max(l.trim().parse().unwrap_or(0));
     }
@@ -144,7 +107,7 @@ while True:
     drop(m);
 
     // Mounted again on the same upper: every fsync'ed record is there.
-    let m = Mounted::new(&f.converted, &w.join("mnt2"), &cache, &up);
+    let m = f.mount_upper("mnt2", &upper, &[]);
     let journal = std::fs::read(m.point.join("journal")).unwrap();
     assert!(
         journal.len() as u64 >= synced * 4096,
@@ -170,13 +133,7 @@ while True:
         );
     }
     // The upper is consistent: the kernel's overlayfs over it shows what lamina shows.
-    let k = KernelOverlay::mount(
-        &f.oracle,
-        &upper.join("upper"),
-        &upper.join("work"),
-        &w.join("k-mnt"),
-        "redirect_dir=on,metacopy=on",
-    );
+    let k = KernelOverlay::over_lamina_upper(&f.oracle, &upper, &w.join("k-mnt"));
     assert_same_tree(&m.point, &w.join("k-mnt"));
     drop(k);
 }
@@ -187,7 +144,6 @@ fn a_full_upper_gives_enospc_and_damages_nothing() {
         return;
     };
     let w = f.work.path();
-    let cache = w.join("cache");
     let small = w.join("small");
     std::fs::create_dir_all(&small).unwrap();
     run(Command::new("mount")
@@ -201,12 +157,7 @@ fn a_full_upper_gives_enospc_and_damages_nothing() {
     }
     let _small = Unmount(small.clone());
     let upper = small.join("upper");
-    let m = Mounted::new(
-        &f.converted,
-        &w.join("mnt"),
-        &cache,
-        &["--upper", upper.to_str().unwrap()],
-    );
+    let m = f.mount_upper("mnt", &upper, &[]);
     let p = &m.point;
     std::fs::write(p.join("etc/keep"), b"small and safe").unwrap();
     // A new file larger than the upper's filesystem.
@@ -236,15 +187,8 @@ fn a_copy_up_whose_chunks_cannot_be_fetched_fails_with_eio_and_changes_nothing()
     let Some(mut f) = fixture(&["python3"]) else {
         return;
     };
-    let w = f.work.path().to_path_buf();
-    let cache = w.join("cache");
-    let upper = w.join("upper");
-    let m = Mounted::new(
-        &f.converted,
-        &w.join("mnt"),
-        &cache,
-        &["--upper", upper.to_str().unwrap(), "--fetch-timeout", "2"],
-    );
+    let upper = f.work.path().join("upper");
+    let m = f.mount_upper("mnt", &upper, &["--fetch-timeout", "2"]);
     f.registry.kill();
     let started = Instant::now();
     let err = std::fs::OpenOptions::new()

@@ -1,6 +1,6 @@
 //! Bad input gets a clear error, the right exit code, and leaves no tree behind.
 
-use crate::support::layout::{Entry, Layer, Layout};
+use crate::support::layout::{push_layers, Entry, Layer};
 use crate::support::registry::TestRegistry;
 use crate::support::{assert_failed, lamina, lamina_pull, require_tools};
 
@@ -45,13 +45,9 @@ fn registry_errors_are_clear_and_leave_nothing() {
     );
 
     // A stored blob corrupted on the registry: digest mismatch with both digests.
-    let mut layout = Layout::create(&w.join("layout"));
     let layer = Layer::gzip(&[Entry::File("f", 0o644, &[7u8; 100_000])]);
     let blob = layer.blob.clone();
-    let desc = layout.image(&[layer], "amd64");
-    layout.tag("t", desc);
-    let image = format!("{}/corrupt:t", registry.addr);
-    crate::support::image::skopeo_push(&layout.dir, "t", &image, None, false);
+    let image = push_layers(w, &registry.addr, "corrupt", &[layer]);
     let hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&blob));
     let data = registry.blob_data(&hex);
     let mut stored = std::fs::read(&data).unwrap();
@@ -67,13 +63,9 @@ fn registry_errors_are_clear_and_leave_nothing() {
     );
 
     // An unknown layer media type: the list of supported ones.
-    let mut layout = Layout::create(&w.join("layout2"));
     let mut odd = Layer::gzip(&[Entry::File("f", 0o644, b"x")]);
     odd.media_type = "application/vnd.example.unknown.layer".into();
-    let desc = layout.image(&[odd], "amd64");
-    layout.tag("t", desc);
-    let image = format!("{}/odd:t", registry.addr);
-    crate::support::image::skopeo_push(&layout.dir, "t", &image, None, false);
+    let image = push_layers(w, &registry.addr, "odd", &[odd]);
     let err = assert_failed(&lamina_pull(&image, &w.join("o3"), &[]));
     assert!(
         err.contains("application/vnd.example.unknown.layer") && err.contains("tar+gzip"),

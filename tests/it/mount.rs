@@ -1,143 +1,15 @@
-//! `lamina mount`: real FUSE mounts of real images, compared entry by entry with `umoci
-//! unpack`; warm remounts fetch nothing; concurrent readers share fetches; a dead registry
-//! gives EIO at the deadline and the mount recovers; a killed daemon's mount is cleared.
+//! `lamina mount`: real FUSE mounts of real images (zstd:chunked by lamina and by skopeo,
+//! plain gzip), compared entry by entry with `umoci unpack`; warm remounts and other images
+//! with the same layers fetch nothing; a killed daemon's mount is cleared; hostile images
+//! never reach outside. Fetching under load and faults: `fetching.rs`.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::image::{skopeo_push, Umoci};
+use crate::support::mount::{blob_gets, config_digest, fixture, require_fuse, Mounted};
 use crate::support::registry::TestRegistry;
 use crate::support::tree::assert_same_tree;
 use crate::support::{assert_ok, lamina, require_root, require_tools, run};
-
-/// A mount that is unmounted when dropped (also if the test fails).
-pub(crate) struct Mounted {
-    pub(crate) point: PathBuf,
-    pub(crate) pid: u32,
-}
-
-impl Mounted {
-    pub(crate) fn new(image: &str, point: &Path, cache: &Path, extra: &[&str]) -> Mounted {
-        std::fs::create_dir_all(point).unwrap();
-        let out = lamina()
-            .arg("mount")
-            .args(extra)
-            .arg(image)
-            .arg(point)
-            .env("LAMINA_CACHE_DIR", cache)
-            .output()
-            .unwrap();
-        assert_ok(&out);
-        let text = String::from_utf8_lossy(&out.stdout);
-        let pid = text
-            .split("daemon pid ")
-            .nth(1)
-            .and_then(|s| s.split(',').next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no pid in {text}"));
-        Mounted {
-            point: point.to_path_buf(),
-            pid,
-        }
-    }
-
-    pub(crate) fn unmount(&self) {
-        let _ = lamina().arg("umount").arg(&self.point).output();
-    }
-
-    pub(crate) fn daemon_alive(&self) -> bool {
-        Path::new(&format!("/proc/{}", self.pid)).exists()
-            && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-                .unwrap_or_default()
-                .contains(") Z ")
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        self.unmount();
-    }
-}
-
-pub(crate) fn require_fuse() -> bool {
-    if Path::new("/dev/fuse").exists() {
-        return true;
-    }
-    if crate::support::in_ci() {
-        panic!("/dev/fuse is missing; CI=true makes this a failure");
-    }
-    eprintln!("SKIPPED: /dev/fuse is missing");
-    false
-}
-
-/// Layer blob GETs of `repo` (the config excluded), once the access log has settled.
-fn blob_gets_and_bytes(registry: &TestRegistry, repo: &str, config_digest: &str) -> (usize, u64) {
-    registry.settled_blob_gets(repo, Some(config_digest))
-}
-
-fn blob_gets(registry: &TestRegistry, repo: &str, config_digest: &str) -> usize {
-    blob_gets_and_bytes(registry, repo, config_digest).0
-}
-
-fn config_digest(image: &str) -> String {
-    let raw = run(Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{image}")))
-    .stdout;
-    let m: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-    m["config"]["digest"].as_str().unwrap().to_string()
-}
-
-/// The umoci test image with its oracle, pushed and converted.
-pub(crate) struct Fixture {
-    pub(crate) registry: TestRegistry,
-    pub(crate) work: tempfile::TempDir,
-    pub(crate) converted: String,
-    pub(crate) oracle: PathBuf,
-    pub(crate) layout: PathBuf,
-}
-
-/// The shared image fixture, once the tools it needs (and `extra`), root and FUSE are here.
-pub(crate) fn fixture(extra: &[&str]) -> Option<Fixture> {
-    let tools = [&["docker-registry", "umoci", "skopeo", "setfattr", "mknod"][..], extra].concat();
-    if !require_tools(&tools) || !require_root() || !require_fuse() {
-        return None;
-    }
-    let registry = TestRegistry::start();
-    let work = tempfile::tempdir().unwrap();
-    let w = work.path();
-    let umoci = Umoci::init(&w.join("layout"), "t");
-    let bundle = w.join("bundle");
-    umoci.unpack("t", &bundle);
-    crate::pull::base_layer(&bundle.join("rootfs"));
-    std::fs::write(bundle.join("rootfs/usr/lib/big"), crate::pull::noise(6 << 20, 42)).unwrap();
-    umoci.repack("t", &bundle);
-    crate::pull::changes_layer(&bundle.join("rootfs"));
-    umoci.repack("t", &bundle);
-    crate::pull::replacements_layer(&bundle.join("rootfs"));
-    umoci.repack("t", &bundle);
-    std::fs::write(w.join("opaque.tar"), crate::pull::opaque_layer_tar()).unwrap();
-    umoci.add_layer("t", &w.join("opaque.tar"));
-    umoci.unpack("t", &w.join("oracle"));
-    let src = format!("{}/mnt-src:t", registry.addr);
-    skopeo_push(&umoci.layout, "t", &src, None, false);
-    let converted = format!("{}/mnt-zc:t", registry.addr);
-    assert_ok(
-        &lamina()
-            .args(["convert", &src, &converted])
-            .env("LAMINA_CACHE_DIR", w.join("convert-cache"))
-            .output()
-            .unwrap(),
-    );
-    Some(Fixture {
-        oracle: w.join("oracle/rootfs"),
-        layout: umoci.layout,
-        registry,
-        work,
-        converted,
-    })
-}
 
 #[test]
 fn mounted_tree_equals_umoci_unpack_and_warm_mounts_fetch_nothing() {
@@ -145,9 +17,9 @@ fn mounted_tree_equals_umoci_unpack_and_warm_mounts_fetch_nothing() {
         return;
     };
     let w = f.work.path();
-    let cache = w.join("cache");
+    let cache = f.cache();
     let config = config_digest(&f.converted);
-    let m = Mounted::new(&f.converted, &w.join("mnt"), &cache, &[]);
+    let m = f.mount("mnt", &[]);
     // A file opened before its bytes were local, and opened again after one read made them
     // local while the first handle is still open: the second open must not ask for passthrough
     // (the kernel refuses it with EIO while the inode is open through the page cache).
@@ -171,15 +43,11 @@ fn mounted_tree_equals_umoci_unpack_and_warm_mounts_fetch_nothing() {
     let cold = blob_gets(&f.registry, "mnt-zc", &config);
     assert!(cold > 0);
     m.unmount();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while m.daemon_alive() {
-        assert!(Instant::now() < deadline, "the daemon did not exit after umount");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    m.wait_daemon_gone("after umount");
     drop(m);
 
     // Warm: same cache, a second mount reads every byte again without one blob request.
-    let m = Mounted::new(&f.converted, &w.join("mnt2"), &cache, &[]);
+    let m = f.mount("mnt2", &[]);
     assert_same_tree(&m.point, &f.oracle);
     assert_eq!(
         blob_gets(&f.registry, "mnt-zc", &config),
@@ -231,99 +99,14 @@ fn skopeo_written_zstd_chunked_mounts() {
 }
 
 #[test]
-fn concurrent_readers_share_fetches_and_a_dead_registry_gives_eio() {
-    let Some(mut f) = fixture(&[]) else {
-        return;
-    };
-    let w = f.work.path().to_path_buf();
-    let config = config_digest(&f.converted);
-    let m = Mounted::new(
-        &f.converted,
-        &w.join("mnt"),
-        &w.join("cache"),
-        &["--fetch-timeout", "3"],
-    );
-    let big = m.point.join("usr/lib/big");
-    let (mounted, mounted_bytes) = blob_gets_and_bytes(&f.registry, "mnt-zc", &config);
-    let (before, bytes_before) = blob_gets_and_bytes(&f.registry, "mnt-zc", &config);
-    let readers: Vec<_> = (0..8)
-        .map(|_| {
-            let p = big.clone();
-            std::thread::spawn(move || std::fs::read(p).unwrap())
-        })
-        .collect();
-    let want = crate::pull::noise(6 << 20, 42);
-    for r in readers {
-        assert!(r.join().unwrap() == want, "a reader got wrong bytes");
-    }
-    let (after, bytes_after) = blob_gets_and_bytes(&f.registry, "mnt-zc", &config);
-    let (requests, bytes) = (after - before, bytes_after - bytes_before);
-    // Each chunk once: the 6 MiB of noise (incompressible) crossed the wire once, not eight
-    // times, in merged requests (one request per 128 KiB chunk would be 48 or more).
-    assert!(
-        (6 << 20..8 << 20).contains(&bytes),
-        "{bytes} bytes fetched for one 6 MiB file read by 8 readers"
-    );
-    assert!(
-        (2..24).contains(&requests),
-        "{requests} range requests for one 6 MiB file"
-    );
-    // `lamina stats` counts what the registry's log shows (TOC reads at mount time aside).
-    std::thread::sleep(Duration::from_millis(1200));
-    let out = lamina()
-        .args(["stats", "--json"])
-        .arg(&m.point)
-        .env("LAMINA_CACHE_DIR", w.join("cache"))
-        .output()
-        .unwrap();
-    assert_ok(&out);
-    let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        state["stats"]["requests"].as_u64().unwrap() as usize,
-        after - mounted,
-        "{state}"
-    );
-    assert_eq!(
-        state["stats"]["fetched_bytes"].as_u64().unwrap(),
-        bytes_after - mounted_bytes,
-        "{state}"
-    );
-
-    // Registry gone: a file not yet fetched fails with EIO near the deadline; cached data is served.
-    f.registry.kill();
-    let started = Instant::now();
-    let err = std::fs::read(m.point.join("usr/lib/libx.so.2")).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(5), "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "EIO took {:?}",
-        started.elapsed()
-    );
-    assert!(std::fs::read(&big).unwrap() == want);
-    // Back again: the same read works, the daemon never left.
-    f.registry.restart();
-    assert_eq!(
-        std::fs::read(m.point.join("usr/lib/libx.so.2")).unwrap(),
-        crate::pull::noise(70_000, 3)
-    );
-    assert!(m.daemon_alive());
-}
-
-#[test]
 fn a_killed_daemon_is_cleared_by_umount_and_remounts_from_cache() {
     let Some(f) = fixture(&[]) else {
         return;
     };
-    let w = f.work.path();
-    let cache = w.join("cache");
-    let m = Mounted::new(&f.converted, &w.join("mnt"), &cache, &[]);
+    let m = f.mount("mnt", &[]);
     assert_same_tree(&m.point, &f.oracle);
     run(Command::new("kill").args(["-KILL", &m.pid.to_string()]));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while m.daemon_alive() {
-        assert!(Instant::now() < deadline, "the daemon survived SIGKILL");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    m.wait_daemon_gone("after SIGKILL");
     let err = std::fs::read_dir(&m.point).map(|_| ()).unwrap_err();
     assert!(
         matches!(err.raw_os_error(), Some(107 | 103)),
@@ -331,195 +114,8 @@ fn a_killed_daemon_is_cleared_by_umount_and_remounts_from_cache() {
     );
     assert_ok(&lamina().arg("umount").arg(&m.point).output().unwrap());
     drop(m);
-    let m = Mounted::new(&f.converted, &w.join("mnt"), &cache, &[]);
+    let m = f.mount("mnt", &[]);
     assert_same_tree(&m.point, &f.oracle);
-}
-
-/// Start the fault proxy in front of `upstream`, reading its mode from `mode`.
-fn start_fault_proxy(upstream: &str, mode: &Path, log: &Path) -> (crate::support::KillOnDrop, String) {
-    let port = crate::support::registry::free_port();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/fault_proxy.py");
-    let proxy = crate::support::KillOnDrop(
-        crate::support::python()
-            .arg(script)
-            .args([&port.to_string(), upstream])
-            .arg(mode)
-            .stdout(std::process::Stdio::from(std::fs::File::create(log).unwrap()))
-            .spawn()
-            .unwrap(),
-    );
-    let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while crate::support::registry::http_status(&addr, "/v2/").is_none() {
-        assert!(Instant::now() < deadline, "fault proxy did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (proxy, addr)
-}
-
-/// `lamina stats` of a mount, polled until `until` holds (the state file is rewritten twice a
-/// second); the last output either way.
-fn stats_until(point: &Path, cache: &Path, until: impl Fn(&str) -> bool) -> String {
-    let mut text = String::new();
-    for _ in 0..80 {
-        let out = lamina()
-            .arg("stats")
-            .arg(point)
-            .env("LAMINA_CACHE_DIR", cache)
-            .output()
-            .unwrap();
-        text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if until(&text) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    text
-}
-
-#[test]
-fn plain_layers_serve_files_before_they_finish_streaming() {
-    if !require_tools(&["docker-registry", "skopeo", "python3"]) || !require_root() || !require_fuse() {
-        return;
-    }
-    use crate::support::layout::{Entry, Layer, Layout};
-    let registry = TestRegistry::start();
-    let work = tempfile::tempdir().unwrap();
-    let w = work.path();
-    // Incompressible, so the gzip blob is as large as the file and the hold lands before it.
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let big: Vec<u8> = (0..6 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    let base = vec![
-        Entry::Dir("early", 0o755),
-        Entry::File("early/hello", 0o644, b"served before the layer ends"),
-        Entry::Dir("late", 0o755),
-        Entry::File("late/big", 0o644, &big),
-    ];
-    let top = vec![Entry::File("top-note", 0o600, b"from the upper layer")];
-    let mut layout = Layout::create(&w.join("layout"));
-    let desc = layout.image(&[Layer::gzip(&base), Layer::gzip(&top)], "amd64");
-    layout.tag("t", desc);
-    let direct = format!("{}/streamed:t", registry.addr);
-    skopeo_push(&layout.dir, "t", &direct, None, false);
-
-    // The proxy sends the first 256 KiB of each blob, then holds the rest: the big base layer
-    // cannot finish streaming until the test lets it.
-    let mode = w.join("mode");
-    std::fs::write(&mode, "hold:262144").unwrap();
-    let (_proxy, proxy_addr) = start_fault_proxy(&registry.addr, &mode, &w.join("proxy.log"));
-    let image = direct.replace(&registry.addr, &proxy_addr);
-    let cache = w.join("cache");
-    let m = Mounted::new(&image, &w.join("mnt"), &cache, &["--fetch-timeout", "60"]);
-    assert_eq!(
-        std::fs::read(m.point.join("early/hello")).unwrap(),
-        b"served before the layer ends"
-    );
-    let text = stats_until(&m.point, &cache, |t| t.contains("streaming"));
-    assert!(
-        text.contains("streaming"),
-        "the base layer should still be streaming:\n{text}"
-    );
-    let log = std::fs::read_to_string(w.join("proxy.log")).unwrap();
-    assert!(log.contains("HOLD"), "the proxy never held a blob: {log}");
-
-    // A file past the hold waits for the stream (not for an error), and arrives once it goes on.
-    let reader = {
-        let point = m.point.clone();
-        std::thread::spawn(move || std::fs::read(point.join("late/big")))
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(!reader.is_finished(), "a file the stream has not reached was served");
-    std::fs::write(&mode, "pass").unwrap();
-    let got = reader.join().unwrap().unwrap();
-    assert!(got == big, "late/big differs after streaming");
-    // Layers above a streaming one are merged once it is whole.
-    assert_eq!(
-        std::fs::read(m.point.join("top-note")).unwrap(),
-        b"from the upper layer"
-    );
-    let text = stats_until(&m.point, &cache, |t| !t.contains("streaming"));
-    assert!(!text.contains("streaming") && !text.contains("failed"), "{text}");
-    assert_eq!(crate::support::dir_names(&m.point), ["early", "late", "top-note"]);
-    drop(m);
-
-    // The stream left the layer indexed and its bytes cached: the next mount needs no blob.
-    let config = config_digest(&direct);
-    let before = blob_gets(&registry, "streamed", &config);
-    let m = Mounted::new(&direct, &w.join("mnt2"), &cache, &[]);
-    assert!(std::fs::read(m.point.join("late/big")).unwrap() == big);
-    assert_eq!(
-        blob_gets(&registry, "streamed", &config),
-        before,
-        "a warm mount fetched blobs"
-    );
-}
-
-#[test]
-fn faults_never_give_wrong_bytes_hangs_or_crashes() {
-    let Some(f) = fixture(&["python3"]) else {
-        return;
-    };
-    let w = f.work.path();
-    let mode = w.join("fault-mode");
-    std::fs::write(&mode, "pass").unwrap();
-    let (_proxy, proxy_addr) = start_fault_proxy(&f.registry.addr, &mode, &w.join("proxy.log"));
-    let image = f.converted.replace(&f.registry.addr, &proxy_addr);
-    // No read-ahead across files: each file below must still be uncached when its fault is on
-    // (prefetch under faults has a test of its own).
-    let m = Mounted::new(
-        &image,
-        &w.join("mnt"),
-        &w.join("cache"),
-        &["--fetch-timeout", "3", "--prefetch", "none"],
-    );
-    let files = [
-        "etc/chmod-me",
-        "usr/bin/tool",
-        "usr/lib/libx.so.1",
-        "usr/bin/suid",
-        "home/user/notes",
-        "opt/replace/c",
-        "usr/lib/libx.so.2",
-    ];
-    let modes = ["drop", "stall", "truncate", "flip", "500", "503", "drop"];
-    for (file, fault) in files.iter().zip(modes) {
-        std::fs::write(&mode, fault).unwrap();
-        let started = Instant::now();
-        let got = std::fs::read(m.point.join(file));
-        let took = started.elapsed();
-        let err = got.expect_err(&format!("{fault}: reading {file} through a faulty registry succeeded"));
-        assert_eq!(err.raw_os_error(), Some(5), "{fault}: {err}");
-        assert!(took < Duration::from_secs(20), "{fault}: EIO took {took:?}");
-        assert!(m.daemon_alive(), "{fault}: the daemon died");
-        // The fault gone, the same file reads right again (a request of the faulty time may
-        // still be ending, so allow a few seconds): nothing wrong was kept.
-        std::fs::write(&mode, "pass").unwrap();
-        let expected = std::fs::read(f.oracle.join(file)).unwrap();
-        let back = Instant::now() + Duration::from_secs(15);
-        let got = loop {
-            match std::fs::read(m.point.join(file)) {
-                Ok(data) => break data,
-                Err(e) if Instant::now() < back => eprintln!("{fault}: read after recovery failed ({e}); again"),
-                Err(e) => panic!("{fault}: {file} still unreadable 15 s after the fault ended: {e}"),
-            }
-        };
-        assert!(got == expected, "{fault}: wrong bytes after recovery");
-    }
-    let log = std::fs::read_to_string(w.join("proxy.log")).unwrap();
-    for fault in ["drop", "stall", "truncate", "flip", "500", "503"] {
-        assert!(
-            log.contains(&format!("FAULT {fault} ")),
-            "the proxy never injected {fault}:\n{log}"
-        );
-    }
-    drop(m);
 }
 
 #[test]
@@ -563,7 +159,7 @@ fn hostile_images_never_reach_outside_through_the_mount() {
     if !require_tools(&["docker-registry", "skopeo"]) || !require_root() || !require_fuse() {
         return;
     }
-    use crate::support::layout::{Entry, Layer, Layout};
+    use crate::support::layout::{push_layers, Entry, Layer};
     let registry = TestRegistry::start();
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
@@ -573,13 +169,8 @@ fn hostile_images_never_reach_outside_through_the_mount() {
     let c = canary.to_str().unwrap();
     let secret = format!("{c}/secret");
     let push = |name: &str, layers: Vec<Vec<Entry<'_>>>| {
-        let mut layout = Layout::create(&w.join(format!("layout-{name}")));
         let built: Vec<Layer> = layers.iter().map(|l| Layer::gzip(l)).collect();
-        let desc = layout.image(&built, "amd64");
-        layout.tag("t", desc);
-        let image = format!("{}/hostile-{name}:t", registry.addr);
-        skopeo_push(&layout.dir, "t", &image, None, false);
-        image
+        push_layers(w, &registry.addr, &format!("hostile-{name}"), &built)
     };
     let image = push(
         "links",
@@ -621,142 +212,11 @@ fn hostile_images_never_reach_outside_through_the_mount() {
         .and_then(|d| d.collect::<Result<Vec<_>, _>>())
         .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(5), "listing a failed layer: {err}");
-    // The state file is rewritten twice a second.
-    let mut text = String::new();
-    for _ in 0..40 {
-        let out = lamina()
-            .arg("stats")
-            .arg(&m.point)
-            .env("LAMINA_CACHE_DIR", w.join("cache"))
-            .output()
-            .unwrap();
-        text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if text.contains("failed") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
+    let text = m.stats_until(&w.join("cache"), &[], |t| t.contains("failed"));
     assert!(text.contains("failed") && text.contains("../../escape"), "{text}");
     assert!(m.daemon_alive());
     assert!(!w.join("escape").exists() && !std::path::Path::new("/escape").exists());
     drop(m);
     let indexes = || std::fs::read_dir(w.join("cache/indexes")).unwrap().count();
     assert_eq!(indexes(), indexes_before, "an index was kept for a layer that failed");
-}
-
-/// Copy a host file into `root` at the same path, following symlinks.
-fn copy_in(root: &Path, host: &Path) {
-    let dest = root.join(host.strip_prefix("/").unwrap());
-    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-    std::fs::copy(host, &dest).unwrap_or_else(|e| panic!("copying {}: {e}", host.display()));
-}
-
-/// Whether Debian's python3 is here to be copied into images (it comes with
-/// scripts/setup.sh); under CI=true its absence is a failure.
-pub(crate) fn have_python() -> bool {
-    if Path::new("/usr/bin/python3.11").exists() && Path::new("/usr/lib/python3.11").exists() {
-        return true;
-    }
-    assert!(
-        !crate::support::in_ci(),
-        "Debian's python3 (/usr/bin/python3.11) is missing; CI=true makes this a failure"
-    );
-    eprintln!("SKIPPED: Debian's python3 is not installed");
-    false
-}
-
-/// Put the host's Debian-built python3, its shared libraries and its whole standard library
-/// into `rootfs`.
-pub(crate) fn add_python(rootfs: &Path) {
-    let python = Path::new("/usr/bin/python3.11");
-    copy_in(rootfs, python);
-    let ldd = String::from_utf8_lossy(&run(Command::new("ldd").arg(python)).stdout).into_owned();
-    for lib in ldd.split_whitespace().filter(|t| t.starts_with('/')) {
-        copy_in(rootfs, Path::new(lib));
-    }
-    std::os::unix::fs::symlink("python3.11", rootfs.join("usr/bin/python3")).unwrap();
-    std::fs::create_dir_all(rootfs.join("usr/lib/x86_64-linux-gnu")).unwrap();
-    run(Command::new("cp")
-        .arg("-a")
-        .arg("/usr/lib/python3.11")
-        .arg(rootfs.join("usr/lib/")));
-}
-
-#[test]
-fn python_starts_from_a_lazy_mount_fetching_a_small_share_of_the_image() {
-    if !require_tools(&["docker-registry", "umoci", "skopeo", "ldd", "cp"]) || !require_root() || !require_fuse() {
-        return;
-    }
-    if !have_python() {
-        return;
-    }
-    let registry = TestRegistry::start();
-    let work = tempfile::tempdir().unwrap();
-    let w = work.path();
-    let umoci = Umoci::init(&w.join("layout"), "t");
-    let bundle = w.join("bundle");
-    umoci.unpack("t", &bundle);
-    let rootfs = bundle.join("rootfs");
-    // A Debian-built python3 with its shared libraries and its whole standard library.
-    add_python(&rootfs);
-    // What else a Debian image carries that python's start-up does not touch: the gconv
-    // modules of libc6 and perl-base, both essential packages.
-    for extra in ["/usr/lib/x86_64-linux-gnu/gconv", "/usr/lib/x86_64-linux-gnu/perl-base"] {
-        if Path::new(extra).exists() {
-            run(Command::new("cp")
-                .arg("-a")
-                .arg(extra)
-                .arg(rootfs.join("usr/lib/x86_64-linux-gnu/")));
-        }
-    }
-    umoci.repack("t", &bundle);
-    let src = format!("{}/python:t", registry.addr);
-    let lazy = format!("{}/python:zc", registry.addr);
-    skopeo_push(&umoci.layout, "t", &src, None, false);
-    assert_ok(
-        &lamina()
-            .args(["convert", &src, &lazy])
-            .env("LAMINA_CACHE_DIR", w.join("convert-cache"))
-            .output()
-            .unwrap(),
-    );
-    let raw = run(Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{lazy}")))
-    .stdout;
-    let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-    let image_bytes: u64 = manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["size"].as_u64().unwrap())
-        .sum();
-
-    let cache = w.join("cache");
-    let m = Mounted::new(&lazy, &w.join("mnt"), &cache, &[]);
-    let out = run(Command::new("chroot").arg(&m.point).args([
-        "/usr/bin/python3",
-        "-c",
-        "import json, email.parser, http.client; print(json.dumps({'ok': True}))",
-    ]));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"ok": true}"#);
-    std::thread::sleep(Duration::from_millis(1200));
-    let stats = lamina()
-        .args(["stats", "--json"])
-        .arg(&m.point)
-        .env("LAMINA_CACHE_DIR", &cache)
-        .output()
-        .unwrap();
-    assert_ok(&stats);
-    let state: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
-    let fetched = state["stats"]["fetched_bytes"].as_u64().unwrap();
-    eprintln!(
-        "python3 start-up from the lazy mount fetched {fetched} of {image_bytes} bytes ({:.1}%)",
-        100.0 * fetched as f64 / image_bytes as f64
-    );
-    // A small image (python and little else): the realistic figure is the demo's Debian image.
-    assert!(
-        fetched > 0 && fetched * 2 < image_bytes,
-        "fetched {fetched} of {image_bytes} bytes"
-    );
 }

@@ -1,6 +1,6 @@
 //! A multi-platform index: `--platform` picks the right manifest; the default is this machine.
 
-use crate::support::layout::{Entry, Layer, Layout};
+use crate::support::layers::push_multi_platform;
 use crate::support::registry::TestRegistry;
 use crate::support::{assert_failed, assert_ok, lamina_pull, require_tools};
 
@@ -12,13 +12,7 @@ fn platform_selection_from_an_index() {
     let registry = TestRegistry::start();
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let mut layout = Layout::create(&w.join("layout"));
-    let amd = layout.image(&[Layer::gzip(&[Entry::File("platform", 0o644, b"amd64")])], "amd64");
-    let arm = layout.image(&[Layer::gzip(&[Entry::File("platform", 0o644, b"arm64")])], "arm64");
-    let index = layout.index_of(vec![amd, arm]);
-    layout.tag("multi", index);
-    let image = format!("{}/multi:t", registry.addr);
-    crate::support::image::skopeo_push(&layout.dir, "multi", &image, None, true);
+    let image = push_multi_platform(&registry.addr, "multi", w);
 
     assert_ok(&lamina_pull(&image, &w.join("arm"), &["--platform", "linux/arm64"]));
     assert_eq!(std::fs::read(w.join("arm/platform")).unwrap(), b"arm64");

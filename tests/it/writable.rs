@@ -3,85 +3,12 @@
 //! outcome, then the final trees entry by entry; the upper directory survives a remount and
 //! the kernel's overlayfs mounted on lamina's upper directory shows the same tree.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::mount::{fixture, Mounted};
-use crate::support::tree::assert_same_tree;
-use crate::support::{python, run};
-
-/// Kernel overlayfs, unmounted when dropped.
-pub(crate) struct KernelOverlay {
-    point: PathBuf,
-}
-
-impl KernelOverlay {
-    pub(crate) fn mount(lower: &Path, upper: &Path, work: &Path, point: &Path, options: &str) -> KernelOverlay {
-        for d in [upper, work, point] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        run(Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o"])
-            .arg(format!(
-                "lowerdir={},upperdir={},workdir={},{options}",
-                lower.display(),
-                upper.display(),
-                work.display()
-            ))
-            .arg(point));
-        KernelOverlay {
-            point: point.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for KernelOverlay {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.point).status();
-    }
-}
-
-fn ops_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/overlay_ops.py")
-}
-
-/// Run the differential driver; panics with its report on the first different outcome.
-pub(crate) fn same_outcomes(seed: u64, count: usize, lamina: &Path, kernel: &Path) {
-    // A hang is a failure too.
-    let out = Command::new("timeout")
-        .arg("300")
-        .arg(python().get_program())
-        .arg(ops_script())
-        .arg(seed.to_string())
-        .arg(count.to_string())
-        .arg(lamina)
-        .arg(kernel)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "lamina and kernel overlayfs disagree:\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{}", text.trim());
-}
-
-/// Seeds of the differential run: LAMINA_OVL_SEEDS=a,b,… or the CI set.
-fn seeds() -> Vec<u64> {
-    std::env::var("LAMINA_OVL_SEEDS")
-        .ok()
-        .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 2, 3, 4])
-}
-
-/// Operations per seed: LAMINA_OVL_OPS or the CI count.
-fn ops_per_seed() -> usize {
-    std::env::var("LAMINA_OVL_OPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(250)
-}
+use crate::support::mount::fixture;
+use crate::support::overlay::{env_count, env_list, same_outcomes, KernelOverlay};
+use crate::support::run;
+use crate::support::tree::{assert_same_tree_except, Mtimes};
 
 #[test]
 fn random_operations_match_kernel_overlayfs_and_survive_a_remount() {
@@ -89,8 +16,8 @@ fn random_operations_match_kernel_overlayfs_and_survive_a_remount() {
         return;
     };
     let w = f.work.path();
-    let cache = w.join("cache");
-    for seed in seeds() {
+    // LAMINA_OVL_SEEDS=a,b,… (else the CI set), LAMINA_OVL_OPS operations per seed.
+    for seed in env_list("LAMINA_OVL_SEEDS", &[1, 2, 3, 4]) {
         let dir = w.join(format!("seed{seed}"));
         let upper = dir.join("lamina-upper");
         let k = KernelOverlay::mount(
@@ -100,36 +27,23 @@ fn random_operations_match_kernel_overlayfs_and_survive_a_remount() {
             &dir.join("k-mnt"),
             "redirect_dir=on,index=on",
         );
-        let m = Mounted::new(
-            &f.converted,
-            &dir.join("mnt"),
-            &cache,
-            &["--upper", upper.to_str().unwrap()],
-        );
-        same_outcomes(seed, ops_per_seed(), &m.point, &k.point);
-        assert_same_tree(&m.point, &k.point);
+        let m = f.mount_upper(&format!("seed{seed}/mnt"), &upper, &[]);
+        same_outcomes(seed, env_count("LAMINA_OVL_OPS", 250), &m.point, &k.point);
+        // The same operations ran on both sides at different moments, so everything they
+        // touched (and its parent directory) has a different "now": mtimes are left out.
+        let same_tree = |a: &std::path::Path, b: &std::path::Path| assert_same_tree_except(a, b, Mtimes::All);
+        same_tree(&m.point, &k.point);
 
         // The same upper again: the same view.
         m.unmount();
         drop(m);
-        let m = Mounted::new(
-            &f.converted,
-            &dir.join("mnt2"),
-            &cache,
-            &["--upper", upper.to_str().unwrap()],
-        );
-        assert_same_tree(&m.point, &k.point);
+        let m = f.mount_upper(&format!("seed{seed}/mnt2"), &upper, &[]);
+        same_tree(&m.point, &k.point);
         drop(m);
 
         // Kernel overlayfs over lamina's upper directory shows the same tree.
-        let k2 = KernelOverlay::mount(
-            &f.oracle,
-            &upper.join("upper"),
-            &upper.join("work"),
-            &dir.join("k2-mnt"),
-            "redirect_dir=on,metacopy=on",
-        );
-        assert_same_tree(&k2.point, &k.point);
+        let k2 = KernelOverlay::over_lamina_upper(&f.oracle, &upper, &dir.join("k2-mnt"));
+        same_tree(&k2.point, &k.point);
     }
 }
 
@@ -139,7 +53,7 @@ fn writable_mounts_refuse_foreign_upper_dirs_and_clean_up_after_themselves() {
         return;
     };
     let w = f.work.path();
-    let cache = w.join("cache");
+    let cache = f.cache();
     // Not a lamina upper directory: a clear error, nothing in it touched.
     let foreign = w.join("foreign");
     std::fs::create_dir_all(foreign.join("data")).unwrap();
@@ -159,12 +73,7 @@ fn writable_mounts_refuse_foreign_upper_dirs_and_clean_up_after_themselves() {
 
     // An upper directory in use by another mount.
     let upper = w.join("upper");
-    let m = Mounted::new(
-        &f.converted,
-        &w.join("a"),
-        &cache,
-        &["--upper", upper.to_str().unwrap()],
-    );
+    let m = f.mount_upper("a", &upper, &[]);
     std::fs::write(m.point.join("etc/new"), b"x").unwrap();
     std::fs::create_dir_all(w.join("b")).unwrap();
     let out = crate::support::lamina()
@@ -185,15 +94,11 @@ fn writable_mounts_refuse_foreign_upper_dirs_and_clean_up_after_themselves() {
         if keep {
             extra.push("--keep");
         }
-        let m = Mounted::new(&f.converted, &w.join(format!("wr{keep}")), &cache, &extra);
+        let m = f.mount(&format!("wr{keep}"), &extra);
         std::fs::write(m.point.join("etc/written"), b"data").unwrap();
         assert_eq!(std::fs::read(m.point.join("etc/written")).unwrap(), b"data");
         m.unmount();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while m.daemon_alive() {
-            assert!(std::time::Instant::now() < deadline, "daemon still running");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        m.wait_daemon_gone("after umount");
         let left = std::fs::read_dir(cache.join("uppers")).map_or(0, |d| d.count());
         assert_eq!(left, usize::from(keep), "upper directories left: {left} (keep {keep})");
     }
@@ -205,11 +110,9 @@ fn metadata_changes_copy_up_metadata_only_until_the_first_write() {
         return;
     };
     let w = f.work.path();
-    let cache = w.join("cache");
     let upper = w.join("upper");
-    let up = ["--upper", upper.to_str().unwrap()];
     let lower_bytes = std::fs::read(f.oracle.join("usr/lib/big")).unwrap();
-    let m = Mounted::new(&f.converted, &w.join("mnt"), &cache, &up);
+    let m = f.mount_upper("mnt", &upper, &[]);
     let file = m.point.join("usr/lib/big");
     std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     std::os::unix::fs::chown(&file, Some(42), Some(43)).unwrap();
@@ -230,24 +133,18 @@ fn metadata_changes_copy_up_metadata_only_until_the_first_write() {
     // After a remount too; the kernel's overlayfs (metacopy=on) reads lamina's upper alike.
     m.unmount();
     drop(m);
-    let m = Mounted::new(&f.converted, &w.join("mnt2"), &cache, &up);
+    let m = f.mount_upper("mnt2", &upper, &[]);
     let file = m.point.join("usr/lib/big");
     assert_eq!(std::fs::read(&file).unwrap(), lower_bytes);
     m.unmount();
     drop(m);
     {
-        let k = KernelOverlay::mount(
-            &f.oracle,
-            &upper.join("upper"),
-            &upper.join("work"),
-            &w.join("k-mnt"),
-            "redirect_dir=on,metacopy=on",
-        );
+        let k = KernelOverlay::over_lamina_upper(&f.oracle, &upper, &w.join("k-mnt"));
         assert_eq!(std::fs::read(k.point.join("usr/lib/big")).unwrap(), lower_bytes);
     }
 
     // The first write copies the bytes up in place and drops the marker.
-    let m = Mounted::new(&f.converted, &w.join("mnt3"), &cache, &up);
+    let m = f.mount_upper("mnt3", &upper, &[]);
     let file = m.point.join("usr/lib/big");
     {
         use std::io::Write;

@@ -6,14 +6,26 @@ Blob GETs (/v2/.../blobs/...) are treated according to the word in MODE_FILE, re
 request: pass, drop (close without answering), stall (answer nothing for 60 s), truncate
 (announce the full length, send half, close), flip (change one byte of the body), 500, 503,
 hold:N (send the first N bytes of the body, then wait until the mode changes and send the rest).
-Everything else is forwarded untouched. Each faulted request is logged as `FAULT mode path`.
+Everything else is forwarded untouched. Each faulted request is logged as `FAULT mode path`,
+and every blob GET as `GET path range=VALUE` (`-` without a Range header).
 """
 import http.client
 import http.server
 import sys
+import threading
 import time
 
 port, upstream, mode_file = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+
+LOG_LOCK = threading.Lock()
+
+
+def log(line):
+    """One whole line on stdout (handler threads must not interleave their lines)."""
+    with LOG_LOCK:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def mode():
@@ -31,8 +43,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def forward(self):
         m = mode() if "/blobs/" in self.path and self.command == "GET" else "pass"
+        if "/blobs/" in self.path and self.command == "GET":
+            log(f"GET {self.path} range={self.headers.get('Range', '-')}")
         if m != "pass":
-            print(f"FAULT {m} {self.path}", flush=True)
+            log(f"FAULT {m} {self.path}")
         if m == "drop":
             self.close_connection = True
             return
@@ -75,7 +89,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(data[:n])
             self.wfile.flush()
             if len(data) > n:
-                print(f"HOLD {self.path} at {n} of {len(data)}", flush=True)
+                log(f"HOLD {self.path} at {n} of {len(data)}")
             while len(data) > n and mode() == m:
                 time.sleep(0.05)
             self.wfile.write(data[n:])

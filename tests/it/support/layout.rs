@@ -189,3 +189,14 @@ impl Layout {
         serde_json::json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": d, "size": s})
     }
 }
+
+/// An image of `layers` (linux/amd64) in a layout `w/layout-REPO`, pushed as `ADDR/REPO:t`,
+/// which is returned.
+pub fn push_layers(w: &Path, addr: &str, repo: &str, layers: &[Layer]) -> String {
+    let mut layout = Layout::create(&w.join(format!("layout-{repo}")));
+    let desc = layout.image(layers, "amd64");
+    layout.tag("t", desc);
+    let image = format!("{addr}/{repo}:t");
+    super::image::skopeo_push(&layout.dir, "t", &image, None, false);
+    image
+}

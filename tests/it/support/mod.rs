@@ -2,7 +2,11 @@
 //! the tree oracle.
 
 pub mod image;
+pub mod layers;
 pub mod layout;
+pub mod mount;
+pub mod overlay;
+pub mod poll;
 pub mod registry;
 pub mod tree;
 
@@ -79,6 +83,45 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A helper script of `tests/it/support` started as an HTTP server: `SCRIPT PORT ARGS…` on a
+/// port of its own, stdout to `log`. Returns it (killed when dropped) and its address, once it
+/// answers HTTP.
+pub fn start_helper(script: &str, args: &[&str], log: &Path) -> (KillOnDrop, String) {
+    let (child, port) = registry::start_server(script, |port| helper_command(script, port, args, log).spawn().unwrap());
+    (answering(child, port, script), format!("127.0.0.1:{port}"))
+}
+
+/// [`start_helper`] again on the port it had (e.g. after it was killed to break connections).
+pub fn restart_helper(script: &str, port: u16, args: &[&str], log: &Path) -> KillOnDrop {
+    let mut child = helper_command(script, port, args, log).spawn().unwrap();
+    if let Err(status) = registry::wait_listening(&mut child, port) {
+        panic!("{script} exited ({status}) when started again on port {port}");
+    }
+    answering(child, port, script)
+}
+
+fn helper_command(script: &str, port: u16, args: &[&str], log: &Path) -> Command {
+    let mut c = python();
+    c.arg(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/it/support")
+            .join(script),
+    )
+    .arg(port.to_string())
+    .args(args)
+    .stdout(std::process::Stdio::from(std::fs::File::create(log).unwrap()));
+    c
+}
+
+fn answering(child: std::process::Child, port: u16, script: &str) -> KillOnDrop {
+    let child = KillOnDrop(child);
+    let addr = format!("127.0.0.1:{port}");
+    poll::until(&format!("{script} answering on {addr}"), || {
+        registry::http_status(&addr, "/v2/").map(drop)
+    });
+    child
 }
 
 /// The lamina binary under test.

@@ -1,11 +1,16 @@
 //! A real registry (Debian's `docker-registry`, distribution v2) on a free loopback port, with
 //! temporary storage, stopped when dropped.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use super::poll;
 
 /// How long a registry may take to answer after start.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -31,41 +36,62 @@ impl TestRegistry {
 
     fn start_with(auth: Option<(&str, &str)>) -> TestRegistry {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-            dir.path().join("storage").display()
-        );
+        let mut r = TestRegistry {
+            child: None,
+            addr: String::new(),
+            dir,
+        };
         if let Some((user, password)) = auth {
             let out = super::run(Command::new("htpasswd").args(["-Bbn", user, password]));
-            let htpasswd = dir.path().join("htpasswd");
-            std::fs::write(&htpasswd, out.stdout).unwrap();
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: lamina-test\n    path: {}\n",
-                htpasswd.display()
-            ));
+            std::fs::write(r.dir.path().join("htpasswd"), out.stdout).unwrap();
         }
-        std::fs::write(dir.path().join("config.yml"), config).unwrap();
-        let mut r = TestRegistry { child: None, addr, dir };
-        r.spawn();
+        // Another process may take the port between `free_port` and the registry's bind: then
+        // the registry exits, and it is started again on another port.
+        let (child, port) = start_server("docker-registry", |port| {
+            r.write_config(port, auth.is_some());
+            r.command().spawn().expect("start docker-registry")
+        });
+        r.child = Some(child);
+        r.addr = format!("127.0.0.1:{port}");
+        r.wait_ready();
         r
     }
 
-    fn spawn(&mut self) {
+    fn write_config(&self, port: u16, auth: bool) {
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            self.storage().display()
+        );
+        if auth {
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: lamina-test\n    path: {}\n",
+                self.dir.path().join("htpasswd").display()
+            ));
+        }
+        std::fs::write(self.dir.path().join("config.yml"), config).unwrap();
+    }
+
+    fn command(&self) -> Command {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
+        let mut c = Command::new("docker-registry");
+        c.arg("serve")
             .arg(self.dir.path().join("config.yml"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start docker-registry");
+            .stderr(log);
+        c
+    }
+
+    fn spawn(&mut self) {
+        let port: u16 = self.addr.rsplit(':').next().unwrap().parse().unwrap();
+        let mut child = self.command().spawn().expect("start docker-registry");
+        if let Err(status) = wait_listening(&mut child, port) {
+            panic!("docker-registry exited ({status}) on restart; log:\n{}", self.log());
+        }
         self.child = Some(child);
         self.wait_ready();
     }
@@ -142,19 +168,24 @@ impl TestRegistry {
         (lines.len(), bytes)
     }
 
-    /// [`Self::blob_gets_now`] once the log has settled (the registry writes a line after the
-    /// response has gone out, so a client can be done before its last line is there).
+    /// [`Self::blob_gets_now`] once the log has caught up. The registry writes a request's line
+    /// after its response has gone out, so a client can be done before its last line is there:
+    /// a request of our own, made now, is answered and logged after those, so its line is
+    /// waited for (no quiet period guessed).
     pub fn settled_blob_gets(&self, repo: &str, except: Option<&str>) -> (usize, u64) {
-        let mut last = self.blob_gets_now(repo, except);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            std::thread::sleep(Duration::from_millis(300));
-            let now = self.blob_gets_now(repo, except);
-            if now == last || Instant::now() > deadline {
-                return now;
-            }
-            last = now;
-        }
+        static SYNCS: AtomicU64 = AtomicU64::new(0);
+        let marker = format!(
+            "/v2/lamina-test-sync/manifests/s{}",
+            SYNCS.fetch_add(1, Ordering::Relaxed)
+        );
+        assert!(
+            http_status(&self.addr, &marker).is_some(),
+            "the registry did not answer"
+        );
+        poll::until("the registry to log our own request", || {
+            self.log().contains(&format!("\"GET {marker} ")).then_some(())
+        });
+        self.blob_gets_now(repo, except)
     }
 }
 
@@ -164,9 +195,85 @@ impl Drop for TestRegistry {
     }
 }
 
-/// A port nothing listens on right now.
+/// Ports handed out by [`free_port`] in this process: never handed out twice, so two tests
+/// running in parallel threads cannot be given the same one.
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// A port nothing listens on right now and that no other test of this process was given.
+/// Another process may still take it before the caller binds: start servers with
+/// [`start_server`], which retries on a new port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
+}
+
+/// How many ports a server is tried on before giving up.
+const START_ATTEMPTS: usize = 5;
+
+/// Start a server with `spawn(port)` on a port from [`free_port`] and wait until that very
+/// child listens on it; if it exits first (the port was taken meanwhile), try another port.
+pub fn start_server(what: &str, mut spawn: impl FnMut(u16) -> Child) -> (Child, u16) {
+    let mut failures = Vec::new();
+    for _ in 0..START_ATTEMPTS {
+        let port = free_port();
+        let mut child = spawn(port);
+        match wait_listening(&mut child, port) {
+            Ok(()) => return (child, port),
+            Err(status) => failures.push(format!("port {port}: exited ({status})")),
+        }
+    }
+    panic!("{what} did not start: {failures:?}");
+}
+
+/// Wait until `child` itself has a listening socket on `port` (a socket of another process on
+/// the same port does not count); `Err` with its exit status if it exits first.
+pub fn wait_listening(child: &mut Child, port: u16) -> Result<(), std::process::ExitStatus> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Err(status);
+        }
+        if listens_on(child.id(), port) {
+            return Ok(());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid {} not listening on {port} after {READY_TIMEOUT:?}",
+            child.id()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether process `pid` holds a socket listening on 127.0.0.1:`port` (from /proc/net/tcp and
+/// the process's descriptors).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let tcp = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    let inodes: BTreeSet<String> = tcp
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            // State 0A is LISTEN.
+            (local_port == port && *f.get(3)? == "0A").then(|| f.get(9).map(|s| s.to_string()))?
+        })
+        .collect();
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|t| {
+                let t = t.to_string_lossy();
+                t.strip_prefix("socket:[")
+                    .and_then(|s| s.strip_suffix(']'))
+                    .is_some_and(|i| inodes.contains(i))
+            })
+        })
+    })
 }
 
 /// The status code of a plain `GET path` on `addr`, if anything answered.
@@ -178,4 +285,14 @@ pub fn http_status(addr: &str, path: &str) -> Option<u16> {
     let n = s.read(&mut buf).ok()?;
     let line = String::from_utf8_lossy(&buf[..n]);
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn ports_are_never_handed_out_twice_even_to_parallel_tests() {
+    let threads: Vec<_> = (0..8)
+        .map(|_| std::thread::spawn(|| (0..50).map(|_| free_port()).collect::<Vec<u16>>()))
+        .collect();
+    let ports: Vec<u16> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let distinct: BTreeSet<u16> = ports.iter().copied().collect();
+    assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
 }

@@ -38,10 +38,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.headers.get("Authorization") != want:
             return self.reply(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}')
         t = secrets.token_hex(16)
+        scope = self.path.split("scope=")[-1]
         with lock:
             tokens[t] = uses
-        scope = self.path.split("scope=")[-1]
-        print(f"TOKEN scope={scope}", flush=True)
+            # Under the lock: lines of two handler threads must not interleave.
+            sys.stdout.write(f"TOKEN scope={scope}\n")
+            sys.stdout.flush()
         self.reply(200, ('{"token":"%s","expires_in":300}' % t).encode(), [("Content-Type", "application/json")])
 
     def authorized(self):

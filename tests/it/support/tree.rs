@@ -1,5 +1,7 @@
 //! The tree oracle: every entry's type, mode, owner, size, content digest, link target,
-//! device numbers and xattrs, plus hard-link groups, compared between two directory trees.
+//! device numbers, xattrs and modification time (seconds and nanoseconds), plus hard-link
+//! groups, compared between two directory trees. Comparisons where some mtimes legitimately
+//! differ leave them out explicitly ([`assert_same_tree_except`]), saying why.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::CString;
@@ -29,6 +31,8 @@ pub struct Facts {
     pub rdev: Option<(u32, u32)>,
     /// Extended attributes.
     pub xattrs: BTreeMap<String, Vec<u8>>,
+    /// Modification time (seconds, nanoseconds); `None` once left out of a comparison.
+    pub mtime: Option<(i64, i64)>,
 }
 
 /// A whole tree: path → facts, and the hard-link groups (sets of paths sharing an inode).
@@ -88,6 +92,7 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Facts>, inodes: &mut
             link: (kind == 'l').then(|| std::fs::read_link(&path).unwrap().to_string_lossy().into_owned()),
             rdev: matches!(kind, 'c' | 'b').then(|| (rustix::fs::major(m.rdev()), rustix::fs::minor(m.rdev()))),
             xattrs: xattrs(&path),
+            mtime: Some((m.mtime(), m.mtime_nsec())),
         };
         if kind != 'd' && m.nlink() > 1 {
             inodes.entry((m.dev(), m.ino())).or_default().push(rel.clone());
@@ -117,9 +122,52 @@ fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-/// Panic with a readable list of differences unless the trees are equal.
+/// Panic with a readable list of differences unless the trees are equal, mtimes included.
 pub fn assert_same_tree(actual: &Path, expected: &Path) {
     assert_same_snapshot(&snapshot(actual), &snapshot(expected), actual, expected);
+}
+
+/// Which parts of modification times a comparison leaves out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mtimes {
+    /// Those of directories.
+    OfDirs,
+    /// Nanoseconds (one side comes from a layer that carries whole seconds only).
+    Nanos,
+    /// Both of the above.
+    OfDirsAndNanos,
+    /// All of them.
+    All,
+}
+
+/// [`assert_same_tree`] without the mtimes `skip` names (the caller says why).
+pub fn assert_same_tree_except(actual: &Path, expected: &Path, skip: Mtimes) {
+    let (a, e) = (snapshot(actual), snapshot(expected));
+    assert_same_snapshot(&without_mtimes(a, skip), &without_mtimes(e, skip), actual, expected);
+}
+
+/// [`assert_same_tree`] for a tree made by `lamina pull` (`actual`), directory mtimes left
+/// out: they legitimately differ. A layer that adds or removes a name in a directory without
+/// carrying an entry for that directory leaves the directory with the time of the pull in
+/// `lamina pull`'s tree (as when containerd or Docker apply a layer: the kernel sets it),
+/// whereas `umoci unpack` restores each parent's mtime after every entry and the lazy mount
+/// shows the mtime of the directory's last entry in the layers; the OCI spec says nothing.
+/// Two pulls made at different times differ in the same way.
+pub fn assert_same_pulled_tree(actual: &Path, expected: &Path) {
+    assert_same_tree_except(actual, expected, Mtimes::OfDirs);
+}
+
+/// The snapshot with the mtimes `skip` names left out.
+pub fn without_mtimes(mut s: Snapshot, skip: Mtimes) -> Snapshot {
+    for f in s.entries.values_mut() {
+        let dirs = matches!(skip, Mtimes::OfDirs | Mtimes::OfDirsAndNanos);
+        if skip == Mtimes::All || (dirs && f.kind == 'd') {
+            f.mtime = None;
+        } else if matches!(skip, Mtimes::Nanos | Mtimes::OfDirsAndNanos) {
+            f.mtime = f.mtime.map(|(secs, _)| (secs, 0));
+        }
+    }
+    s
 }
 
 /// The snapshot without xattrs whose value is empty: a tar's PAX record with an empty value
