@@ -81,7 +81,10 @@ impl ChunkLocks {
                 .open(&path)
         };
         let Ok(file) = opened else {
-            return Locked::Mine(ChunkLock { path: None, _file: None });
+            return Locked::Mine(ChunkLock {
+                path: None,
+                _file: None,
+            });
         };
         match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Locked::Mine(ChunkLock {
