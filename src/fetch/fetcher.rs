@@ -169,6 +169,9 @@ pub struct StatsSnapshot {
     /// Of those, bytes a read has used.
     #[serde(default)]
     pub prefetch_used_bytes: u64,
+    /// Chunks handed to prefetch and not yet fetched or skipped.
+    #[serde(default)]
+    pub prefetch_pending_chunks: u64,
 }
 
 impl Fetcher {
@@ -194,6 +197,7 @@ impl Fetcher {
             layers: self.stats.layers.lock().clone(),
             prefetched_bytes: self.prefetch.stats.bytes.load(Ordering::Relaxed),
             prefetch_used_bytes: self.prefetch.stats.used_bytes.load(Ordering::Relaxed),
+            prefetch_pending_chunks: self.prefetch.stats.pending.load(Ordering::Relaxed),
         }
     }
 
@@ -337,12 +341,17 @@ impl Fetcher {
             return;
         }
         let (me, layer) = (self.clone(), layer.clone());
+        self.prefetch
+            .stats
+            .pending
+            .fetch_add(chunks.len() as u64, Ordering::Relaxed);
         self.runtime.spawn(async move {
             let runs = merge_runs(chunks.into_iter().map(|c| (c, ())).collect());
             for run in runs {
                 let Ok(permit) = me.prefetch.permits.clone().acquire_owned().await else {
                     return;
                 };
+                let handed = run.len() as u64;
                 // Flights are registered only now: a read that came first started its own.
                 let missing: Vec<Chunk> = run
                     .into_iter()
@@ -373,6 +382,7 @@ impl Fetcher {
                     for sub in merge_runs(mine) {
                         me.clone().fetch_run(layer.clone(), sub).await;
                     }
+                    me.prefetch.stats.pending.fetch_sub(handed, Ordering::Relaxed);
                     drop(permit);
                 });
             }

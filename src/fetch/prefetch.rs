@@ -25,6 +25,8 @@ pub struct PrefetchStats {
     pub used_bytes: AtomicU64,
     /// Chunks prefetched.
     pub chunks: AtomicU64,
+    /// Chunks handed to prefetch and not yet fetched or skipped.
+    pub pending: AtomicU64,
 }
 
 /// The prefetch side of a fetcher.

@@ -60,11 +60,14 @@ impl Recorder {
         })
     }
 
-    /// File (`layer`, `entry`) was opened; `whole`: with passthrough, so read whole.
+    /// File (`layer`, `entry`) was opened; `whole`: with passthrough (all its bytes were
+    /// local, its reads will not reach lamina), so it counts as read whole — unless an earlier
+    /// open already recorded which chunks were read (those are what the workload needed).
     pub fn opened(&self, layer: usize, entry: usize, whole: bool) {
         let mut st = self.state.lock();
+        let known = st.at.contains_key(&(layer, entry));
         let i = self.entry(&mut st, layer, entry);
-        if whole && st.files[i].chunks.is_some() {
+        if whole && !known {
             st.files[i].chunks = None;
             st.changed = true;
         }

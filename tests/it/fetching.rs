@@ -71,7 +71,7 @@ fn concurrent_readers_share_fetches_and_a_dead_registry_gives_eio() {
 }
 
 /// The fault proxy in front of `upstream`, reading its mode from the file `mode`.
-fn fault_proxy(upstream: &str, mode: &Path, log: &Path) -> (crate::support::KillOnDrop, String) {
+pub(crate) fn fault_proxy(upstream: &str, mode: &Path, log: &Path) -> (crate::support::KillOnDrop, String) {
     start_helper("fault_proxy.py", &[upstream, mode.to_str().unwrap()], log)
 }
 
@@ -229,7 +229,7 @@ fn faults_never_give_wrong_bytes_hangs_or_crashes() {
 /// A Debian-built python3 with its shared libraries and its whole standard library, and what
 /// else a Debian image carries that python's start-up does not touch: the gconv modules of
 /// libc6 and perl-base, both essential packages.
-fn python_and_more(rootfs: &Path) {
+pub(crate) fn python_and_more(rootfs: &Path) {
     add_python(rootfs);
     for extra in ["/usr/lib/x86_64-linux-gnu/gconv", "/usr/lib/x86_64-linux-gnu/perl-base"] {
         if Path::new(extra).exists() {

@@ -10,6 +10,7 @@ mod fetching;
 mod hostile;
 mod mount;
 mod platform;
+mod profile;
 mod pull;
 mod restart;
 mod support;
