@@ -12,6 +12,11 @@ use crate::model::{Chunk, ChunkKind, EntryKind};
 
 /// Compressed bytes per batch: a few requests' worth, so the first files arrive first.
 pub const BATCH_BYTES: u64 = 2 << 20;
+/// File bytes fetched past a recorded range: the kernel reads ahead of a reader up to its
+/// read-ahead window (lamina asks for 1 MiB), and not always the same way twice.
+pub const AFTER_BYTES: u64 = 1 << 20;
+/// File bytes fetched before a recorded range: a page fault of a mapped file reads around it.
+pub const BEFORE_BYTES: u64 = 256 << 10;
 
 /// Chunks of one layer to prefetch together, in blob order.
 #[derive(Debug)]
@@ -58,7 +63,12 @@ pub fn batches(profile: &Profile, digests: &[String], indexes: &[&LayerIndex]) -
             if a >= chunks.len() || a > b {
                 continue;
             }
-            for c in &chunks[a..=b] {
+            // What the kernel may read around the recorded reads this time.
+            let from = chunks[a].file_offset.saturating_sub(BEFORE_BYTES);
+            let to = (chunks[b].file_offset + chunks[b].len).saturating_add(AFTER_BYTES);
+            let a = chunks.partition_point(|c| c.file_offset + c.len <= from);
+            let b = chunks.partition_point(|c| c.file_offset < to);
+            for c in &chunks[a..b] {
                 if c.kind == ChunkKind::Data && seen.insert(c.digest) {
                     pending_bytes += c.blob_len;
                     pending[layer].push(c.clone());
@@ -97,19 +107,20 @@ mod tests {
     fn index() -> LayerIndex {
         let mut ix = LayerIndex::default();
         for (i, name) in ["a", "b", "c"].iter().enumerate() {
-            let chunks = (0..3)
+            // Five chunks of 4 MiB: a recorded range grows by one chunk before and after.
+            let chunks = (0..5)
                 .map(|k| Chunk {
-                    file_offset: k * 10,
-                    len: 10,
-                    blob_offset: (i as u64 * 3 + k) * 100,
+                    file_offset: k * (4 << 20),
+                    len: 4 << 20,
+                    blob_offset: (i as u64 * 5 + k) * 100,
                     blob_len: 100,
                     inner_offset: 0,
-                    digest: [(i * 3 + k as usize + 1) as u8; 32],
+                    digest: [(i * 5 + k as usize + 1) as u8; 32],
                     kind: ChunkKind::Data,
                 })
                 .collect();
             let mut meta = Meta::new(EntryKind::Regular, 0o644);
-            meta.size = 30;
+            meta.size = 20 << 20;
             ix.push_entry(
                 IndexEntry::new(LayerPath::normalize(name.as_bytes()).unwrap(), meta, None),
                 chunks,
@@ -145,7 +156,11 @@ mod tests {
         let b = batches(&p, &["sha256:l".into()], &[&ix]);
         assert_eq!(b.len(), 1);
         let offsets: Vec<u64> = b[0].chunks.iter().map(|c| c.blob_offset).collect();
-        // c's chunk 1, a's chunk 2 (the range clipped), all of b; in blob order.
-        assert_eq!(offsets, vec![200, 300, 400, 500, 700]);
+        // a: chunk 2 to the end (clipped), grown by one before; all of b; c: chunk 1 grown by
+        // one each side. In blob order.
+        assert_eq!(
+            offsets,
+            vec![100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1100, 1200]
+        );
     }
 }

@@ -118,8 +118,18 @@ impl ImageView {
 
     /// File `ino` was opened (`whole`: with passthrough, its reads will not reach lamina).
     pub fn record_open(&self, ino: INodeNo, whole: bool) {
-        if let Some((layer, entry)) = self.live.read(|st| st.union.get(ino.0).and_then(|n| n.source)) {
-            self.recorder.opened(layer, entry, whole);
+        let Some((layer, entry)) = self.live.read(|st| st.union.get(ino.0).and_then(|n| n.source)) else {
+            return;
+        };
+        self.recorder.opened(layer, entry, whole);
+        if whole {
+            // Its reads will not reach lamina: the prefetched chunks of the file count as used.
+            self.live.read(|st| {
+                let index = &st.layers[layer];
+                for c in index.chunks_of(&index.entries[entry]) {
+                    self.fetcher.prefetch.note_used(&c.digest);
+                }
+            });
         }
     }
 

@@ -103,9 +103,17 @@ fn a_pushed_profile_is_found_by_an_empty_cache_and_prefetched() {
     // Everything python needs came with the profile: it starts with the registry gone.
     p.registry.kill();
     let out = python_in(&m.point);
+    if !out.status.success() {
+        let s = stats_json(&m, &fresh, |_| true);
+        eprintln!("STATS {}", s["stats"]);
+        for e in std::fs::read_dir(fresh.join("logs")).unwrap() {
+            eprintln!("LOG {}", std::fs::read_to_string(e.unwrap().path()).unwrap());
+        }
+    }
     assert!(
         out.status.success(),
-        "python without the registry: {}",
+        "python without the registry: {:?} {}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"ok": true}"#);
