@@ -45,6 +45,11 @@ pub fn run_mode(
     let _ = std::fs::remove_dir_all(&dir);
     let rss_file = ctx.work.join("rss");
     let _ = std::fs::remove_file(&rss_file);
+    if mode == "lazy-profile" {
+        // A profile recorded on another machine (another cache) and pushed, before the clock
+        // starts: this mount, with an empty cache, finds it in the registry.
+        ensure_profile_pushed(ctx, wl)?;
+    }
     // A warm start is by digest: nothing needs the registry (looked up before the clock starts).
     let by_digest = if mode == "lazy-warm" {
         Some(manifest_digest(ctx, wl)?)
@@ -82,12 +87,6 @@ pub fn run_mode(
             try_run(&mut chroot_cmd(&dir, &wl.cmd))?;
         }
         "lazy-cold" | "lazy-profile" | "lazy-warm" => {
-            if mode == "lazy-profile" {
-                // A profile recorded on another machine (another cache) and pushed: this
-                // mount, with an empty cache, finds it in the registry.
-                ensure_profile_pushed(ctx, wl)?;
-                drop_caches();
-            }
             if mode != "lazy-warm" {
                 let _ = std::fs::remove_dir_all(warm_cache);
             }
@@ -96,9 +95,11 @@ pub fn run_mode(
                 Some(d) => format!("{relay}/{}@{d}", wl.repo),
                 None => zc_ref.clone(),
             };
+            // Cold: no profile, even where one was pushed for lazy-profile.
+            let prefetch = if mode == "lazy-cold" { "readahead" } else { "auto" };
             let out = try_run(
                 lamina(ctx.root)
-                    .arg("mount")
+                    .args(["mount", "--prefetch", prefetch])
                     .arg(&image)
                     .arg(&dir)
                     .env("LAMINA_CACHE_DIR", warm_cache),

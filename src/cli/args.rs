@@ -15,6 +15,8 @@ use crate::registry::ClientOptions;
 pub enum Prefetch {
     /// Read-ahead in blob order, and the access profile where there is one.
     Auto,
+    /// Read-ahead in blob order; no access profile.
+    Readahead,
     /// Only what is read.
     None,
 }
@@ -167,9 +169,10 @@ pub struct MountArgs {
     /// where the kernel has it, for files whose bytes are all local).
     #[arg(long)]
     pub no_passthrough: bool,
-    /// What lamina fetches before it is read: `auto` = read-ahead in blob order for readers
-    /// that go on in it (and the image's access profile, where there is one); `none` = only
-    /// what is read (plus the rest of a file's 1 MiB read-ahead, in the same request).
+    /// What lamina fetches before it is read: `auto` = the image's access profile (the
+    /// cache's, else the registry's) and read-ahead in blob order for readers that go on in
+    /// it; `readahead` = the read-ahead only; `none` = only what is read (plus up to 1 MiB
+    /// more of the file, in the same request).
     #[arg(long, value_enum, default_value_t = Prefetch::Auto)]
     pub prefetch: Prefetch,
     /// Cache directory (default: $LAMINA_CACHE_DIR, /var/lib/lamina as root, else ~/.cache/lamina).

@@ -40,7 +40,8 @@ pub(super) fn mount(args: MountArgs, runtime: &tokio::runtime::Runtime) -> anyho
         cache_max_bytes: args.cache_max_bytes,
         upper,
         passthrough: !args.no_passthrough,
-        prefetch: args.prefetch == super::Prefetch::Auto,
+        readahead: args.prefetch != super::Prefetch::None,
+        profile: args.prefetch == super::Prefetch::Auto,
     };
     let prepared = match runtime.block_on(crate::mount::prepare(&args.image, &options)) {
         Ok(p) => p,

@@ -55,8 +55,10 @@ pub struct MountOptions {
     pub upper: Option<UpperOptions>,
     /// Ask the kernel for FUSE passthrough (reads and writes of local files bypass lamina).
     pub passthrough: bool,
-    /// Fetch ahead of reads (blob-order read-ahead; access profiles).
-    pub prefetch: bool,
+    /// Fetch ahead of dense readers in blob order.
+    pub readahead: bool,
+    /// Prefetch the image's access profile (the cache's, else the registry's).
+    pub profile: bool,
 }
 
 /// Where a writable mount keeps its changes.
@@ -181,7 +183,7 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
         &registry,
         &reference.repository,
         &image.manifest_digest,
-        options.prefetch,
+        options.profile,
     )
     .await;
     Ok(Prepared {
@@ -264,7 +266,7 @@ pub fn serve(
         }
     };
     let mut view = ImageView::new(live.clone(), prepared.sources.clone(), fetcher.clone());
-    if !options.prefetch {
+    if !options.readahead {
         view = view.without_readahead();
     }
     let view = Arc::new(view);
@@ -383,7 +385,7 @@ pub fn serve(
             };
             let _ = first_rx.recv_timeout(Duration::from_secs(5));
             ready(Ok(()));
-            if let Some(p) = prepared.profile.as_ref().filter(|_| options.prefetch) {
+            if let Some(p) = prepared.profile.as_ref().filter(|_| options.profile) {
                 profiling::prefetch(p, &view, &fetcher, &prepared.sources, &layer_digests);
             }
             let result = session.join();
