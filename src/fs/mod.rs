@@ -27,6 +27,9 @@ const KERNEL_READAHEAD_BYTES: u32 = 1 << 20;
 /// A mounted image, read-only.
 pub struct ImageFs {
     view: Arc<ImageView>,
+    /// No entry has an xattr: the kernel is told xattrs are not supported, so it stops asking
+    /// (`ls -l` asks two per entry, and the kernel keeps no negative answers).
+    no_xattrs: bool,
     /// Whether the kernel took FUSE passthrough at init.
     passthrough: bool,
     /// Whether to ask for it (`--no-passthrough` says no).
@@ -38,6 +41,7 @@ impl ImageFs {
     /// A filesystem serving `view`.
     pub fn new(view: Arc<ImageView>) -> ImageFs {
         ImageFs {
+            no_xattrs: view.has_no_xattrs(),
             view,
             passthrough: false,
             want_passthrough: true,
@@ -206,10 +210,16 @@ impl Filesystem for ImageFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if self.no_xattrs {
+            return reply.error(fuser::Errno::ENOSYS);
+        }
         reply_sized(reply, size, self.view.getxattr(ino, name).map_err(|e| errno(&e)));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if self.no_xattrs {
+            return reply.error(fuser::Errno::ENOSYS);
+        }
         reply_sized(reply, size, self.view.listxattr(ino).map_err(|e| errno(&e)));
     }
 }

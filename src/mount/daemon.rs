@@ -2,9 +2,11 @@
 //! (`mount`, and the temporary mounts of `commit` and `run`).
 //!
 //! ```text
-//! parent: pipe() ─► spawn `setsid lamina ARGS` (env LAMINA_READY_FD=<write end>, log file)
+//! parent: pipe() ─► spawn `lamina ARGS` (env LAMINA_READY_FD=<write end>, log file)
 //!         └─ read one line: "ready" → Ok; an error text → Err(text); EOF → the daemon died
-//! daemon: ... the kernel has the mount ... signal_ready(ready_fd(), Ok(())) ─► "ready\n"
+//! daemon: ready_fd() also starts a session of its own (setsid: no terminal, no signals of the
+//!         parent's session) ... the kernel has the mount ... signal_ready(ready_fd(), Ok(()))
+//!         ─► "ready\n"
 //! ```
 //!
 //! No sleeps: the parent returns exactly when the daemon says so, or when it exits.
@@ -21,7 +23,7 @@ pub const READY_FD_ENV: &str = "LAMINA_READY_FD";
 /// A daemon that said it is ready.
 #[derive(Debug)]
 pub struct Daemon {
-    /// The process (`setsid`, which execs lamina: same pid).
+    /// The process.
     pub child: std::process::Child,
     /// Where its output goes.
     pub log_path: PathBuf,
@@ -67,13 +69,7 @@ pub fn start(args: Vec<OsString>, cache_dir: &Path, kind: &str) -> Result<Daemon
     let log = std::fs::File::create(&log_path).map_err(io(format!("creating {}", log_path.display())))?;
     let (reader, writer) = rustix::pipe::pipe().map_err(|e| io("creating the readiness pipe")(e.into()))?;
     let exe = std::env::current_exe().map_err(io("finding the lamina executable"))?;
-    let mut cmd = if Path::new("/usr/bin/setsid").exists() {
-        let mut c = std::process::Command::new("/usr/bin/setsid");
-        c.arg(exe);
-        c
-    } else {
-        std::process::Command::new(exe)
-    };
+    let mut cmd = std::process::Command::new(exe);
     cmd.args(args)
         .env(READY_FD_ENV, writer.as_raw_fd().to_string())
         .stdin(std::process::Stdio::null())
@@ -153,9 +149,16 @@ impl Drop for TempMount {
     }
 }
 
-/// The readiness pipe this process was started with, if it is a daemon.
+/// The readiness pipe this process was started with, if it is a daemon started by [`start`];
+/// such a daemon is also moved into a session of its own here (it is never a process group
+/// leader, so `setsid` cannot fail for want of that), away from the terminal and the
+/// signals of the command that started it.
 pub fn ready_fd() -> Option<i32> {
-    std::env::var(READY_FD_ENV).ok().and_then(|v| v.parse().ok())
+    let fd = std::env::var(READY_FD_ENV).ok().and_then(|v| v.parse().ok())?;
+    if let Err(e) = rustix::process::setsid() {
+        tracing::warn!(error = %e, "could not start a session of its own");
+    }
+    Some(fd)
 }
 
 /// Tell the parent waiting in [`start`] that the daemon is ready, or why it is not.

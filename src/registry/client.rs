@@ -51,7 +51,9 @@ pub enum Access {
 pub struct Registry {
     pub(super) name: String,
     pub(super) base: Url,
-    pub(super) http: reqwest::Client,
+    /// Built at the first request: loading the system's CA certificates costs tens of
+    /// milliseconds that a warm mount, which sends no request, should not pay.
+    http: std::sync::OnceLock<reqwest::Client>,
     pub(super) credentials: Option<Credentials>,
     pub(super) auth: Mutex<AuthState>,
     pub(super) max_attempts: u32,
@@ -101,11 +103,16 @@ impl Registry {
         Ok(Registry {
             name: name.to_string(),
             base,
-            http: http_client(),
+            http: std::sync::OnceLock::new(),
             credentials,
             auth: Mutex::new(AuthState::default()),
             max_attempts: options.max_attempts.max(1),
         })
+    }
+
+    /// The HTTP client (made on first use).
+    pub(super) fn http(&self) -> &reqwest::Client {
+        self.http.get_or_init(http_client)
     }
 
     /// The registry's name as given.

@@ -84,7 +84,7 @@ impl Registry {
         let mut attempt = 0;
         let resp = loop {
             attempt += 1;
-            let mut req = self.http.get(url.clone());
+            let mut req = self.http().get(url.clone());
             if let Some(c) = &self.credentials {
                 req = req.header(AUTHORIZATION, c.basic_header());
             }

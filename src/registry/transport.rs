@@ -92,7 +92,10 @@ impl Registry {
         let mut hops = 0;
         loop {
             let same_origin = url.origin() == self.base.origin();
-            let mut req = self.http.request(method.clone(), url.clone()).headers(headers.clone());
+            let mut req = self
+                .http()
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
             if same_origin {
                 if let Some(h) = self.auth_header(scope).await? {
                     req = req.header(AUTHORIZATION, h);

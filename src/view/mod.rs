@@ -139,6 +139,15 @@ impl ImageView {
         self
     }
 
+    /// Whether no entry of the image has an xattr — known only once every layer is merged
+    /// (`false` while plain layers stream).
+    pub fn has_no_xattrs(&self) -> bool {
+        self.live.is_complete()
+            && self
+                .live
+                .read(|st| (1..=st.union.len() as u64).all(|ino| st.union.node(ino).xattrs.is_empty()))
+    }
+
     /// How many nodes the union has (for statfs).
     pub fn node_count(&self) -> usize {
         self.live.read(|st| st.union.len())
