@@ -12,6 +12,7 @@
 mod read;
 mod readahead;
 pub mod record;
+mod walk;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -74,6 +75,7 @@ pub struct ImageView {
     sources: Vec<LayerSource>,
     fetcher: Arc<Fetcher>,
     readahead: readahead::Readahead,
+    walks: walk::Walks,
     /// What the workload reads, for the image's access profile.
     pub recorder: record::Recorder,
 }
@@ -107,6 +109,7 @@ impl ImageView {
             sources,
             fetcher,
             readahead,
+            walks: walk::Walks::default(),
             recorder: record::Recorder::default(),
         }
     }
@@ -133,9 +136,10 @@ impl ImageView {
         }
     }
 
-    /// Fetch nothing ahead in blob order (`--prefetch none`).
+    /// Fetch nothing ahead, in blob order or in visiting order (`--prefetch none`).
     pub fn without_readahead(mut self) -> ImageView {
         self.readahead = readahead::Readahead::new(0);
+        self.walks.off = true;
         self
     }
 

@@ -25,6 +25,8 @@ struct FilePlan {
     all_digests: Option<Vec<[u8; 32]>>,
     /// Chunks of the layer to fetch ahead, in blob order (the read goes on in blob order).
     ahead: Vec<Chunk>,
+    /// Chunks of the next files of the directory, per layer (the reader walks the tree).
+    walk_ahead: Vec<(usize, Vec<Chunk>)>,
 }
 
 impl ImageView {
@@ -89,6 +91,11 @@ impl ImageView {
                     ahead = self.readahead.chunks_in(layer, index, from, to);
                 }
             }
+            let walk_ahead = if offset == 0 {
+                self.walks.first_read(st, n.parent, ino.0)
+            } else {
+                Vec::new()
+            };
             Ok(Some(FilePlan {
                 layer,
                 size: n.size,
@@ -97,6 +104,7 @@ impl ImageView {
                 needed: needed - first,
                 all_digests: (assembled.is_some() && end == n.size).then(|| chunks.iter().map(|c| c.digest).collect()),
                 ahead,
+                walk_ahead,
             }))
         })
     }
@@ -128,6 +136,9 @@ impl ImageView {
         let mut out = vec![0u8; (end - offset) as usize];
         self.fetcher
             .prefetch(&self.sources[layer], std::mem::take(&mut plan.ahead));
+        for (l, chunks) in std::mem::take(&mut plan.walk_ahead) {
+            self.fetcher.prefetch(&self.sources[l], chunks);
+        }
         self.fetcher
             .ensure_all(&self.sources[layer], &plan.chunks, plan.needed)
             .map_err(OpError::Fetch)?;
