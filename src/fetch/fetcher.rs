@@ -379,8 +379,15 @@ impl Fetcher {
                 }
                 let (me, layer) = (me.clone(), layer.clone());
                 tokio::spawn(async move {
-                    for sub in merge_runs(mine) {
-                        me.clone().fetch_run(layer.clone(), sub).await;
+                    // Chunks already here split the run: its pieces go at once, not one after
+                    // the other (a read waiting for a chunk of the last piece must not wait
+                    // for the round trips of the others).
+                    let pieces: Vec<_> = merge_runs(mine)
+                        .into_iter()
+                        .map(|sub| tokio::spawn(me.clone().fetch_run(layer.clone(), sub)))
+                        .collect();
+                    for p in pieces {
+                        let _ = p.await;
                     }
                     me.prefetch.stats.pending.fetch_sub(handed, Ordering::Relaxed);
                     drop(permit);
