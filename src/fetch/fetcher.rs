@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::prefetch::Prefetch;
+use super::prefetch::{Class, Prefetch};
 use super::shared::{ChunkLock, ChunkLocks, Locked};
 use crate::cache::chunks::ChunkStore;
 use crate::digest::Digest;
@@ -336,7 +336,7 @@ impl Fetcher {
 
     /// Fetch `chunks` (in blob order) that nobody waits for yet, behind demand reads (see
     /// [`super::prefetch`]); returns at once.
-    pub fn prefetch(self: &Arc<Self>, layer: &LayerSource, chunks: Vec<Chunk>) {
+    pub fn prefetch(self: &Arc<Self>, layer: &LayerSource, chunks: Vec<Chunk>, class: Class) {
         if chunks.is_empty() || layer.codec == ChunkCodec::Stream {
             return;
         }
@@ -348,7 +348,7 @@ impl Fetcher {
         self.runtime.spawn(async move {
             let runs = merge_runs(chunks.into_iter().map(|c| (c, ())).collect());
             for run in runs {
-                let Ok(permit) = me.prefetch.permits.clone().acquire_owned().await else {
+                let Ok(permit) = me.prefetch.permits(class).acquire_owned().await else {
                     return;
                 };
                 let handed = run.len() as u64;

@@ -2,8 +2,8 @@
 //!
 //! Demand reads always come first: a prefetch request registers its chunks' flights only when
 //! it starts (so a read never waits behind a queued prefetch: it starts its own request), and
-//! at most [`PREFETCH_REQUESTS`] prefetch requests are in flight at once, leaving room on the
-//! link for demand requests. Every prefetched chunk is remembered until a read uses it, which
+//! at most [`PREFETCH_REQUESTS`] read-ahead and [`PROFILE_REQUESTS`] profile requests are in
+//! flight at once, leaving room on the link for demand requests. Every prefetched chunk is remembered until a read uses it, which
 //! gives the used / wasted figures of `lamina stats`.
 
 use std::collections::HashMap;
@@ -15,6 +15,18 @@ use parking_lot::Mutex;
 /// Prefetch requests in flight at once: enough to fill a link's bandwidth-delay product with
 /// 4 MiB requests, few enough that demand requests still get their share of the link.
 pub const PREFETCH_REQUESTS: usize = 4;
+/// Access-profile requests in flight at once. Profiles have their own permits: a long
+/// profile queued at mount must not hold back the read-ahead of the readers that run now.
+pub const PROFILE_REQUESTS: usize = 2;
+
+/// Who asks for a prefetch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Read-ahead of a reader that is running (blob order, visiting order).
+    Readahead,
+    /// An access profile, from the mount on.
+    Profile,
+}
 
 /// What prefetch did, in uncompressed chunk bytes.
 #[derive(Debug, Default)]
@@ -31,8 +43,10 @@ pub struct PrefetchStats {
 
 /// The prefetch side of a fetcher.
 pub struct Prefetch {
-    /// Requests allowed in flight.
-    pub(super) permits: Arc<tokio::sync::Semaphore>,
+    /// Read-ahead requests allowed in flight.
+    permits: Arc<tokio::sync::Semaphore>,
+    /// Profile requests allowed in flight.
+    profile_permits: Arc<tokio::sync::Semaphore>,
     /// Prefetched chunks no read has used yet, with their lengths.
     unused: Mutex<HashMap<[u8; 32], u64>>,
     /// Counters.
@@ -43,6 +57,7 @@ impl Default for Prefetch {
     fn default() -> Self {
         Prefetch {
             permits: Arc::new(tokio::sync::Semaphore::new(PREFETCH_REQUESTS)),
+            profile_permits: Arc::new(tokio::sync::Semaphore::new(PROFILE_REQUESTS)),
             unused: Mutex::new(HashMap::new()),
             stats: PrefetchStats::default(),
         }
@@ -50,6 +65,14 @@ impl Default for Prefetch {
 }
 
 impl Prefetch {
+    /// The permits of `class`.
+    pub(super) fn permits(&self, class: Class) -> Arc<tokio::sync::Semaphore> {
+        match class {
+            Class::Readahead => self.permits.clone(),
+            Class::Profile => self.profile_permits.clone(),
+        }
+    }
+
     /// A chunk was fetched by prefetch.
     pub(super) fn record(&self, digest: [u8; 32], len: u64) {
         if self.unused.lock().insert(digest, len).is_none() {

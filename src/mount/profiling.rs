@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::digest::Digest;
+use crate::fetch::prefetch::Class;
 use crate::fetch::{Fetcher, LayerSource};
 use crate::index::LayerIndex;
 use crate::profile::{self, Profile};
@@ -68,7 +69,7 @@ pub fn prefetch(
     let chunks: usize = batches.iter().map(|b| b.chunks.len()).sum();
     tracing::info!(batches = batches.len(), chunks, "prefetching the access profile");
     for b in batches {
-        fetcher.prefetch(&sources[b.layer], b.chunks);
+        fetcher.prefetch(&sources[b.layer], b.chunks, Class::Profile);
     }
 }
 

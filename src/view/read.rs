@@ -5,6 +5,7 @@
 use fuser::INodeNo;
 
 use super::{ImageView, OpError};
+use crate::fetch::prefetch::Class;
 use crate::model::{Chunk, ChunkCodec, EntryKind};
 
 /// Chunks past the end of a read fetched along with it (in the same merged request): a file
@@ -135,9 +136,9 @@ impl ImageView {
         let layer = plan.layer;
         let mut out = vec![0u8; (end - offset) as usize];
         self.fetcher
-            .prefetch(&self.sources[layer], std::mem::take(&mut plan.ahead));
+            .prefetch(&self.sources[layer], std::mem::take(&mut plan.ahead), Class::Readahead);
         for (l, chunks) in std::mem::take(&mut plan.walk_ahead) {
-            self.fetcher.prefetch(&self.sources[l], chunks);
+            self.fetcher.prefetch(&self.sources[l], chunks, Class::Readahead);
         }
         self.fetcher
             .ensure_all(&self.sources[layer], &plan.chunks, plan.needed)
