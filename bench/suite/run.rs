@@ -259,11 +259,9 @@ fn read_rss(p: &Path) -> u64 {
 
 /// Peak RSS (KiB) of the mount daemon whose pid `lamina mount` printed.
 fn daemon_hwm_kb(mount_stdout: &str) -> u64 {
-    let pid = mount_stdout
-        .split("daemon pid ")
-        .nth(1)
-        .and_then(|s| s.split([',', ')']).next())
-        .unwrap_or("");
+    let Some(pid) = daemon_pid(mount_stdout) else {
+        return 0;
+    };
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

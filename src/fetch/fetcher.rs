@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::prefetch::{Class, Prefetch};
-use super::shared::{ChunkLock, ChunkLocks, Locked};
+use super::prefetch::Prefetch;
+use super::shared::{ChunkLock, ChunkLocks};
 use crate::cache::chunks::ChunkStore;
 use crate::digest::Digest;
 use crate::format::chunk::{decode_chunk, ChunkError};
@@ -103,19 +103,19 @@ pub struct FetchStats {
 }
 
 #[derive(Default)]
-struct Flight {
-    result: Mutex<Option<Result<(), FetchError>>>,
-    done: Condvar,
+pub(super) struct Flight {
+    pub(super) result: Mutex<Option<Result<(), FetchError>>>,
+    pub(super) done: Condvar,
     /// The machine-wide lock of the chunk while this process fetches it.
-    lock: Mutex<Option<ChunkLock>>,
+    pub(super) lock: Mutex<Option<ChunkLock>>,
 }
 
 /// Brings chunks into the store.
 pub struct Fetcher {
-    runtime: tokio::runtime::Handle,
-    store: ChunkStore,
-    locks: ChunkLocks,
-    inflight: Mutex<HashMap<[u8; 32], Arc<Flight>>>,
+    pub(super) runtime: tokio::runtime::Handle,
+    pub(super) store: ChunkStore,
+    pub(super) locks: ChunkLocks,
+    pub(super) inflight: Mutex<HashMap<[u8; 32], Arc<Flight>>>,
     timeout: Duration,
     /// Counters.
     pub stats: FetchStats,
@@ -124,7 +124,7 @@ pub struct Fetcher {
 }
 
 /// Group chunks (in blob order) into runs that one Range request can fetch.
-fn merge_runs<T>(chunks: Vec<(Chunk, T)>) -> Vec<Vec<(Chunk, T)>> {
+pub(super) fn merge_runs<T>(chunks: Vec<(Chunk, T)>) -> Vec<Vec<(Chunk, T)>> {
     let mut runs: Vec<Vec<(Chunk, T)>> = Vec::new();
     for (chunk, t) in chunks {
         let joins = runs.last().is_some_and(|run| {
@@ -334,68 +334,6 @@ impl Fetcher {
         Ok(())
     }
 
-    /// Fetch `chunks` (in blob order) that nobody waits for yet, behind demand reads (see
-    /// [`super::prefetch`]); returns at once.
-    pub fn prefetch(self: &Arc<Self>, layer: &LayerSource, chunks: Vec<Chunk>, class: Class) {
-        if chunks.is_empty() || layer.codec == ChunkCodec::Stream {
-            return;
-        }
-        let (me, layer) = (self.clone(), layer.clone());
-        self.prefetch
-            .stats
-            .pending
-            .fetch_add(chunks.len() as u64, Ordering::Relaxed);
-        self.runtime.spawn(async move {
-            let runs = merge_runs(chunks.into_iter().map(|c| (c, ())).collect());
-            for run in runs {
-                let Ok(permit) = me.prefetch.permits(class).acquire_owned().await else {
-                    return;
-                };
-                let handed = run.len() as u64;
-                // Flights are registered only now: a read that came first started its own.
-                let missing: Vec<Chunk> = run
-                    .into_iter()
-                    .map(|(c, _)| c)
-                    .filter(|c| c.kind == ChunkKind::Data && !me.store.contains(&c.digest))
-                    .collect();
-                let mut mine: Vec<(Chunk, Arc<Flight>)> = Vec::new();
-                {
-                    let mut map = me.inflight.lock();
-                    for c in missing {
-                        if let std::collections::hash_map::Entry::Vacant(v) = map.entry(c.digest) {
-                            // Another process fetching it: it will be in the store.
-                            let Locked::Mine(lock) = me.locks.try_lock(&c.digest) else {
-                                continue;
-                            };
-                            let f = Arc::new(Flight::default());
-                            *f.lock.lock() = Some(lock);
-                            v.insert(f.clone());
-                            mine.push((c, f));
-                        }
-                    }
-                }
-                for (c, _) in &mine {
-                    me.prefetch.record(c.digest, c.len);
-                }
-                let (me, layer) = (me.clone(), layer.clone());
-                tokio::spawn(async move {
-                    // Chunks already here split the run: its pieces go at once, not one after
-                    // the other (a read waiting for a chunk of the last piece must not wait
-                    // for the round trips of the others).
-                    let pieces: Vec<_> = merge_runs(mine)
-                        .into_iter()
-                        .map(|sub| tokio::spawn(me.clone().fetch_run(layer.clone(), sub)))
-                        .collect();
-                    for p in pieces {
-                        let _ = p.await;
-                    }
-                    me.prefetch.stats.pending.fetch_sub(handed, Ordering::Relaxed);
-                    drop(permit);
-                });
-            }
-        });
-    }
-
     /// Count work done for `layer` (by the fetcher, or by a layer stream).
     pub fn count(&self, layer: &LayerSource, requests: u64, bytes: u64, chunks: u64) {
         let mut map = self.stats.layers.lock();
@@ -409,7 +347,7 @@ impl Fetcher {
     /// soon as its bytes have arrived and verified (a read waiting for the first chunk of a
     /// long run does not wait for the rest). A chunk that does not verify is fetched again on
     /// its own; when the request fails or stalls, the chunks not yet settled fail.
-    async fn fetch_run(self: Arc<Self>, layer: LayerSource, run: Vec<(Chunk, Arc<Flight>)>) {
+    pub(super) async fn fetch_run(self: Arc<Self>, layer: LayerSource, run: Vec<(Chunk, Arc<Flight>)>) {
         let start = run[0].0.blob_offset;
         let end = run
             .iter()
@@ -493,47 +431,15 @@ impl Fetcher {
     }
 
     /// Record a chunk's outcome and wake its waiters.
-    fn settle(&self, chunk: &Chunk, flight: &Flight, result: Result<(), FetchError>) {
+    pub(super) fn settle(&self, chunk: &Chunk, flight: &Flight, result: Result<(), FetchError>) {
         *flight.result.lock() = Some(result);
         flight.done.notify_all();
         self.inflight.lock().remove(&chunk.digest);
         drop(flight.lock.lock().take());
     }
 
-    /// Take the machine-wide locks of the chunks this process is about to fetch; the chunks
-    /// another process is fetching are waited for instead (and fetched here only if that
-    /// process let go without storing them). Returns the chunks to fetch.
-    fn claim(
-        self: &Arc<Self>,
-        layer: &LayerSource,
-        mine: Vec<(Chunk, Arc<Flight>)>,
-        deadline: Instant,
-    ) -> Vec<(Chunk, Arc<Flight>)> {
-        let mut out = Vec::with_capacity(mine.len());
-        for (chunk, flight) in mine {
-            match self.locks.try_lock(&chunk.digest) {
-                Locked::Mine(lock) => {
-                    *flight.lock.lock() = Some(lock);
-                    out.push((chunk, flight));
-                }
-                Locked::Elsewhere => {
-                    let (me, layer) = (self.clone(), layer.clone());
-                    self.runtime.spawn(async move {
-                        let (locks, store, digest) = (me.locks.clone(), me.store.clone(), chunk.digest);
-                        let there = tokio::task::spawn_blocking(move || locks.wait_for(&digest, &store, deadline))
-                            .await
-                            .unwrap_or(false);
-                        let result = if there { Ok(()) } else { me.fetch(&layer, &chunk).await };
-                        me.settle(&chunk, &flight, result);
-                    });
-                }
-            }
-        }
-        out
-    }
-
     /// Fetch one chunk on its own, again while its bytes do not verify.
-    async fn fetch(&self, layer: &LayerSource, chunk: &Chunk) -> Result<(), FetchError> {
+    pub(super) async fn fetch(&self, layer: &LayerSource, chunk: &Chunk) -> Result<(), FetchError> {
         let mut last = String::new();
         for _ in 0..VERIFY_ATTEMPTS {
             let bytes = self.range(layer, chunk.blob_offset, chunk.blob_len).await?;

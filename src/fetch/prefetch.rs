@@ -12,6 +12,10 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::fetcher::{merge_runs, Fetcher, Flight, LayerSource};
+use super::shared::Locked;
+use crate::model::{Chunk, ChunkCodec, ChunkKind};
+
 /// Prefetch requests in flight at once: enough to fill a link's bandwidth-delay product with
 /// 4 MiB requests, few enough that demand requests still get their share of the link.
 pub const PREFETCH_REQUESTS: usize = 4;
@@ -86,5 +90,69 @@ impl Prefetch {
         if let Some(len) = self.unused.lock().remove(digest) {
             self.stats.used_bytes.fetch_add(len, Ordering::Relaxed);
         }
+    }
+}
+
+impl Fetcher {
+    /// Fetch `chunks` (in blob order) that nobody waits for yet, behind demand reads (see
+    /// [`super::prefetch`]); returns at once.
+    pub fn prefetch(self: &Arc<Self>, layer: &LayerSource, chunks: Vec<Chunk>, class: Class) {
+        if chunks.is_empty() || layer.codec == ChunkCodec::Stream {
+            return;
+        }
+        let (me, layer) = (self.clone(), layer.clone());
+        self.prefetch
+            .stats
+            .pending
+            .fetch_add(chunks.len() as u64, Ordering::Relaxed);
+        self.runtime.spawn(async move {
+            let runs = merge_runs(chunks.into_iter().map(|c| (c, ())).collect());
+            for run in runs {
+                let Ok(permit) = me.prefetch.permits(class).acquire_owned().await else {
+                    return;
+                };
+                let handed = run.len() as u64;
+                // Flights are registered only now: a read that came first started its own.
+                let missing: Vec<Chunk> = run
+                    .into_iter()
+                    .map(|(c, _)| c)
+                    .filter(|c| c.kind == ChunkKind::Data && !me.store.contains(&c.digest))
+                    .collect();
+                let mut mine: Vec<(Chunk, Arc<Flight>)> = Vec::new();
+                {
+                    let mut map = me.inflight.lock();
+                    for c in missing {
+                        if let std::collections::hash_map::Entry::Vacant(v) = map.entry(c.digest) {
+                            // Another process fetching it: it will be in the store.
+                            let Locked::Mine(lock) = me.locks.try_lock(&c.digest) else {
+                                continue;
+                            };
+                            let f = Arc::new(Flight::default());
+                            *f.lock.lock() = Some(lock);
+                            v.insert(f.clone());
+                            mine.push((c, f));
+                        }
+                    }
+                }
+                for (c, _) in &mine {
+                    me.prefetch.record(c.digest, c.len);
+                }
+                let (me, layer) = (me.clone(), layer.clone());
+                tokio::spawn(async move {
+                    // Chunks already here split the run: its pieces go at once, not one after
+                    // the other (a read waiting for a chunk of the last piece must not wait
+                    // for the round trips of the others).
+                    let pieces: Vec<_> = merge_runs(mine)
+                        .into_iter()
+                        .map(|sub| tokio::spawn(me.clone().fetch_run(layer.clone(), sub)))
+                        .collect();
+                    for p in pieces {
+                        let _ = p.await;
+                    }
+                    me.prefetch.stats.pending.fetch_sub(handed, Ordering::Relaxed);
+                    drop(permit);
+                });
+            }
+        });
     }
 }

@@ -11,11 +11,14 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::fs::FlockOperation;
 
 use crate::cache::chunks::ChunkStore;
+use crate::fetch::fetcher::{Fetcher, Flight, LayerSource};
+use crate::model::Chunk;
 
 /// How often a waiter looks whether the holder is done.
 const POLL: Duration = Duration::from_millis(10);
@@ -115,6 +118,40 @@ impl ChunkLocks {
             }
             std::thread::sleep(POLL);
         }
+    }
+}
+
+impl Fetcher {
+    /// Take the machine-wide locks of the chunks this process is about to fetch; the chunks
+    /// another process is fetching are waited for instead (and fetched here only if that
+    /// process let go without storing them). Returns the chunks to fetch.
+    pub(super) fn claim(
+        self: &Arc<Self>,
+        layer: &LayerSource,
+        mine: Vec<(Chunk, Arc<Flight>)>,
+        deadline: Instant,
+    ) -> Vec<(Chunk, Arc<Flight>)> {
+        let mut out = Vec::with_capacity(mine.len());
+        for (chunk, flight) in mine {
+            match self.locks.try_lock(&chunk.digest) {
+                Locked::Mine(lock) => {
+                    *flight.lock.lock() = Some(lock);
+                    out.push((chunk, flight));
+                }
+                Locked::Elsewhere => {
+                    let (me, layer) = (self.clone(), layer.clone());
+                    self.runtime.spawn(async move {
+                        let (locks, store, digest) = (me.locks.clone(), me.store.clone(), chunk.digest);
+                        let there = tokio::task::spawn_blocking(move || locks.wait_for(&digest, &store, deadline))
+                            .await
+                            .unwrap_or(false);
+                        let result = if there { Ok(()) } else { me.fetch(&layer, &chunk).await };
+                        me.settle(&chunk, &flight, result);
+                    });
+                }
+            }
+        }
+        out
     }
 }
 
