@@ -104,7 +104,7 @@ pub struct Prepared {
     pub store: ChunkStore,
     /// Digest of the image manifest.
     pub manifest_digest: crate::digest::Digest,
-    /// The access profile the mount starts from, if the image has one.
+    /// The image's access profile in the cache, if there is one.
     pub profile: Option<crate::profile::Profile>,
 }
 
@@ -178,14 +178,7 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
             codec: ix.codec,
         })
         .collect();
-    let profile = profiling::starting_profile(
-        &options.cache_dir,
-        &registry,
-        &reference.repository,
-        &image.manifest_digest,
-        options.profile,
-    )
-    .await;
+    let profile = crate::profile::load(&options.cache_dir, &image.manifest_digest);
     Ok(Prepared {
         layers,
         sources,
@@ -270,13 +263,13 @@ pub fn serve(
         view = view.without_readahead();
     }
     let view = Arc::new(view);
-    let recording = profiling::Recording::new(
+    let recording = Arc::new(profiling::Recording::new(
         prepared.profile.clone(),
         options.cache_dir.clone(),
         prepared.manifest_digest.clone(),
         layer_digests.clone(),
         view.clone(),
-    );
+    ));
     let mut config = Config::default();
     config.mount_options = vec![
         if options.upper.is_some() {
@@ -337,7 +330,7 @@ pub fn serve(
             let publisher = {
                 let (stop, state, image, mountpoint) =
                     (stop.clone(), state.clone(), image.to_string(), mountpoint.to_path_buf());
-                let (fetcher, layer_digests) = (fetcher.clone(), layer_digests.clone());
+                let (fetcher, layer_digests, recording) = (fetcher.clone(), layer_digests.clone(), recording.clone());
                 let (quota, cache_dir) = (options.cache_max_bytes, options.cache_dir.clone());
                 let upper_dir = options.upper.as_ref().map(|u| u.dir.clone());
                 std::thread::spawn(move || {
@@ -385,8 +378,26 @@ pub fn serve(
             };
             let _ = first_rx.recv_timeout(Duration::from_secs(5));
             ready(Ok(()));
-            if let Some(p) = prepared.profile.as_ref().filter(|_| options.profile) {
-                profiling::prefetch(p, &view, &fetcher, &prepared.sources, &layer_digests);
+            if options.profile {
+                match &prepared.profile {
+                    Some(p) => profiling::prefetch(p, &view, &fetcher, &prepared.sources, &layer_digests),
+                    // None in the cache: ask the registry, off the start-up path.
+                    None => {
+                        if let Some(first) = prepared.sources.first() {
+                            let (registry, repo) = (first.registry.clone(), first.repo.clone());
+                            let (image, view, fetcher) =
+                                (prepared.manifest_digest.clone(), view.clone(), fetcher.clone());
+                            let (sources, digests, recording) =
+                                (prepared.sources.clone(), layer_digests.clone(), recording.clone());
+                            runtime.spawn(async move {
+                                if let Some(p) = profiling::find_in_registry(&registry, &repo, &image).await {
+                                    profiling::prefetch(&p, &view, &fetcher, &sources, &digests);
+                                    recording.set_base(p);
+                                }
+                            });
+                        }
+                    }
+                }
             }
             let result = session.join();
             stop.store(true, std::sync::atomic::Ordering::Relaxed);

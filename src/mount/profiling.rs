@@ -1,4 +1,5 @@
-//! A mount's access profile: the one it starts from (the cache's, else the registry's), the
+//! A mount's access profile: the one it starts from (the cache's, else the registry's, asked
+//! once the mount is up), the
 //! prefetch it drives, and the recording of this run merged into the cache now and then and
 //! at the end (so a daemon killed half way still leaves what it saw).
 
@@ -17,21 +18,9 @@ use crate::view::ImageView;
 /// How long a mount waits for the registry to say whether the image has a profile.
 const FIND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The profile a mount starts from: the cache's, else (when `look_in_registry`) the
-/// registry's. Problems are warnings: a mount never fails for its profile.
-pub async fn starting_profile(
-    cache_dir: &std::path::Path,
-    registry: &Registry,
-    repo: &str,
-    image: &Digest,
-    look_in_registry: bool,
-) -> Option<Profile> {
-    if let Some(p) = profile::load(cache_dir, image) {
-        return Some(p);
-    }
-    if !look_in_registry {
-        return None;
-    }
+/// The image's profile in the registry, if it has one. Asked after the mount is up (never on
+/// the start-up path); problems are warnings: a mount never fails for its profile.
+pub async fn find_in_registry(registry: &Registry, repo: &str, image: &Digest) -> Option<Profile> {
     match tokio::time::timeout(FIND_TIMEOUT, profile::share::find(registry, repo, image)).await {
         Ok(Ok(found)) => {
             if let Some(p) = &found {
@@ -44,11 +33,11 @@ pub async fn starting_profile(
             found
         }
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "could not look for an access profile in the registry; mounting without");
+            tracing::warn!(error = %e, "could not look for an access profile in the registry; going on without");
             None
         }
         Err(_) => {
-            tracing::warn!("the registry did not answer about access profiles in time; mounting without");
+            tracing::warn!("the registry did not answer about access profiles in time; going on without");
             None
         }
     }
@@ -75,7 +64,8 @@ pub fn prefetch(
 
 /// Writes this run, merged with the profile the mount started from, into the cache.
 pub struct Recording {
-    base: Option<Profile>,
+    /// The profile the mount started from (set late when it came from the registry).
+    base: parking_lot::Mutex<Option<Profile>>,
     cache_dir: PathBuf,
     image: Digest,
     digests: Vec<String>,
@@ -92,12 +82,17 @@ impl Recording {
         view: Arc<ImageView>,
     ) -> Recording {
         Recording {
-            base,
+            base: parking_lot::Mutex::new(base),
             cache_dir,
             image,
             digests,
             view,
         }
+    }
+
+    /// The profile the mount starts from, found after the mount was up.
+    pub fn set_base(&self, base: Profile) {
+        *self.base.lock() = Some(base);
     }
 
     /// Write the merged profile if anything was recorded since the last time.
@@ -106,7 +101,7 @@ impl Recording {
             return;
         }
         let run = self.view.recorder.profile(&self.image, self.view.live(), &self.digests);
-        let mut merged = self.base.clone().unwrap_or_else(|| Profile::new(&self.image));
+        let mut merged = self.base.lock().clone().unwrap_or_else(|| Profile::new(&self.image));
         merged.merge(&run);
         if let Err(e) = profile::save(&self.cache_dir, &merged) {
             tracing::warn!(error = %e, "could not save the access profile");
