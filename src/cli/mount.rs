@@ -114,10 +114,15 @@ pub(super) fn stats(args: StatsArgs) -> anyhow::Result<()> {
         s.timeouts
     );
     println!(
-        "prefetch   {} fetched ahead, {} used, {} not (yet) used",
+        "prefetch   {} fetched ahead, {} used, {} not (yet) used{}",
         mb(s.prefetched_bytes),
         mb(s.prefetch_used_bytes),
-        mb(s.prefetched_bytes.saturating_sub(s.prefetch_used_bytes))
+        mb(s.prefetched_bytes.saturating_sub(s.prefetch_used_bytes)),
+        if s.profile_stopped {
+            "; access profile stopped: the workload did not follow it"
+        } else {
+            ""
+        }
     );
     println!(
         "chunk wait p50 {:.1} ms, p99 {:.1} ms",

@@ -172,6 +172,9 @@ pub struct StatsSnapshot {
     /// Chunks handed to prefetch and not yet fetched or skipped.
     #[serde(default)]
     pub prefetch_pending_chunks: u64,
+    /// Whether the access profile's prefetch stopped because reads did not follow it.
+    #[serde(default)]
+    pub profile_stopped: bool,
 }
 
 impl Fetcher {
@@ -198,6 +201,7 @@ impl Fetcher {
             prefetched_bytes: self.prefetch.stats.bytes.load(Ordering::Relaxed),
             prefetch_used_bytes: self.prefetch.stats.used_bytes.load(Ordering::Relaxed),
             prefetch_pending_chunks: self.prefetch.stats.pending.load(Ordering::Relaxed),
+            profile_stopped: self.prefetch.stats.profile_stopped.load(Ordering::Relaxed),
         }
     }
 
@@ -268,6 +272,9 @@ impl Fetcher {
         let mut mine: Vec<(Chunk, Arc<Flight>)> = Vec::new();
         for (i, chunk) in chunks.iter().enumerate() {
             let needed = i < wait_for;
+            if needed {
+                self.prefetch.note_demand(&chunk.digest);
+            }
             if self.store.contains(&chunk.digest) {
                 if needed {
                     self.stats.hits.fetch_add(1, Ordering::Relaxed);

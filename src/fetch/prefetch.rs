@@ -3,11 +3,16 @@
 //! Demand reads always come first: a prefetch request registers its chunks' flights only when
 //! it starts (so a read never waits behind a queued prefetch: it starts its own request), and
 //! at most [`PREFETCH_REQUESTS`] read-ahead and [`PROFILE_REQUESTS`] profile requests are in
-//! flight at once, leaving room on the link for demand requests. Every prefetched chunk is remembered until a read uses it, which
-//! gives the used / wasted figures of `lamina stats`.
+//! flight at once, leaving room on the link for demand requests. Every prefetched chunk is
+//! remembered until a read uses it, which gives the used / wasted figures of `lamina stats`.
+//!
+//! An access profile is followed only while the workload follows it: every chunk a read needs
+//! counts as on the profile or off it, and once [`STRAY_CHUNKS`] reads went off the profile
+//! with fewer than one in [`STRAY_RATIO`] on it, the workload is evidently not the one that was
+//! recorded and the profile's requests not yet sent are dropped.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -22,6 +27,22 @@ pub const PREFETCH_REQUESTS: usize = 4;
 /// Access-profile requests in flight at once. Profiles have their own permits: a long
 /// profile queued at mount must not hold back the read-ahead of the readers that run now.
 pub const PROFILE_REQUESTS: usize = 2;
+
+/// Chunks read off the profile before the profile can be judged not followed.
+pub const STRAY_CHUNKS: u64 = 64;
+/// A profile is not followed when fewer than one in this many chunks read are on it.
+pub const STRAY_RATIO: u64 = 4;
+
+/// Whether the workload follows the access profile that is prefetched.
+#[derive(Default)]
+struct ProfileWatch {
+    /// The profile's chunks.
+    chunks: HashSet<[u8; 32]>,
+    /// Chunks reads needed that the profile lists.
+    on: u64,
+    /// Chunks reads needed that it does not.
+    off: u64,
+}
 
 /// Who asks for a prefetch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +64,8 @@ pub struct PrefetchStats {
     pub chunks: AtomicU64,
     /// Chunks handed to prefetch and not yet fetched or skipped.
     pub pending: AtomicU64,
+    /// Set when the workload did not follow the access profile and its prefetch stopped.
+    pub profile_stopped: AtomicBool,
 }
 
 /// The prefetch side of a fetcher.
@@ -53,6 +76,8 @@ pub struct Prefetch {
     profile_permits: Arc<tokio::sync::Semaphore>,
     /// Prefetched chunks no read has used yet, with their lengths.
     unused: Mutex<HashMap<[u8; 32], u64>>,
+    /// The access profile being prefetched, while it is judged.
+    watch: Mutex<Option<ProfileWatch>>,
     /// Counters.
     pub stats: PrefetchStats,
 }
@@ -63,6 +88,7 @@ impl Default for Prefetch {
             permits: Arc::new(tokio::sync::Semaphore::new(PREFETCH_REQUESTS)),
             profile_permits: Arc::new(tokio::sync::Semaphore::new(PROFILE_REQUESTS)),
             unused: Mutex::new(HashMap::new()),
+            watch: Mutex::new(None),
             stats: PrefetchStats::default(),
         }
     }
@@ -83,6 +109,42 @@ impl Prefetch {
             self.stats.bytes.fetch_add(len, Ordering::Relaxed);
             self.stats.chunks.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// An access profile listing `chunks` is about to be prefetched: judge from now on
+    /// whether reads follow it.
+    pub fn watch_profile(&self, chunks: impl IntoIterator<Item = [u8; 32]>) {
+        let mut w = self.watch.lock();
+        let w = w.get_or_insert_with(ProfileWatch::default);
+        w.chunks.extend(chunks);
+    }
+
+    /// A read needs this chunk (whether the store has it or not): one more sign of whether
+    /// the workload follows the profile.
+    pub(super) fn note_demand(&self, digest: &[u8; 32]) {
+        let mut guard = self.watch.lock();
+        let Some(w) = guard.as_mut() else {
+            return;
+        };
+        if w.chunks.contains(digest) {
+            w.on += 1;
+        } else {
+            w.off += 1;
+        }
+        if w.off >= STRAY_CHUNKS && w.on * STRAY_RATIO < w.off {
+            tracing::warn!(
+                on_profile = w.on,
+                off_profile = w.off,
+                "the workload does not follow the access profile: its prefetch stops"
+            );
+            self.stats.profile_stopped.store(true, Ordering::Relaxed);
+            *guard = None;
+        }
+    }
+
+    /// Whether prefetch of `class` goes on.
+    fn goes_on(&self, class: Class) -> bool {
+        class != Class::Profile || !self.stats.profile_stopped.load(Ordering::Relaxed)
     }
 
     /// A read needed this chunk: if prefetch brought it, it was worth it.
@@ -108,10 +170,14 @@ impl Fetcher {
         self.runtime.spawn(async move {
             let runs = merge_runs(chunks.into_iter().map(|c| (c, ())).collect());
             for run in runs {
-                let Ok(permit) = me.prefetch.permits(class).acquire_owned().await else {
-                    return;
-                };
                 let handed = run.len() as u64;
+                let permit = match me.prefetch.permits(class).acquire_owned().await {
+                    Ok(p) if me.prefetch.goes_on(class) => p,
+                    _ => {
+                        me.prefetch.stats.pending.fetch_sub(handed, Ordering::Relaxed);
+                        continue;
+                    }
+                };
                 // Flights are registered only now: a read that came first started its own.
                 let missing: Vec<Chunk> = run
                     .into_iter()
@@ -154,5 +220,46 @@ impl Fetcher {
                 });
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(i: u64) -> [u8; 32] {
+        let mut d = [0u8; 32];
+        d[..8].copy_from_slice(&i.to_le_bytes());
+        d
+    }
+
+    #[test]
+    fn a_profile_is_dropped_once_reads_stray_from_it() {
+        let p = Prefetch::default();
+        p.watch_profile((0..100).map(d));
+        // Reads that follow the profile, then some off it: still followed.
+        for i in 0..20 {
+            p.note_demand(&d(i));
+        }
+        for i in 0..STRAY_CHUNKS {
+            p.note_demand(&d(1000 + i));
+        }
+        assert!(p.goes_on(Class::Profile));
+        // Reads far off it: prefetch of the profile stops, read-ahead goes on.
+        for i in 0..STRAY_CHUNKS * 2 {
+            p.note_demand(&d(2000 + i));
+        }
+        assert!(!p.goes_on(Class::Profile));
+        assert!(p.goes_on(Class::Readahead));
+        assert!(p.stats.profile_stopped.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn without_a_profile_nothing_is_judged() {
+        let p = Prefetch::default();
+        for i in 0..STRAY_CHUNKS * 4 {
+            p.note_demand(&d(i));
+        }
+        assert!(p.goes_on(Class::Profile));
     }
 }

@@ -57,6 +57,9 @@ pub fn prefetch(
     });
     let chunks: usize = batches.iter().map(|b| b.chunks.len()).sum();
     tracing::info!(batches = batches.len(), chunks, "prefetching the access profile");
+    fetcher
+        .prefetch
+        .watch_profile(batches.iter().flat_map(|b| b.chunks.iter().map(|c| c.digest)));
     for b in batches {
         fetcher.prefetch(&sources[b.layer], b.chunks, Class::Profile);
     }

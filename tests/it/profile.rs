@@ -123,6 +123,36 @@ fn a_pushed_profile_is_found_by_an_empty_cache_and_prefetched() {
     let used = s["stats"]["prefetch_used_bytes"].as_u64().unwrap();
     eprintln!("profile prefetch: {prefetched} bytes, {used} used by python");
     assert!(used <= prefetched);
+    assert_eq!(s["stats"]["profile_stopped"], false, "python follows its own profile");
+}
+
+#[test]
+fn a_workload_that_strays_from_the_profile_stops_its_prefetch() {
+    let Some(p) = python_image() else {
+        return;
+    };
+    let w = p.work.path().to_path_buf();
+    let recorder = w.join("recorder-cache");
+    record(&p, &recorder, "mnt-record");
+    // Another cache with only the profile: reading the whole tree is not what was recorded.
+    let fresh = w.join("fresh-cache");
+    std::fs::create_dir_all(fresh.join("profiles")).unwrap();
+    for e in std::fs::read_dir(recorder.join("profiles")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), fresh.join("profiles").join(e.file_name())).unwrap();
+    }
+    let m = Mounted::new(&p.image, &w.join("mnt"), &fresh, &[]);
+    let mut tar = Command::new("tar")
+        .args(["-cf", "-", "-C"])
+        .arg(&m.point)
+        .arg("usr/lib")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::copy(&mut tar.stdout.take().unwrap(), &mut std::io::sink()).unwrap();
+    assert!(tar.wait().unwrap().success());
+    let s = stats_json(&m, &fresh, |v| v["stats"].is_object());
+    assert_eq!(s["stats"]["profile_stopped"], true, "stats: {}", s["stats"]);
 }
 
 #[test]
