@@ -175,6 +175,12 @@ pub struct MountArgs {
     /// more of the file, in the same request).
     #[arg(long, value_enum, default_value_t = Prefetch::Auto)]
     pub prefetch: Prefetch,
+    /// When to ask the registry about the image: `missing` = resolve a tag again when the
+    /// registry answers within 3 s, else use the cache's last resolution (with a warning);
+    /// `always` = the registry must resolve the tag; `never` = the cache only, no request at
+    /// all. Images named by digest come from the cache whenever it has them.
+    #[arg(long, value_name = "POLICY", default_value = "missing")]
+    pub pull: crate::registry::PullPolicy,
     /// Cache directory (default: $LAMINA_CACHE_DIR, /var/lib/lamina as root, else ~/.cache/lamina).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,

@@ -65,6 +65,12 @@ pub struct RunArgs {
     /// How to start the program.
     #[arg(long, value_enum, default_value_t = Runtime::Chroot)]
     pub runtime: Runtime,
+    /// When to ask the registry about the image: `missing` = resolve a tag again when the
+    /// registry answers within 3 s, else use the cache's last resolution (with a warning);
+    /// `always` = the registry must resolve the tag; `never` = the cache only, no request at
+    /// all. Images named by digest come from the cache whenever it has them.
+    #[arg(long, value_name = "POLICY", default_value = "missing")]
+    pub pull: crate::registry::PullPolicy,
     /// Cache directory (default: $LAMINA_CACHE_DIR, /var/lib/lamina as root, else ~/.cache/lamina).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -180,10 +186,13 @@ pub(super) fn run(args: RunArgs, runtime: &tokio::runtime::Runtime) -> anyhow::R
     let client = args.registry.client_options()?;
     let platform = args.registry.platform.clone().unwrap_or_else(Platform::host);
     let registry = crate::registry::Registry::new(&args.image.registry, args.image.api_host(), &client)?;
-    let image = runtime.block_on(crate::registry::resolve::resolve_image(
+    let cache = crate::cache::CacheDir::open(&cache_dir).with_context(|| format!("cache {}", cache_dir.display()))?;
+    let image = runtime.block_on(crate::registry::resolve_image_with(
         &registry,
         &args.image,
         &platform,
+        Some(&cache),
+        args.pull,
     ))?;
     // Mount exactly the image whose config is used.
     let mut pinned = args.image.clone();
@@ -192,6 +201,9 @@ pub(super) fn run(args: RunArgs, runtime: &tokio::runtime::Runtime) -> anyhow::R
     let upper = args.upper.as_deref().map(std::path::absolute).transpose()?;
     let mut margs = crate::run::mount_args(&pinned.to_string(), &point, upper.as_deref(), args.keep);
     margs.extend(passed_on(&cache_dir, &args.registry));
+    if args.pull == crate::registry::PullPolicy::Never {
+        margs.extend([OsString::from("--pull"), "never".into()]);
+    }
     let mount = daemon::TempMount::start(margs, point.clone(), &cache_dir, args.keep)?;
     let hostname = format!("lamina-{}", std::process::id());
     let spec = crate::run::spec(&image.config, &args.command, &mount.point, &hostname)?;

@@ -42,6 +42,7 @@ pub(super) fn mount(args: MountArgs, runtime: &tokio::runtime::Runtime) -> anyho
         passthrough: !args.no_passthrough,
         readahead: args.prefetch != super::Prefetch::None,
         profile: args.prefetch == super::Prefetch::Auto,
+        pull: args.pull,
     };
     let prepared = match runtime.block_on(crate::mount::prepare(&args.image, &options)) {
         Ok(p) => p,

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use super::health::Health;
 use super::prefetch::Prefetch;
 use super::shared::{ChunkLock, ChunkLocks};
 use crate::cache::chunks::ChunkStore;
@@ -121,6 +122,8 @@ pub struct Fetcher {
     pub stats: FetchStats,
     /// Prefetch: permits and used / wasted bytes.
     pub prefetch: Prefetch,
+    /// Layers refused for good; whether the registry is away.
+    pub health: Health,
 }
 
 /// Group chunks (in blob order) into runs that one Range request can fetch.
@@ -219,6 +222,7 @@ impl Fetcher {
             timeout,
             stats: FetchStats::default(),
             prefetch: Prefetch::default(),
+            health: Health::default(),
         })
     }
 
@@ -270,6 +274,8 @@ impl Fetcher {
     ) -> Result<(), FetchError> {
         let mut waits = Vec::new();
         let mut mine: Vec<(Chunk, Arc<Flight>)> = Vec::new();
+        // Whether the network may be tried, asked at the first chunk that needs it.
+        let mut network: Option<bool> = None;
         for (i, chunk) in chunks.iter().enumerate() {
             let needed = i < wait_for;
             if needed {
@@ -297,6 +303,18 @@ impl Fetcher {
                     "layer {} has no random access and its chunk left the cache; mount the image again",
                     layer.digest
                 )));
+            }
+            // The needed chunks come first: a read that cannot have its own fails here, before
+            // any flight is started; read-ahead just stops.
+            if network.is_none() {
+                let checked = self.health.check(&layer.digest);
+                if needed {
+                    checked.clone()?;
+                }
+                network = Some(checked.is_ok());
+            }
+            if network == Some(false) {
+                break;
             }
             let mut map = self.inflight.lock();
             match map.get(&chunk.digest) {
@@ -388,17 +406,30 @@ impl Fetcher {
         let request = layer
             .registry
             .blob_range_stream(&layer.repo, &layer.digest, start, end - start);
-        let mut stream = tokio::time::timeout(self.timeout, request)
-            .await
-            .map_err(stall)?
-            .map_err(|e| failed(e.to_string()))?;
+        let mut stream = match tokio::time::timeout(self.timeout, request).await {
+            Err(_) => {
+                self.health.unreachable("no answer in time");
+                return Err(stall(()));
+            }
+            Ok(Err(e)) => {
+                self.health.failed(&layer.digest, &e);
+                return Err(failed(e.to_string()));
+            }
+            Ok(Ok(s)) => {
+                self.health.answered();
+                s
+            }
+        };
         let mut buf = bytes::BytesMut::new();
         let mut buf_offset = start;
         while pending.peek().is_some() {
-            let piece = tokio::time::timeout(self.timeout, stream.next())
-                .await
-                .map_err(stall)?
-                .map_err(|e| failed(e.to_string()))?;
+            let piece = match tokio::time::timeout(self.timeout, stream.next()).await {
+                Err(_) => {
+                    self.health.unreachable("a response stopped in the middle");
+                    return Err(stall(()));
+                }
+                Ok(r) => r.map_err(|e| failed(e.to_string()))?,
+            };
             let Some(piece) = piece else { break };
             self.stats
                 .fetched_bytes
@@ -466,10 +497,20 @@ impl Fetcher {
     async fn range(&self, layer: &LayerSource, start: u64, len: u64) -> Result<bytes::Bytes, FetchError> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let request = layer.registry.blob_range(&layer.repo, &layer.digest, start, len);
-        let bytes = tokio::time::timeout(self.timeout, request)
-            .await
-            .map_err(|_| FetchError::Failed(format!("no answer within {:?}", self.timeout)))?
-            .map_err(|e| FetchError::Failed(e.to_string()))?;
+        let bytes = match tokio::time::timeout(self.timeout, request).await {
+            Err(_) => {
+                self.health.unreachable("no answer in time");
+                return Err(FetchError::Failed(format!("no answer within {:?}", self.timeout)));
+            }
+            Ok(Err(e)) => {
+                self.health.failed(&layer.digest, &e);
+                return Err(FetchError::Failed(e.to_string()));
+            }
+            Ok(Ok(b)) => {
+                self.health.answered();
+                b
+            }
+        };
         self.stats
             .fetched_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);

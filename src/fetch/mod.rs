@@ -3,6 +3,7 @@
 //! ```text
 //! fetch/
 //!   fetcher.rs  Fetcher: one flight per chunk, merged Range requests, deadlines, counters
+//!   health.rs   layers the registry refuses for good; a registry away: reads fail fast
 //!   locate.rs   a layer's TOC over the network: annotations first, else one footer probe
 //!   plain.rs    a plain tar layer streamed once: each file's bytes into the chunk store
 //!   prefetch.rs chunks fetched before they are read, behind demand reads; used / wasted
@@ -11,6 +12,7 @@
 //! ```
 
 pub mod fetcher;
+pub mod health;
 pub mod locate;
 pub mod plain;
 pub mod prefetch;

@@ -30,7 +30,7 @@ use crate::index::{disk, LayerIndex};
 use crate::model::ChunkKind;
 use crate::reference::ImageRef;
 use crate::registry::manifest::Platform;
-use crate::registry::{resolve_image_with, ClientOptions, Registry, RegistryError};
+use crate::registry::{resolve_image_with, ClientOptions, PullPolicy, Registry, RegistryError};
 use crate::union::live::{LayerStatus, LiveUnion};
 use crate::union::UnionError;
 use crate::view::ImageView;
@@ -59,6 +59,8 @@ pub struct MountOptions {
     pub readahead: bool,
     /// Prefetch the image's access profile (the cache's, else the registry's).
     pub profile: bool,
+    /// When the registry is asked (`--pull`): with `Never`, not at all.
+    pub pull: PullPolicy,
 }
 
 /// Where a writable mount keeps its changes.
@@ -110,6 +112,12 @@ pub struct Prepared {
 
 /// Resolve and index an image.
 pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Prepared, MountError> {
+    let not_cached = |l: &crate::registry::resolve::Layer, what: &str| {
+        MountError::Registry(RegistryError::NotCached {
+            reference: reference.to_string(),
+            what: format!("{what} {}", l.digest),
+        })
+    };
     let registry = Arc::new(Registry::new(
         &reference.registry,
         reference.api_host(),
@@ -118,7 +126,7 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
     let cache = CacheDir::open(&options.cache_dir)
         .map_err(|e| MountError::Local(format!("cache {}: {e}", options.cache_dir.display())))?;
     // Manifests and configs by digest come from the cache: a warm mount by digest sends nothing.
-    let image = resolve_image_with(&registry, reference, &options.platform, Some(&cache)).await?;
+    let image = resolve_image_with(&registry, reference, &options.platform, Some(&cache), options.pull).await?;
     let store = ChunkStore::open(&options.cache_dir)
         .map_err(|e| MountError::Local(format!("chunk store {}: {e}", options.cache_dir.display())))?;
     let indexes = futures_util::future::join_all(image.layers.iter().map(|l| {
@@ -136,8 +144,14 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
                 {
                     return Ok(Some(index));
                 }
+                if options.pull == PullPolicy::Never {
+                    return Err(not_cached(l, "plain layer whose chunks left the cache"));
+                }
                 tracing::info!(layer = %l.digest, "plain layer: some of its chunks left the cache; streaming it again");
                 return Ok(None);
+            }
+            if options.pull == PullPolicy::Never {
+                return Err(not_cached(l, "layer index"));
             }
             let toc = read_layer_toc(&registry, &reference.repository, l).await?;
             let Some(index) = toc.index else {
@@ -361,10 +375,16 @@ pub fn serve(
                             layer_status: live
                                 .statuses()
                                 .into_iter()
-                                .map(|s| match s {
-                                    LayerStatus::Complete => "indexed".to_string(),
-                                    LayerStatus::Streaming => "streaming".to_string(),
-                                    LayerStatus::Failed { reason, .. } => format!("failed: {reason}"),
+                                .zip(&layer_digests)
+                                .map(|(s, digest)| {
+                                    let refused = digest.parse().ok().and_then(|d| fetcher.health.refusal(&d));
+                                    match (s, refused) {
+                                        (_, Some(why)) => format!("unavailable: {why}"),
+                                        (LayerStatus::Complete, None) => "indexed".to_string(),
+                                        (LayerStatus::Streaming, None) => "streaming".to_string(),
+                                        (LayerStatus::Failed { reason, .. }, None) => format!("failed: {reason}"),
+                                        (LayerStatus::Unavailable(reason), None) => format!("unavailable: {reason}"),
+                                    }
                                 })
                                 .collect(),
                             upper: upper_dir.clone(),
@@ -380,6 +400,7 @@ pub fn serve(
             ready(Ok(()));
             if options.profile {
                 match &prepared.profile {
+                    None if options.pull == PullPolicy::Never => {}
                     Some(p) => profiling::prefetch(p, &view, &fetcher, &prepared.sources, &layer_digests),
                     // None in the cache: ask the registry, off the start-up path.
                     None => {

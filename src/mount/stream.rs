@@ -47,6 +47,8 @@ pub struct LayerStream {
 struct Failure {
     reason: String,
     permanent: bool,
+    /// The registry refuses the blob for good (404, 401, 403): the layer cannot be had.
+    unavailable: bool,
 }
 
 /// Stream `s` into `live` until it is complete or has failed for good.
@@ -66,6 +68,15 @@ pub async fn run(s: LayerStream, live: Arc<LiveUnion>, cache: CacheDir, fetcher:
                     tracing::warn!(error = %e, "could not keep the layer index");
                 }
                 tracing::info!(layer = %s.layer.digest, entries = index.entries.len(), "plain layer: complete");
+                return;
+            }
+            Err(f) if f.unavailable => {
+                tracing::error!(
+                    layer = %s.layer.digest,
+                    reason = %f.reason,
+                    "plain layer: the registry refuses it for good; serving the other layers without it"
+                );
+                let _ = live.give_up(s.index, f.reason);
                 return;
             }
             Err(f) => {
@@ -93,6 +104,7 @@ async fn attempt(
     let local = |reason: String| Failure {
         reason,
         permanent: false,
+        unavailable: false,
     };
     let store = fetcher.store().clone();
     let spool =
@@ -134,12 +146,16 @@ async fn attempt(
     let downloaded = download.await.map_err(|e| local(format!("download: {e}")))?;
     let _ = std::fs::remove_file(spool.path());
     if let Err(e) = downloaded {
-        return Err(local(e.to_string()));
+        return Err(Failure {
+            unavailable: e.is_refusal(),
+            ..local(e.to_string())
+        });
     }
     // The blob arrived whole and matched its digest: a failure now is in the bytes themselves
     // (before that, an indexer failure may only be the download's, so it is retried).
     indexed.map_err(|reason| Failure {
         reason,
         permanent: true,
+        unavailable: false,
     })
 }

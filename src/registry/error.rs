@@ -133,6 +133,14 @@ pub enum RegistryError {
         /// The error.
         source: std::io::Error,
     },
+    /// `--pull never` and the cache lacks what is needed.
+    #[error("{reference}: {what} is not in the cache, and --pull never forbids asking the registry")]
+    NotCached {
+        /// What was resolved.
+        reference: String,
+        /// What is missing.
+        what: String,
+    },
     /// The Docker config file could not be read.
     #[error("docker config {path}: {reason}")]
     DockerConfig {
@@ -179,6 +187,16 @@ impl RegistryError {
         match self {
             RegistryError::Transport { .. } => true,
             RegistryError::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// Whether the registry refuses for good what was asked: it is not there (404, 410) or
+    /// may not be had (401 after authenticating, 403), or authentication cannot be done.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            RegistryError::Status { status, .. } => matches!(status, 401 | 403 | 404 | 410),
+            RegistryError::Auth { .. } => true,
             _ => false,
         }
     }

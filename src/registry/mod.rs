@@ -25,4 +25,4 @@ mod transport;
 
 pub use client::{Access, Body, ClientOptions, Registry};
 pub use error::RegistryError;
-pub use resolve::{resolve_image, resolve_image_with, ResolvedImage};
+pub use resolve::{resolve_image, resolve_image_with, PullPolicy, ResolvedImage};

@@ -53,52 +53,142 @@ pub struct ResolvedImage {
 }
 
 /// Where resolved documents (manifests, indexes, configs) are kept by digest, so that a
-/// reference by digest resolves again without the registry.
+/// reference by digest resolves again without the registry, and the last resolution of each
+/// tag, so that a tag resolves while the registry is away.
 pub trait DocumentStore: Send + Sync {
     /// The document named `digest`, if kept (and its bytes still have that digest).
     fn get(&self, digest: &Digest) -> Option<Bytes>;
     /// Keep a document whose digest was checked (best effort).
     fn put(&self, digest: &Digest, bytes: &[u8]);
+    /// The last resolution of `tag` (`registry/repository:tag`) and when it was made.
+    fn tag(&self, tag: &str) -> Option<(Digest, std::time::SystemTime)>;
+    /// Remember that `tag` resolved to `digest` now (best effort).
+    fn put_tag(&self, tag: &str, digest: &Digest);
 }
+
+/// When a tag is asked of the registry again (podman's words and meanings).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Resolve a tag again when the registry answers within [`TAG_BOUND`]; when it cannot be
+    /// reached, use the last resolution, with a warning. Digests come from the cache.
+    #[default]
+    Missing,
+    /// A tag must be resolved again: the registry must answer.
+    Always,
+    /// Never ask the registry: everything comes from the cache or the command fails.
+    Never,
+}
+
+impl std::str::FromStr for PullPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "missing" => Ok(PullPolicy::Missing),
+            "always" => Ok(PullPolicy::Always),
+            "never" => Ok(PullPolicy::Never),
+            _ => Err(format!("{s:?}: expected missing, always or never")),
+        }
+    }
+}
+
+/// How long `--pull missing` waits for the registry to resolve a tag before it uses the
+/// cache's last resolution.
+pub const TAG_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Resolve `reference` on `registry`, picking `platform` from an index.
 pub async fn resolve_image(registry: &Registry, reference: &ImageRef, platform: &Platform) -> Result<ResolvedImage> {
-    resolve_image_with(registry, reference, platform, None).await
+    resolve_image_with(registry, reference, platform, None, PullPolicy::Always).await
 }
 
 /// A manifest by tag or digest: from `docs` when named by a digest it keeps, else from the
-/// registry (and then kept).
+/// registry (and then kept); a tag as `policy` says.
 async fn manifest_of(
     registry: &Registry,
-    repo: &str,
+    reference: &ImageRef,
     wanted: &str,
     docs: Option<&dyn DocumentStore>,
+    policy: PullPolicy,
 ) -> Result<(Bytes, Option<String>, Digest)> {
-    if let (Some(docs), Ok(digest)) = (docs, wanted.parse::<Digest>()) {
-        if let Some(body) = docs.get(&digest) {
+    let repo = &reference.repository;
+    let not_cached = |what: String| RegistryError::NotCached {
+        reference: reference.to_string(),
+        what,
+    };
+    if let Ok(digest) = wanted.parse::<Digest>() {
+        if let Some(body) = docs.and_then(|d| d.get(&digest)) {
             return Ok((body, None, digest));
         }
+        if policy == PullPolicy::Never {
+            return Err(not_cached(format!("manifest {digest}")));
+        }
+        let (body, content_type, digest) = registry.manifest(repo, wanted).await?;
+        if let Some(docs) = docs {
+            docs.put(&digest, &body);
+        }
+        return Ok((body, content_type, digest));
     }
-    let (body, content_type, digest) = registry.manifest(repo, wanted).await?;
-    if let Some(docs) = docs {
-        docs.put(&digest, &body);
+    let tag = format!("{}/{repo}:{wanted}", reference.registry);
+    // The last resolution, if its manifest is still kept.
+    let cached = || {
+        let docs = docs?;
+        let (digest, at) = docs.tag(&tag)?;
+        let body = docs.get(&digest)?;
+        Some((body, digest, at))
+    };
+    let asked = match policy {
+        PullPolicy::Never => {
+            let (body, digest, _) = cached().ok_or_else(|| not_cached(format!("tag {wanted:?}")))?;
+            return Ok((body, None, digest));
+        }
+        PullPolicy::Always => registry.manifest(repo, wanted).await,
+        PullPolicy::Missing => match tokio::time::timeout(TAG_BOUND, registry.manifest(repo, wanted)).await {
+            Ok(r) => r,
+            Err(_) => Err(RegistryError::Status {
+                method: "GET".into(),
+                url: format!("{} (tag {wanted})", reference.registry),
+                status: 504,
+                body: format!("no answer within {TAG_BOUND:?}"),
+            }),
+        },
+    };
+    match asked {
+        Ok((body, content_type, digest)) => {
+            if let Some(docs) = docs {
+                docs.put(&digest, &body);
+                docs.put_tag(&tag, &digest);
+            }
+            Ok((body, content_type, digest))
+        }
+        Err(e) if policy == PullPolicy::Missing && e.is_transient() => match cached() {
+            Some((body, digest, at)) => {
+                let age = at.elapsed().map(|a| a.as_secs()).unwrap_or(0);
+                tracing::warn!(
+                    error = %e,
+                    "the registry cannot be reached: using the last resolution of {tag} ({digest}, {age} s old)"
+                );
+                Ok((body, None, digest))
+            }
+            None => Err(e),
+        },
+        Err(e) => Err(e),
     }
-    Ok((body, content_type, digest))
 }
 
-/// [`resolve_image`], keeping manifests and configs in `docs`: a reference by digest whose
-/// documents are kept resolves without a single request.
+/// [`resolve_image`], keeping manifests, configs and tag resolutions in `docs`: a reference
+/// by digest whose documents are kept resolves without a single request, a tag as `policy`
+/// says.
 pub async fn resolve_image_with(
     registry: &Registry,
     reference: &ImageRef,
     platform: &Platform,
     docs: Option<&dyn DocumentStore>,
+    policy: PullPolicy,
 ) -> Result<ResolvedImage> {
     let repo = &reference.repository;
     let mut wanted = reference.manifest_reference();
     let mut depth = 0;
     let (manifest, manifest_digest) = loop {
-        let (body, content_type, digest) = manifest_of(registry, repo, &wanted, docs).await?;
+        let (body, content_type, digest) = manifest_of(registry, reference, &wanted, docs, policy).await?;
         match manifest::parse_manifest(&reference.to_string(), content_type.as_deref(), &body)? {
             Manifest::Image(m) => break (*m, digest),
             Manifest::Index(i) if depth < MAX_INDEX_DEPTH => {
@@ -114,6 +204,12 @@ pub async fn resolve_image_with(
     let config_digest = descriptor_digest(manifest.config())?;
     let config_bytes = match docs.and_then(|d| d.get(&config_digest)) {
         Some(b) => b,
+        None if policy == PullPolicy::Never => {
+            return Err(RegistryError::NotCached {
+                reference: reference.to_string(),
+                what: format!("config {config_digest}"),
+            });
+        }
         None => {
             let b = registry
                 .blob_bytes(repo, &config_digest, manifest::MAX_CONFIG_BYTES)

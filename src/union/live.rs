@@ -49,6 +49,9 @@ pub enum LayerStatus {
         /// Whether a retry is pointless.
         permanent: bool,
     },
+    /// The layer cannot be had (the registry refuses it for good: 404, 401, 403): it is merged
+    /// with what arrived of it (usually nothing), so the other layers' names resolve.
+    Unavailable(String),
 }
 
 /// A lookup or listing could not be answered.
@@ -154,7 +157,7 @@ impl LiveState {
                 self.union.apply_entry(&mut self.frontier_rules, li, ei, e)?;
             }
             self.frontier_entries = arrived;
-            if self.status[li] != LayerStatus::Complete {
+            if !matches!(self.status[li], LayerStatus::Complete | LayerStatus::Unavailable(_)) {
                 return Ok(());
             }
             self.union.finish_layer();
@@ -170,10 +173,15 @@ impl LiveState {
     /// lookups only read.
     fn note_reach(&mut self) {
         for li in self.merged + 1..self.layers.len() {
-            if self.status[li] == LayerStatus::Complete && self.reach[li].is_none() {
+            if self.is_whole(li) && self.reach[li].is_none() {
                 self.reach[li] = Some(Reach::of(&self.layers[li]));
             }
         }
+    }
+
+    /// Whether every entry layer `li` will ever have has arrived.
+    fn is_whole(&self, li: usize) -> bool {
+        matches!(self.status[li], LayerStatus::Complete | LayerStatus::Unavailable(_))
     }
 
     /// The first layer not merged yet that failed for good, as an error.
@@ -215,7 +223,7 @@ impl LiveState {
         }
         for li in f + 1..self.layers.len() {
             match &self.reach[li] {
-                Some(reach) if self.status[li] == LayerStatus::Complete => {
+                Some(reach) if self.is_whole(li) => {
                     if reach.touches(&path, is_dir) {
                         return Ok(false);
                     }
@@ -381,12 +389,24 @@ impl LiveUnion {
 
     /// Streaming layer `li` ended: complete, or failed (`permanent` when retrying cannot help).
     pub fn finish(&self, li: usize, outcome: Result<(), (String, bool)>) -> Result<(), UnionError> {
-        let result = {
-            let mut st = self.state.write();
-            st.status[li] = match outcome {
+        self.settle(
+            li,
+            match outcome {
                 Ok(()) => LayerStatus::Complete,
                 Err((reason, permanent)) => LayerStatus::Failed { reason, permanent },
-            };
+            },
+        )
+    }
+
+    /// Streaming layer `li` cannot be had: the union goes on without the rest of it.
+    pub fn give_up(&self, li: usize, reason: String) -> Result<(), UnionError> {
+        self.settle(li, LayerStatus::Unavailable(reason))
+    }
+
+    fn settle(&self, li: usize, status: LayerStatus) -> Result<(), UnionError> {
+        let result = {
+            let mut st = self.state.write();
+            st.status[li] = status;
             let r = st.advance();
             st.note_reach();
             if st.merged == st.layers.len() {
@@ -502,6 +522,24 @@ mod tests {
         u.finish(0, Err(("digest mismatch".into(), true))).unwrap();
         assert!(matches!(found(&u, "x"), Err(LiveError::Failed { layer: 0, .. })));
         assert!(u.wait_complete().is_err());
+    }
+
+    #[test]
+    fn an_unavailable_layer_lets_the_other_layers_names_resolve() {
+        use EntryKind::*;
+        let l0 = layer(vec![e("a", Regular)]);
+        let l2 = layer(vec![e("c", Regular)]);
+        let u = LiveUnion::new(
+            vec![l0, LayerIndex::default(), l2],
+            &[false, true, false],
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        u.give_up(1, "HTTP 404".into()).unwrap();
+        assert_eq!(found(&u, "a"), Ok(true));
+        assert_eq!(found(&u, "c"), Ok(true));
+        assert_eq!(found(&u, "b"), Ok(false));
+        assert!(u.wait_complete().is_ok());
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod errors;
 mod fetching;
 mod hostile;
 mod mount;
+mod offline;
 mod platform;
 mod profile;
 mod pull;

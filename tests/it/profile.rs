@@ -17,13 +17,13 @@ use crate::support::{lamina, require_root, require_tools, run};
 
 const IMPORTS: &str = "import json, email.parser, http.client; print(json.dumps({'ok': True}))";
 
-struct PythonImage {
-    registry: TestRegistry,
-    work: tempfile::TempDir,
-    image: String,
+pub(crate) struct PythonImage {
+    pub registry: TestRegistry,
+    pub work: tempfile::TempDir,
+    pub image: String,
 }
 
-fn python_image() -> Option<PythonImage> {
+pub(crate) fn python_image() -> Option<PythonImage> {
     if !require_tools(&["docker-registry", "umoci", "skopeo", "ldd", "cp"]) || !require_root() || !require_fuse() {
         return None;
     }
@@ -40,7 +40,7 @@ fn python_image() -> Option<PythonImage> {
     Some(PythonImage { registry, work, image })
 }
 
-fn python_in(point: &Path) -> std::process::Output {
+pub(crate) fn python_in(point: &Path) -> std::process::Output {
     Command::new("chroot")
         .arg(point)
         .args(["/usr/bin/python3", "-c", IMPORTS])
@@ -58,7 +58,7 @@ fn stats_json(m: &Mounted, cache: &Path, until: impl Fn(&serde_json::Value) -> b
 
 /// Mount with `cache`, run python, unmount, wait for the daemon: the cache then holds the
 /// image's profile.
-fn record(p: &PythonImage, cache: &Path, name: &str) {
+pub(crate) fn record(p: &PythonImage, cache: &Path, name: &str) {
     let m = Mounted::new(&p.image, &p.work.path().join(name), cache, &["--prefetch", "none"]);
     let out = python_in(&m.point);
     assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));

@@ -5,7 +5,9 @@ Usage: fault_proxy.py PORT UPSTREAM MODE_FILE
 Blob GETs (/v2/.../blobs/...) are treated according to the word in MODE_FILE, read at each
 request: pass, drop (close without answering), stall (answer nothing for 60 s), truncate
 (announce the full length, send half, close), flip (change one byte of the body), 500, 503,
-hold:N (send the first N bytes of the body, then wait until the mode changes and send the rest).
+hold:N (send the first N bytes of the body, then wait until the mode changes and send the rest),
+status:CODE[:TEXT] (answer HTTP CODE, to every blob GET or to those where "PATH range=RANGE"
+holds TEXT, RANGE being the Range header or -).
 Everything else is forwarded untouched. Each faulted request is logged as `FAULT mode path`,
 and every blob GET as `GET path range=VALUE` (`-` without a Range header).
 """
@@ -45,6 +47,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         m = mode() if "/blobs/" in self.path and self.command == "GET" else "pass"
         if "/blobs/" in self.path and self.command == "GET":
             log(f"GET {self.path} range={self.headers.get('Range', '-')}")
+        if m.startswith("status:"):
+            parts = m.split(":", 2)
+            seen = f"{self.path} range={self.headers.get('Range', '-')}"
+            if len(parts) == 3 and parts[2] not in seen:
+                m = "pass"
         if m != "pass":
             log(f"FAULT {m} {self.path}")
         if m == "drop":
@@ -54,9 +61,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(60)
             self.close_connection = True
             return
-        if m in ("500", "503"):
+        if m in ("500", "503") or m.startswith("status:"):
             body = b'{"errors":[{"code":"UNAVAILABLE","message":"injected"}]}'
-            self.send_response(int(m))
+            self.send_response(int(m.split(":")[1] if m.startswith("status:") else m))
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
