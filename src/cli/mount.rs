@@ -11,6 +11,20 @@ pub(super) fn mount(args: MountArgs, runtime: &tokio::runtime::Runtime) -> anyho
     if !args.mountpoint.is_dir() {
         anyhow::bail!("mount point {} is not a directory", args.mountpoint.display());
     }
+    if let Some(dir) = args
+        .upper
+        .as_deref()
+        .filter(|d| crate::upper::Identity::is_upper_dir(d))
+    {
+        let recorded = crate::upper::Identity::read(dir)?.metacopy;
+        if recorded != args.metacopy && !args.foreground {
+            eprintln!(
+                "lamina: note: {} was made {} metacopy; it keeps that choice",
+                dir.display(),
+                if recorded { "with" } else { "without" }
+            );
+        }
+    }
     if !args.foreground {
         return spawn_mount_daemon(&args, &cache_dir);
     }
@@ -19,6 +33,7 @@ pub(super) fn mount(args: MountArgs, runtime: &tokio::runtime::Runtime) -> anyho
         (Some(dir), _) => Some(crate::mount::UpperOptions {
             dir: std::path::absolute(dir)?,
             remove_at_end: false,
+            metacopy: args.metacopy,
         }),
         (None, true) => Some(crate::mount::UpperOptions {
             dir: cache_dir.join("uppers").join(format!(
@@ -29,6 +44,7 @@ pub(super) fn mount(args: MountArgs, runtime: &tokio::runtime::Runtime) -> anyho
                     .map_or(0, |d| d.as_nanos())
             )),
             remove_at_end: !args.keep,
+            metacopy: args.metacopy,
         }),
         (None, false) => None,
     };

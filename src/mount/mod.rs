@@ -68,6 +68,9 @@ pub struct UpperOptions {
     pub dir: PathBuf,
     /// Remove it when the mount ends (`--writable` without `--keep`).
     pub remove_at_end: bool,
+    /// Make metacopy files for metadata-only changes, if the upper is new (an existing one
+    /// keeps its recorded choice).
+    pub metacopy: bool,
 }
 
 /// A mount could not be set up.
@@ -299,6 +302,7 @@ pub fn serve(
                 image: image.to_string(),
                 manifest: Some(prepared.manifest_digest.to_string()),
                 layers: layer_digests.clone(),
+                metacopy: u.metacopy,
             };
             let root = live.read(|st| {
                 let r = st.union.node(crate::union::ROOT_INO);
