@@ -170,6 +170,11 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
             }
         }));
     }
+    for (ix, l) in layers.iter().zip(&image.layers) {
+        for (entry, e) in crate::format::chunk::refused_entries(ix) {
+            tracing::warn!(layer = %l.digest, entry = %entry, error = %e, "a chunk is over a cap: reads of this file fail with EIO");
+        }
+    }
     let sources = image
         .layers
         .iter()
