@@ -145,6 +145,20 @@ fn hostile_chunk_sizes_give_eio_or_stream_and_the_daemon_stays_up() {
         assert_eq!(std::fs::read(m.point.join("good")).unwrap(), b"good bytes");
     }
 
+    // The mount said which file of which layer breaks a cap.
+    let logs: String = std::fs::read_dir(cache.join("logs"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect();
+    let warning = logs
+        .lines()
+        .find(|l| l.contains("over a cap"))
+        .unwrap_or_else(|| panic!("no warning in {logs}"));
+    assert!(
+        warning.contains("huge") && warning.contains("sha256:") && warning.contains("1099511627776"),
+        "{warning}"
+    );
+
     // The chunk that really inflates to 1 GiB: streamed into the cache, served, verified.
     let tail = read_at(&m.point.join("gig"), GIB - (128 << 10), 128 << 10).unwrap();
     assert_eq!(tail.len(), 128 << 10);
