@@ -601,6 +601,32 @@ mod tests {
     }
 
     #[test]
+    fn a_flight_whose_fetch_panics_is_settled_with_an_error() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let fetcher = Fetcher::new(runtime.handle().clone(), store, Duration::from_secs(5));
+        let (c, ()) = chunk(0, 10);
+        let flight = Arc::new(Flight::default());
+        fetcher.inflight.lock().insert(c.digest, flight.clone());
+        let guard = FlightGuard::new(&fetcher, c.clone(), flight.clone());
+        let task = runtime.spawn(async move {
+            let _guard = guard;
+            panic!("a bug while fetching");
+        });
+        assert!(runtime.block_on(task).is_err());
+        let result = flight.result.lock().clone();
+        assert!(matches!(result, Some(Err(FetchError::Failed(_)))), "{result:?}");
+        assert!(!fetcher.inflight.lock().contains_key(&c.digest), "still in flight");
+        // A guard settled by hand keeps its outcome, and never removes a later flight.
+        let later = Arc::new(Flight::default());
+        fetcher.inflight.lock().insert(c.digest, later.clone());
+        FlightGuard::new(&fetcher, c.clone(), flight.clone()).settle(Ok(()));
+        assert!(matches!(flight.result.lock().clone(), Some(Err(_))));
+        assert!(fetcher.inflight.lock().contains_key(&c.digest));
+    }
+
+    #[test]
     fn runs_merge_neighbours_only() {
         let spans = |runs: Vec<Vec<(Chunk, ())>>| {
             runs.iter()
