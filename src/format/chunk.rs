@@ -16,7 +16,7 @@
 //! | [`MAX_CHUNK_BYTES`] | 1 GiB | uncompressed data chunk: lamina's writer cuts ≤ 128 KiB, eStargz 4 MiB, containers/storage's rollsum splits ~64 KiB (unbounded only for long runs of one non-zero byte, or whole files in 2021's first zstd:chunked) |
 //! | [`MAX_CHUNK_BLOB_BYTES`] | 64 MiB | compressed chunk, held in memory while it is fetched |
 //! | inner offset (eStargz) | [`MAX_CHUNK_BYTES`] | bytes decoded and dropped before the chunk starts |
-//! | zstd window | 16 MiB | the decoder's memory; zstd's levels ≤ 19 use ≤ 8 MiB |
+//! | zstd window | 128 MiB (zstd's default) | the decoder's memory (only what it decodes is touched); skopeo's frames ask for more than 16 MiB |
 //!
 //! Chunks of zeros have no cap: they are never decoded nor stored (a read fills zeros).
 
@@ -30,10 +30,6 @@ use crate::model::{Chunk, ChunkCodec, ChunkKind};
 pub const MAX_CHUNK_BYTES: u64 = 1 << 30;
 /// Largest compressed chunk accepted: its bytes are held in memory while they arrive.
 pub const MAX_CHUNK_BLOB_BYTES: u64 = 64 << 20;
-/// Largest zstd window a chunk may ask the decoder for (16 MiB; the decoder's own default
-/// is 128 MiB): the window is the decoder's memory. zstd's levels ≤ 19 use ≤ 8 MiB, and a
-/// frame's window never exceeds its content.
-const MAX_ZSTD_WINDOW_LOG: u32 = 24;
 /// Decoded bytes handed to the writer at a time.
 const BLOCK_BYTES: usize = 64 << 10;
 
@@ -137,9 +133,9 @@ pub fn decode_chunk_to(
     }
     match codec {
         ChunkCodec::Zstd => {
-            let mut d = zstd::stream::read::Decoder::with_buffer(compressed).map_err(|e| decode_err(e.to_string()))?;
-            d.window_log_max(MAX_ZSTD_WINDOW_LOG)
-                .map_err(|e| decode_err(e.to_string()))?;
+            // The window stays zstd's default limit (128 MiB): skopeo's (klauspost) frames ask
+            // for more than 16 MiB.
+            let d = zstd::stream::read::Decoder::with_buffer(compressed).map_err(|e| decode_err(e.to_string()))?;
             copy_verified(chunk, d, out)
         }
         ChunkCodec::Stream => Err(decode_err("a plain layer's chunks cannot be fetched one by one".into())),
