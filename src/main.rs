@@ -13,6 +13,7 @@ fn main() -> std::process::ExitCode {
         .init();
     match lamina::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if lamina::cli::is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lamina: error: {e:#}");
             std::process::ExitCode::FAILURE

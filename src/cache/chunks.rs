@@ -3,14 +3,21 @@
 //!
 //! Invariant: a file in the store always holds exactly the bytes its name is the sha256 of —
 //! bytes are checked, written under `tmp/` and renamed into place, so readers (other daemons
-//! included) never see a partial or wrong chunk.
+//! included) never see a partial or wrong chunk. Large chunks are streamed into their
+//! temporary file ([`ChunkStore::put_from`]) and hashed on the way, never held whole. Chunks
+//! of zeros need not be here: readers fill them in.
 
 use std::io;
+use std::io::Read as _;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
 use crate::index::LayerIndex;
+use crate::model::{Chunk, ChunkKind};
+
+/// Buffer between a streamed chunk and its temporary file.
+const WRITE_BUFFER_BYTES: usize = 256 << 10;
 
 /// Open chunk files kept for reading: a sequential read touches each chunk many times, and
 /// an open per touch cost half the read throughput.
@@ -86,7 +93,7 @@ impl ChunkStore {
         let here: u64 = index
             .chunks
             .iter()
-            .filter(|c| self.contains(&c.digest))
+            .filter(|c| c.kind == ChunkKind::Zeros || self.contains(&c.digest))
             .map(|c| c.len)
             .sum();
         if total == 0 {
@@ -130,6 +137,45 @@ impl ChunkStore {
         std::fs::rename(&tmp, &dest)
     }
 
+    /// Store the chunk `digest` from the bytes `fill` writes: streamed into a temporary file,
+    /// hashed on the way, renamed into place only when `fill` succeeded and the bytes match.
+    /// The outer error is the store's; the inner one, `fill`'s (nothing is kept then).
+    pub fn put_from<E>(
+        &self,
+        digest: &[u8; 32],
+        fill: impl FnOnce(&mut dyn io::Write) -> Result<(), E>,
+    ) -> io::Result<Result<(), E>> {
+        let dest = self.path(digest);
+        if dest.exists() {
+            return Ok(Ok(()));
+        }
+        std::fs::create_dir_all(dest.parent().expect("has a parent"))?;
+        let tmp = self.temp_path("chunk", digest);
+        let written = (|| {
+            let file = std::fs::File::create(&tmp)?;
+            let mut out = HashingWriter {
+                inner: io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
+                hasher: crate::digest::Hasher::new(),
+            };
+            if let Err(e) = fill(&mut out) {
+                return Ok(Err(e));
+            }
+            io::Write::flush(&mut out.inner)?;
+            if out.hasher.finish().hex() != hex::encode(digest) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "chunk does not match its digest; not stored",
+                ));
+            }
+            std::fs::rename(&tmp, &dest)?;
+            Ok(Ok(()))
+        })();
+        if !matches!(written, Ok(Ok(()))) {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
+    }
+
     /// Where the assembled copy of a multi-chunk file lives (keyed by the file's digest).
     pub fn assembled_path(&self, file_digest: &[u8; 32]) -> PathBuf {
         let hex = hex::encode(file_digest);
@@ -158,14 +204,16 @@ impl ChunkStore {
         pread_full(&f, offset, buf).map(Some)
     }
 
-    /// Copy a file's chunks, all present, into one local file (verified against the file's
-    /// digest), so later reads are one `pread`. Returns whether the file is now assembled.
-    pub fn assemble(&self, file_digest: &[u8; 32], chunks: &[[u8; 32]]) -> io::Result<bool> {
+    /// Copy a file's chunks, all present (zeros need not be), into one local file (verified
+    /// against the file's digest), so later reads are one `pread`. Returns whether the file is
+    /// now assembled.
+    pub fn assemble(&self, file_digest: &[u8; 32], chunks: &[Chunk]) -> io::Result<bool> {
         let dest = self.assembled_path(file_digest);
         if dest.exists() {
             return Ok(true);
         }
-        if !chunks.iter().all(|c| self.contains(c)) {
+        let present = |c: &Chunk| c.kind == ChunkKind::Zeros || self.contains(&c.digest);
+        if !chunks.iter().all(present) {
             return Ok(false);
         }
         std::fs::create_dir_all(dest.parent().expect("has a parent"))?;
@@ -173,9 +221,11 @@ impl ChunkStore {
         let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         let mut hasher = crate::digest::Hasher::new();
         for c in chunks {
-            let data = std::fs::read(self.path(c))?;
-            hasher.update(&data);
-            std::io::Write::write_all(&mut out, &data)?;
+            if c.kind == ChunkKind::Zeros {
+                copy_hashed(&mut io::repeat(0).take(c.len), &mut out, &mut hasher)?;
+            } else {
+                copy_hashed(&mut std::fs::File::open(self.path(&c.digest))?, &mut out, &mut hasher)?;
+            }
         }
         std::io::Write::flush(&mut out)?;
         drop(out);
@@ -194,6 +244,43 @@ impl ChunkStore {
     pub fn read_at(&self, digest: &[u8; 32], offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let f = self.file(digest)?;
         pread_full(&f, offset, buf)
+    }
+}
+
+/// A writer that hashes what goes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: crate::digest::Hasher,
+}
+
+impl<W: io::Write> io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Copy `from` into `to` in blocks, hashing.
+fn copy_hashed(
+    from: &mut impl io::Read,
+    to: &mut impl io::Write,
+    hasher: &mut crate::digest::Hasher,
+) -> io::Result<()> {
+    let mut block = vec![0u8; WRITE_BUFFER_BYTES];
+    loop {
+        let n = match from.read(&mut block) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&block[..n]);
+        to.write_all(&block[..n])?;
     }
 }
 
@@ -231,6 +318,47 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 
+    fn chunk(digest: [u8; 32], len: usize, kind: ChunkKind) -> Chunk {
+        Chunk {
+            file_offset: 0,
+            len: len as u64,
+            blob_offset: 0,
+            blob_len: 0,
+            inner_offset: 0,
+            digest,
+            kind,
+        }
+    }
+
+    #[test]
+    fn streamed_chunks_enter_only_whole_and_matching() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let data = b"streamed chunk".to_vec();
+        let mut d = [0u8; 32];
+        hex::decode_to_slice(Digest::of(&data).hex(), &mut d).unwrap();
+        // The filler fails half way: nothing kept.
+        let failed = store
+            .put_from(&d, |out| {
+                out.write_all(&data[..4]).unwrap();
+                Err("cut")
+            })
+            .unwrap();
+        assert_eq!(failed, Err("cut"));
+        assert!(!store.contains(&d));
+        // Wrong bytes: refused by the store.
+        assert!(store.put_from(&d, |out| out.write_all(b"other bytes")).is_err());
+        assert!(!store.contains(&d));
+        store
+            .put_from(&d, |out| {
+                out.write_all(&data[..4]).and_then(|_| out.write_all(&data[4..]))
+            })
+            .unwrap()
+            .unwrap();
+        assert!(store.contains(&d));
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
     #[test]
     fn files_are_assembled_only_whole_and_verified() {
         let dir = tempfile::tempdir().unwrap();
@@ -241,20 +369,24 @@ mod tests {
             out
         };
         let (a, b) = (b"first part ".to_vec(), b"second part".to_vec());
-        let whole = [a.clone(), b.clone()].concat();
+        let zeros = vec![0u8; 5];
+        let whole = [a.clone(), zeros.clone(), b.clone()].concat();
         let (da, db, dw) = (raw(&a), raw(&b), raw(&whole));
+        let parts = [
+            chunk(da, a.len(), ChunkKind::Data),
+            chunk(raw(&zeros), zeros.len(), ChunkKind::Zeros),
+            chunk(db, b.len(), ChunkKind::Data),
+        ];
         store.put(&da, &a).unwrap();
-        assert!(
-            !store.assemble(&dw, &[da, db]).unwrap(),
-            "assembled with a chunk missing"
-        );
+        assert!(!store.assemble(&dw, &parts).unwrap(), "assembled with a chunk missing");
         store.put(&db, &b).unwrap();
-        assert!(store.assemble(&dw, &[da, db]).unwrap());
-        let mut buf = vec![0u8; 6];
-        assert_eq!(store.read_assembled(&dw, 11, &mut buf).unwrap(), Some(6));
-        assert_eq!(&buf, b"second");
+        // The zeros chunk is not in the store: it is written as zeros.
+        assert!(store.assemble(&dw, &parts).unwrap());
+        let mut buf = vec![0u8; 8];
+        assert_eq!(store.read_assembled(&dw, 14, &mut buf).unwrap(), Some(8));
+        assert_eq!(&buf, b"\0\0second");
         // A wrong file digest is refused and leaves nothing behind.
-        assert!(store.assemble(&da, &[da, db]).is_err());
+        assert!(store.assemble(&da, &parts).is_err());
         assert_eq!(store.read_assembled(&raw(b"nothing"), 0, &mut buf).unwrap(), None);
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }

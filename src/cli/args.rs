@@ -165,6 +165,11 @@ pub struct MountArgs {
     /// With --writable: keep the upper directory when the mount ends.
     #[arg(long, requires = "writable")]
     pub keep: bool,
+    /// Record metadata-only changes of lower files as overlayfs metacopy files (no data
+    /// copied until the first write); kernel overlayfs then needs `metacopy=on` to read the
+    /// upper. Off by default, as the kernel's. Chosen when the upper is made and kept.
+    #[arg(long)]
+    pub metacopy: bool,
     /// Serve every read and write through lamina, without FUSE passthrough (which is used
     /// where the kernel has it, for files whose bytes are all local).
     #[arg(long)]

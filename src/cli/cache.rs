@@ -7,10 +7,10 @@ pub(super) fn cache(args: CacheArgs) -> anyhow::Result<()> {
     match args.action {
         CacheAction::Stats => {
             let u = crate::cache::gc::usage(&dir);
-            println!("cache   {}", dir.display());
-            println!("chunks  {:>8} {:>12}", u.chunks, mb(u.chunk_bytes));
-            println!("blobs   {:>8} {:>12}", u.blobs, mb(u.blob_bytes));
-            println!("indexes {:>8} {:>12}", u.indexes, mb(u.index_bytes));
+            outln!("cache   {}", dir.display())?;
+            outln!("chunks  {:>8} {:>12}", u.chunks, mb(u.chunk_bytes))?;
+            outln!("blobs   {:>8} {:>12}", u.blobs, mb(u.blob_bytes))?;
+            outln!("indexes {:>8} {:>12}", u.indexes, mb(u.index_bytes))?;
         }
         CacheAction::Ls => {
             let store = crate::cache::chunks::ChunkStore::open(&dir)?;
@@ -26,24 +26,24 @@ pub(super) fn cache(args: CacheArgs) -> anyhow::Result<()> {
                     Ok(ix) => {
                         let total: u64 = ix.chunks.iter().map(|c| c.len).sum();
                         let share = store.local_percent(&ix);
-                        println!(
+                        outln!(
                             "sha256:{hex} {:>7} entries {:>12} of files, {share:5.1}% local",
                             ix.entries.len(),
                             mb(total)
-                        );
+                        )?;
                     }
-                    Err(err) => println!("sha256:{hex} unreadable: {err}"),
+                    Err(err) => outln!("sha256:{hex} unreadable: {err}")?,
                 }
             }
         }
         CacheAction::Gc { max_bytes } => {
             let c = crate::cache::gc::collect(&dir, max_bytes);
-            println!(
+            outln!(
                 "evicted {} chunks ({}), removed {} stale work files",
                 c.chunks,
                 mb(c.bytes),
                 c.temp_files
-            );
+            )?;
         }
     }
     Ok(())

@@ -152,7 +152,7 @@ pub(super) fn commit(args: CommitArgs, runtime: &tokio::runtime::Runtime) -> any
     let started = std::time::Instant::now();
     let report = runtime.block_on(crate::commit::commit(&upper, view.as_deref(), &args.dst, &options))?;
     let s = &report.summary;
-    println!(
+    outln!(
         "committed {} on {} as {} ({}): layer {} ({}, {} entries, {} whiteouts, {} opaque dirs, {} of files); base layers: {} mounted, {} uploaded; {:.2} s",
         upper.display(),
         report.base,
@@ -167,7 +167,7 @@ pub(super) fn commit(args: CommitArgs, runtime: &tokio::runtime::Runtime) -> any
         report.base_layers_mounted,
         report.base_layers_uploaded,
         started.elapsed().as_secs_f64()
-    );
+    )?;
     if s.skipped_sockets > 0 {
         eprintln!(
             "lamina: {} sockets left out (a layer cannot hold them)",

@@ -12,7 +12,7 @@ pub(super) async fn pull(args: PullArgs, progress: bool) -> anyhow::Result<()> {
     };
     let report = crate::pull::pull(&args.image, &args.dir, &options).await?;
     let secs = report.elapsed.as_secs_f64();
-    println!(
+    outln!(
         "pulled {} ({}) into {}: {} layers, {} entries, {:.1} MB downloaded, {:.1} MB uncompressed, {:.2} s ({:.1} MB/s)",
         report.reference,
         report.manifest_digest,
@@ -23,7 +23,7 @@ pub(super) async fn pull(args: PullArgs, progress: bool) -> anyhow::Result<()> {
         report.tar_bytes as f64 / 1e6,
         secs,
         report.compressed_bytes as f64 / 1e6 / secs.max(1e-9),
-    );
+    )?;
     Ok(())
 }
 
@@ -56,7 +56,7 @@ pub(super) async fn convert(args: ConvertArgs, progress: bool) -> anyhow::Result
     let report = crate::convert::convert(&args.src, &args.dst, &options).await?;
     for (platform, layers) in &report.images {
         if let Some(p) = platform {
-            println!("{p}:");
+            outln!("{p}:")?;
         }
         for l in layers {
             let how = match &l.outcome {
@@ -69,22 +69,22 @@ pub(super) async fn convert(args: ConvertArgs, progress: bool) -> anyhow::Result
                 crate::convert::LayerOutcome::Cached => "reused an earlier conversion".into(),
                 crate::convert::LayerOutcome::AlreadyChunked => "already zstd:chunked".into(),
             };
-            println!(
+            outln!(
                 "  {} ({}) -> {} ({}): {how}",
                 &l.source.to_string()[..19],
                 mb(l.source_size),
                 &l.digest.to_string()[..19],
                 mb(l.size)
-            );
+            )?;
         }
     }
-    println!(
+    outln!(
         "converted {} -> {} ({}) in {:.2} s",
         args.src,
         args.dst,
         report.digest,
         started.elapsed().as_secs_f64()
-    );
+    )?;
     Ok(())
 }
 
@@ -93,9 +93,9 @@ pub(super) async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let registry = crate::registry::Registry::new(&args.image.registry, args.image.api_host(), &client)?;
     let platform = args.registry.platform.clone().unwrap_or_else(Platform::host);
     let image = crate::registry::resolve_image(&registry, &args.image, &platform).await?;
-    println!("image     {}", args.image);
-    println!("manifest  {} ({platform})", image.manifest_digest);
-    println!("config    {}", image.config_digest);
+    outln!("image     {}", args.image)?;
+    outln!("manifest  {} ({platform})", image.manifest_digest)?;
+    outln!("config    {}", image.config_digest)?;
     let tocs = futures_util::future::join_all(
         image
             .layers
@@ -129,31 +129,31 @@ pub(super) async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
                     }
                     None => "whole blob must be streamed".into(),
                 };
-                println!(
+                outln!(
                     "layer     {} {:>10} {media:<14} {:<28} {summary}",
                     l.digest,
                     mb(l.size),
                     t.format.to_string()
-                );
+                )?;
                 if let (true, Some(ix)) = (args.verify, &t.index) {
                     let v = crate::fetch::verify::verify_layer(&registry, &args.image.repository, l, ix)
                         .await
                         .map_err(|e| anyhow::anyhow!("layer {}: verification failed: {e}", l.digest))?;
-                    println!(
+                    outln!(
                         "verified  {} files, {} chunks, {} against the TOC",
                         v.files,
                         v.chunks,
                         mb(v.bytes)
-                    );
+                    )?;
                 }
             }
-            Err(e) => println!(
+            Err(e) => outln!(
                 "layer     {} {:>10} {media:<14} TOC unusable: {e}",
                 l.digest,
                 mb(l.size)
-            ),
+            )?,
         }
     }
-    println!("{lazy} of {} layers can be mounted lazily", image.layers.len());
+    outln!("{lazy} of {} layers can be mounted lazily", image.layers.len())?;
     Ok(())
 }

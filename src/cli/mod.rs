@@ -11,6 +11,15 @@
 //!   container.rs  commit, run (and the temporary mounts they make)
 //! ```
 
+/// `println!` that gives a write error back (as [`StdoutError`]) instead of panicking: a
+/// closed pipe (`lamina stats MNT | head -1`) ends the command quietly ([`is_broken_pipe`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::cli::StdoutError)
+    }};
+}
+
 mod args;
 mod cache;
 mod container;
@@ -44,6 +53,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             std::process::exit(code)
         }
     }
+}
+
+/// Writing the command's output to stdout failed.
+#[derive(Debug, thiserror::Error)]
+#[error("writing to standard output: {0}")]
+pub struct StdoutError(pub std::io::Error);
+
+/// Whether a command failed only because its output went to a closed pipe: the reader
+/// wanted no more (`| head`), so the command ends quietly with status 0, as ripgrep does.
+/// Only stdout counts (a broken connection to a registry is an error like any other), and
+/// SIGPIPE stays ignored as Rust sets it: the daemon's sockets and pipes must never kill it.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<StdoutError>()
+            .is_some_and(|out| out.0.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 pub(crate) fn mb(bytes: u64) -> String {

@@ -11,6 +11,20 @@ pub(super) fn mount(args: MountArgs, runtime: &tokio::runtime::Runtime) -> anyho
     if !args.mountpoint.is_dir() {
         anyhow::bail!("mount point {} is not a directory", args.mountpoint.display());
     }
+    if let Some(dir) = args
+        .upper
+        .as_deref()
+        .filter(|d| crate::upper::Identity::is_upper_dir(d))
+    {
+        let recorded = crate::upper::Identity::read(dir)?.metacopy;
+        if recorded != args.metacopy && !args.foreground {
+            eprintln!(
+                "lamina: note: {} was made {} metacopy; it keeps that choice",
+                dir.display(),
+                if recorded { "with" } else { "without" }
+            );
+        }
+    }
     if !args.foreground {
         return spawn_mount_daemon(&args, &cache_dir);
     }
@@ -19,6 +33,7 @@ pub(super) fn mount(args: MountArgs, runtime: &tokio::runtime::Runtime) -> anyho
         (Some(dir), _) => Some(crate::mount::UpperOptions {
             dir: std::path::absolute(dir)?,
             remove_at_end: false,
+            metacopy: args.metacopy,
         }),
         (None, true) => Some(crate::mount::UpperOptions {
             dir: cache_dir.join("uppers").join(format!(
@@ -29,6 +44,7 @@ pub(super) fn mount(args: MountArgs, runtime: &tokio::runtime::Runtime) -> anyho
                     .map_or(0, |d| d.as_nanos())
             )),
             remove_at_end: !args.keep,
+            metacopy: args.metacopy,
         }),
         (None, false) => None,
     };
@@ -78,13 +94,13 @@ fn spawn_mount_daemon(args: &MountArgs, cache_dir: &std::path::Path) -> anyhow::
     let mut argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     argv.push("--foreground".into());
     let d = daemon::start(argv, cache_dir, "mount")?;
-    println!(
+    outln!(
         "mounted {} at {} (daemon pid {}, log {})",
         args.image,
         args.mountpoint.display(),
         d.child.id(),
         d.log_path.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -99,22 +115,22 @@ pub(super) fn stats(args: StatsArgs) -> anyhow::Result<()> {
         )
     })?;
     if args.json {
-        println!("{}", String::from_utf8_lossy(&text));
+        outln!("{}", String::from_utf8_lossy(&text))?;
         return Ok(());
     }
     let state: crate::mount::MountState = serde_json::from_slice(&text).context("reading the mount state")?;
     let s = &state.stats;
-    println!("image      {}", state.image);
-    println!("mount      {} (daemon pid {})", state.mountpoint.display(), state.pid);
-    println!(
+    outln!("image      {}", state.image)?;
+    outln!("mount      {} (daemon pid {})", state.mountpoint.display(), state.pid)?;
+    outln!(
         "fetched    {} in {} requests, {} chunks; {} cache hits; {} timeouts",
         mb(s.fetched_bytes),
         s.requests,
         s.fetched_chunks,
         s.hits,
         s.timeouts
-    );
-    println!(
+    )?;
+    outln!(
         "prefetch   {} fetched ahead, {} used, {} not (yet) used{}",
         mb(s.prefetched_bytes),
         mb(s.prefetch_used_bytes),
@@ -124,12 +140,12 @@ pub(super) fn stats(args: StatsArgs) -> anyhow::Result<()> {
         } else {
             ""
         }
-    );
-    println!(
+    )?;
+    outln!(
         "chunk wait p50 {:.1} ms, p99 {:.1} ms",
         s.wait_p50_micros as f64 / 1e3,
         s.wait_p99_micros as f64 / 1e3
-    );
+    )?;
     let cache = crate::cache::CacheDir::open(&cache_dir)?;
     let store = crate::cache::chunks::ChunkStore::open(&cache_dir)?;
     for (i, digest) in state.layers.iter().enumerate() {
@@ -144,12 +160,12 @@ pub(super) fn stats(args: StatsArgs) -> anyhow::Result<()> {
             "indexed" => local.map_or("?".to_string(), |p| format!("{p:.1}%")),
             other => other.to_string(),
         };
-        println!(
+        outln!(
             "layer      {} fetched {:>10} in {:>5} requests, {local} local",
             &digest[..19],
             mb(c.bytes),
             c.requests
-        );
+        )?;
     }
     Ok(())
 }

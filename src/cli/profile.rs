@@ -15,12 +15,12 @@ pub(super) async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         ProfileAction::Ls => {
             for p in profile::list(&cache_dir) {
                 let chunks: usize = p.files.iter().map(|f| f.chunks.as_ref().map_or(1, |r| r.len())).sum();
-                println!(
+                outln!(
                     "{} {:>3} runs {:>7} files {chunks:>8} chunk ranges",
                     p.image,
                     p.runs,
                     p.files.len()
-                );
+                )?;
             }
         }
         ProfileAction::Show { image } => {
@@ -31,7 +31,7 @@ pub(super) async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
                     .await?
                     .with_context(|| format!("{image} ({digest}) has no profile in the cache or the registry"))?,
             };
-            show(&p);
+            show(&p)?;
         }
         ProfileAction::Push { image } => {
             let (registry, digest) = resolve(image, &args.registry).await?;
@@ -42,9 +42,9 @@ pub(super) async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("pushing the profile of {image}"))?
             {
-                share::Pushed::Referrers(d) => println!("pushed {d} (found through the referrers API)"),
+                share::Pushed::Referrers(d) => outln!("pushed {d} (found through the referrers API)")?,
                 share::Pushed::FallbackTag(d, tag) => {
-                    println!("pushed {d} (no referrers API here: listed under the tag {tag})")
+                    outln!("pushed {d} (no referrers API here: listed under the tag {tag})")?
                 }
             }
         }
@@ -60,7 +60,7 @@ pub(super) async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
             if !profile::remove(&cache_dir, &digest)? {
                 anyhow::bail!("no profile of {image} ({digest}) in the cache");
             }
-            println!("removed the profile of {digest}");
+            outln!("removed the profile of {digest}")?;
         }
     }
     Ok(())
@@ -75,10 +75,10 @@ async fn resolve(image: &ImageRef, registry_args: &RegistryArgs) -> anyhow::Resu
     Ok((registry, resolved.manifest_digest))
 }
 
-fn show(p: &Profile) {
-    println!("image  {}", p.image);
-    println!("runs   {}", p.runs);
-    println!("files  {}", p.files.len());
+fn show(p: &Profile) -> anyhow::Result<()> {
+    outln!("image  {}", p.image)?;
+    outln!("runs   {}", p.runs)?;
+    outln!("files  {}", p.files.len())?;
     for f in &p.files {
         let chunks = match &f.chunks {
             None => "whole".to_string(),
@@ -88,11 +88,12 @@ fn show(p: &Profile) {
                 .collect::<Vec<_>>()
                 .join(","),
         };
-        println!(
+        outln!(
             "{:>8} ms  {}  {}  [{chunks}]",
             f.t_ms,
             &f.layer[..19.min(f.layer.len())],
             f.path
-        );
+        )?;
     }
+    Ok(())
 }

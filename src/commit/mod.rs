@@ -320,6 +320,7 @@ mod tests {
             image: "localhost:5000/app:1".into(),
             manifest: Some(d.clone()),
             layers: vec![],
+            metacopy: false,
         };
         let r = base_reference(&id).unwrap();
         assert_eq!(r.digest.unwrap().to_string(), d);

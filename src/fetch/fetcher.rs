@@ -12,7 +12,12 @@
 //! ```
 //!
 //! Invariants: one request in flight per chunk, whatever the number of readers; FUSE threads
-//! only ever wait (with a deadline), never drive the network; nothing unverified is stored.
+//! only ever wait (with a deadline), never drive the network; nothing unverified is stored;
+//! a chunk over a cap ([`crate::format::chunk::check_limits`]) is refused before any request
+//! or allocation; decoding and hashing run on the blocking pool, streamed into the store's
+//! temporary file, never on the async workers; every flight is settled, also when the task
+//! fetching it panics or is dropped ([`FlightGuard`]). Chunks of zeros are never fetched nor
+//! stored: a read fills them in.
 //! Chunks asked for together whose compressed bytes are neighbours in the blob (gaps up to
 //! `MERGE_GAP_BYTES`) are fetched with one Range request of at most `MAX_MERGE_BYTES`.
 //! Not yet here (DESIGN.md): priorities between demand reads and prefetch.
@@ -29,7 +34,7 @@ use super::prefetch::Prefetch;
 use super::shared::{ChunkLock, ChunkLocks};
 use crate::cache::chunks::ChunkStore;
 use crate::digest::Digest;
-use crate::format::chunk::{decode_chunk, ChunkError};
+use crate::format::chunk::{check_limits, decode_chunk_to, ChunkError};
 use crate::model::ChunkCodec;
 use crate::model::{Chunk, ChunkKind};
 use crate::registry::Registry;
@@ -68,6 +73,9 @@ pub enum FetchError {
     /// The registry failed, or the bytes never verified.
     #[error("fetching chunk: {0}")]
     Failed(String),
+    /// The index makes the chunk impossible to fetch (over a cap): no use trying again.
+    #[error("chunk refused: {0}")]
+    Refused(String),
 }
 
 /// Most chunk-wait samples kept for the latency percentiles.
@@ -109,6 +117,41 @@ pub(super) struct Flight {
     pub(super) done: Condvar,
     /// The machine-wide lock of the chunk while this process fetches it.
     pub(super) lock: Mutex<Option<ChunkLock>>,
+}
+
+/// A flight the holder must settle. Dropped unsettled (the task fetching it panicked, or
+/// was cancelled), it settles the flight with an error, so no chunk stays in flight forever.
+pub(super) struct FlightGuard {
+    fetcher: Arc<Fetcher>,
+    chunk: Chunk,
+    flight: Arc<Flight>,
+    settled: bool,
+}
+
+impl FlightGuard {
+    pub(super) fn new(fetcher: &Arc<Fetcher>, chunk: Chunk, flight: Arc<Flight>) -> FlightGuard {
+        FlightGuard {
+            fetcher: fetcher.clone(),
+            chunk,
+            flight,
+            settled: false,
+        }
+    }
+
+    /// Record the outcome and wake the waiters.
+    pub(super) fn settle(mut self, result: Result<(), FetchError>) {
+        self.settled = true;
+        self.fetcher.settle(&self.chunk, &self.flight, result);
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        if !self.settled {
+            let e = FetchError::Failed("the fetch ended without an outcome".into());
+            self.fetcher.settle(&self.chunk, &self.flight, Err(e));
+        }
+    }
 }
 
 /// Brings chunks into the store.
@@ -231,9 +274,11 @@ impl Fetcher {
         &self.store
     }
 
-    /// Whether `chunk` is neither stored nor on its way.
+    /// Whether `chunk` is neither stored nor on its way (zeros are never missing).
     pub fn is_missing(&self, chunk: &Chunk) -> bool {
-        !self.store.contains(&chunk.digest) && !self.inflight.lock().contains_key(&chunk.digest)
+        chunk.kind == ChunkKind::Data
+            && !self.store.contains(&chunk.digest)
+            && !self.inflight.lock().contains_key(&chunk.digest)
     }
 
     /// Make sure `chunk` is in the store; blocks the calling (non-async) thread up to the
@@ -281,21 +326,20 @@ impl Fetcher {
             if needed {
                 self.prefetch.note_demand(&chunk.digest);
             }
+            if chunk.kind == ChunkKind::Zeros {
+                continue;
+            }
+            if let Err(e) = check_limits(chunk) {
+                if needed {
+                    return Err(FetchError::Refused(format!("layer {}: {e}", layer.digest)));
+                }
+                continue;
+            }
             if self.store.contains(&chunk.digest) {
                 if needed {
                     self.stats.hits.fetch_add(1, Ordering::Relaxed);
                     self.prefetch.note_used(&chunk.digest);
                 }
-                continue;
-            }
-            if !needed && chunk.kind == ChunkKind::Zeros {
-                continue;
-            }
-            if chunk.kind == ChunkKind::Zeros {
-                let zeros = vec![0u8; chunk.len as usize];
-                self.store
-                    .put(&chunk.digest, &zeros)
-                    .map_err(|e| FetchError::Failed(e.to_string()))?;
                 continue;
             }
             if layer.codec == ChunkCodec::Stream {
@@ -371,33 +415,44 @@ impl Fetcher {
     /// Fetch a run of neighbouring chunks with one request, settling each chunk's flight as
     /// soon as its bytes have arrived and verified (a read waiting for the first chunk of a
     /// long run does not wait for the rest). A chunk that does not verify is fetched again on
-    /// its own; when the request fails or stalls, the chunks not yet settled fail.
+    /// its own; when the request fails or stalls, the chunks not yet settled fail. Chunks over
+    /// a cap are refused before the request.
     pub(super) async fn fetch_run(self: Arc<Self>, layer: LayerSource, run: Vec<(Chunk, Arc<Flight>)>) {
-        let start = run[0].0.blob_offset;
-        let end = run
+        let mut guarded = Vec::with_capacity(run.len());
+        for (chunk, flight) in run {
+            let guard = FlightGuard::new(&self, chunk.clone(), flight);
+            match check_limits(&chunk) {
+                Ok(()) => guarded.push((chunk, guard)),
+                Err(e) => guard.settle(Err(FetchError::Refused(format!("layer {}: {e}", layer.digest)))),
+            }
+        }
+        let Some(start) = guarded.first().map(|(c, _)| c.blob_offset) else {
+            return;
+        };
+        let end = guarded
             .iter()
             .map(|(c, _)| c.blob_offset + c.blob_len)
             .max()
             .expect("runs are not empty");
-        let mut pending = run.into_iter().peekable();
+        let mut pending = guarded.into_iter().peekable();
         let outcome = self.stream_run(&layer, start, end, &mut pending).await;
-        for (chunk, flight) in pending {
-            let result = match &outcome {
+        for (_, guard) in pending {
+            guard.settle(match &outcome {
                 Ok(()) => Err(FetchError::Failed("the range ended before this chunk".into())),
                 Err(e) => Err(e.clone()),
-            };
-            self.settle(&chunk, &flight, result);
+            });
         }
     }
 
-    /// Stream bytes `start..end` of the layer blob, storing the chunks of `pending` (in blob
-    /// order) as their bytes complete. Stops at the first error or stall.
+    /// Stream bytes `start..end` of the layer blob, handing the chunks of `pending` (in blob
+    /// order) to the blocking pool to be decoded and stored as their bytes complete. Stops at
+    /// the first error or stall.
     async fn stream_run(
         self: &Arc<Self>,
         layer: &LayerSource,
         start: u64,
         end: u64,
-        pending: &mut std::iter::Peekable<std::vec::IntoIter<(Chunk, Arc<Flight>)>>,
+        pending: &mut std::iter::Peekable<std::vec::IntoIter<(Chunk, FlightGuard)>>,
     ) -> Result<(), FetchError> {
         let failed = |e: String| FetchError::Failed(e);
         let stall = |_| FetchError::Failed(format!("no bytes within {:?}", self.timeout));
@@ -444,18 +499,10 @@ impl Fetcher {
                 if to > buf.len() as u64 {
                     break;
                 }
-                let (chunk, flight) = pending.next().expect("peeked");
-                match self.store_chunk(layer, &chunk, &buf[from as usize..to as usize]) {
-                    Ok(stored) => self.settle(&chunk, &flight, stored),
-                    Err(e) => {
-                        tracing::warn!(layer = %layer.digest, error = %e, "chunk did not verify; fetching it again");
-                        let (me, layer) = (self.clone(), layer.clone());
-                        tokio::spawn(async move {
-                            let result = me.fetch(&layer, &chunk).await;
-                            me.settle(&chunk, &flight, result);
-                        });
-                    }
-                }
+                let (chunk, guard) = pending.next().expect("peeked");
+                let raw = bytes::Bytes::copy_from_slice(&buf[from as usize..to as usize]);
+                let (me, layer) = (self.clone(), layer.clone());
+                tokio::task::spawn_blocking(move || me.store_or_refetch(layer, chunk, guard, raw));
                 // Keep only the bytes from the next chunk on.
                 let next = pending
                     .peek()
@@ -468,20 +515,56 @@ impl Fetcher {
         Ok(())
     }
 
-    /// Record a chunk's outcome and wake its waiters.
+    /// On the blocking pool: decode, verify and store a chunk whose bytes arrived, and settle
+    /// its flight; bytes that do not verify are fetched again on their own.
+    fn store_or_refetch(self: Arc<Self>, layer: LayerSource, chunk: Chunk, guard: FlightGuard, raw: bytes::Bytes) {
+        match self.store_chunk(&layer, &chunk, &raw) {
+            Ok(stored) => guard.settle(stored),
+            Err(e) => {
+                tracing::warn!(layer = %layer.digest, error = %e, "chunk did not verify; fetching it again");
+                let me = self.clone();
+                self.runtime.spawn(async move {
+                    let result = me.fetch(&layer, &chunk).await;
+                    guard.settle(result);
+                });
+            }
+        }
+    }
+
+    /// Record a chunk's outcome (the first one counts) and wake its waiters.
     pub(super) fn settle(&self, chunk: &Chunk, flight: &Flight, result: Result<(), FetchError>) {
-        *flight.result.lock() = Some(result);
+        {
+            let mut slot = flight.result.lock();
+            if slot.is_some() {
+                return;
+            }
+            *slot = Some(result);
+        }
         flight.done.notify_all();
-        self.inflight.lock().remove(&chunk.digest);
+        {
+            // Only this flight: a later one for the same chunk may have replaced it.
+            let mut map = self.inflight.lock();
+            if map
+                .get(&chunk.digest)
+                .is_some_and(|f| std::ptr::eq(Arc::as_ptr(f), flight))
+            {
+                map.remove(&chunk.digest);
+            }
+        }
         drop(flight.lock.lock().take());
     }
 
     /// Fetch one chunk on its own, again while its bytes do not verify.
-    pub(super) async fn fetch(&self, layer: &LayerSource, chunk: &Chunk) -> Result<(), FetchError> {
+    pub(super) async fn fetch(self: &Arc<Self>, layer: &LayerSource, chunk: &Chunk) -> Result<(), FetchError> {
+        check_limits(chunk).map_err(|e| FetchError::Refused(format!("layer {}: {e}", layer.digest)))?;
         let mut last = String::new();
         for _ in 0..VERIFY_ATTEMPTS {
             let bytes = self.range(layer, chunk.blob_offset, chunk.blob_len).await?;
-            match self.store_chunk(layer, chunk, &bytes) {
+            let (me, l, c) = (self.clone(), layer.clone(), chunk.clone());
+            let decoded = tokio::task::spawn_blocking(move || me.store_chunk(&l, &c, &bytes))
+                .await
+                .map_err(|e| FetchError::Failed(format!("decoding the chunk failed: {e}")))?;
+            match decoded {
                 Ok(stored) => return stored,
                 Err(e) => {
                     tracing::warn!(layer = %layer.digest, error = %e, "chunk did not verify; fetching again");
@@ -518,19 +601,28 @@ impl Fetcher {
         Ok(bytes)
     }
 
-    /// Decode and verify one chunk from exactly its compressed bytes and store it. The outer
-    /// error means the bytes were wrong (worth fetching again); the inner one, the store failed.
+    /// Decode and verify one chunk from exactly its compressed bytes, streamed into the store
+    /// (blocking: call it off the async workers). The outer error means the bytes were wrong
+    /// (worth fetching again); the inner one, the chunk is refused or the store failed.
     fn store_chunk(
         &self,
         layer: &LayerSource,
         chunk: &Chunk,
         raw: &[u8],
     ) -> Result<Result<(), FetchError>, ChunkError> {
-        let data = decode_chunk(layer.codec, chunk, raw)?;
-        let stored = self
+        let failed = |e: String| FetchError::Failed(format!("layer {}: {e}", layer.digest));
+        let stored = match self
             .store
-            .put(&chunk.digest, &data)
-            .map_err(|e| FetchError::Failed(e.to_string()));
+            .put_from(&chunk.digest, |out| decode_chunk_to(layer.codec, chunk, raw, out))
+        {
+            Err(e) => Err(failed(e.to_string())),
+            Ok(Err(e)) if e.is_bad_bytes() => return Err(e),
+            Ok(Err(e @ ChunkError::TooLarge { .. })) => {
+                Err(FetchError::Refused(format!("layer {}: {e}", layer.digest)))
+            }
+            Ok(Err(e)) => Err(failed(e.to_string())),
+            Ok(Ok(())) => Ok(()),
+        };
         if stored.is_ok() {
             self.stats.fetched_chunks.fetch_add(1, Ordering::Relaxed);
             self.count(layer, 0, 0, 1);
@@ -554,6 +646,32 @@ mod tests {
             kind: ChunkKind::Data,
         };
         (c, ())
+    }
+
+    #[test]
+    fn a_flight_whose_fetch_panics_is_settled_with_an_error() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let fetcher = Fetcher::new(runtime.handle().clone(), store, Duration::from_secs(5));
+        let (c, ()) = chunk(0, 10);
+        let flight = Arc::new(Flight::default());
+        fetcher.inflight.lock().insert(c.digest, flight.clone());
+        let guard = FlightGuard::new(&fetcher, c.clone(), flight.clone());
+        let task = runtime.spawn(async move {
+            let _guard = guard;
+            panic!("a bug while fetching");
+        });
+        assert!(runtime.block_on(task).is_err());
+        let result = flight.result.lock().clone();
+        assert!(matches!(result, Some(Err(FetchError::Failed(_)))), "{result:?}");
+        assert!(!fetcher.inflight.lock().contains_key(&c.digest), "still in flight");
+        // A guard settled by hand keeps its outcome, and never removes a later flight.
+        let later = Arc::new(Flight::default());
+        fetcher.inflight.lock().insert(c.digest, later.clone());
+        FlightGuard::new(&fetcher, c.clone(), flight.clone()).settle(Ok(()));
+        assert!(matches!(flight.result.lock().clone(), Some(Err(_))));
+        assert!(fetcher.inflight.lock().contains_key(&c.digest));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rustix::fs::FlockOperation;
 
 use crate::cache::chunks::ChunkStore;
-use crate::fetch::fetcher::{Fetcher, Flight, LayerSource};
+use crate::fetch::fetcher::{Fetcher, Flight, FlightGuard, LayerSource};
 use crate::model::Chunk;
 
 /// How often a waiter looks whether the holder is done.
@@ -140,13 +140,14 @@ impl Fetcher {
                 }
                 Locked::Elsewhere => {
                     let (me, layer) = (self.clone(), layer.clone());
+                    let guard = FlightGuard::new(self, chunk.clone(), flight);
                     self.runtime.spawn(async move {
                         let (locks, store, digest) = (me.locks.clone(), me.store.clone(), chunk.digest);
                         let there = tokio::task::spawn_blocking(move || locks.wait_for(&digest, &store, deadline))
                             .await
                             .unwrap_or(false);
                         let result = if there { Ok(()) } else { me.fetch(&layer, &chunk).await };
-                        me.settle(&chunk, &flight, result);
+                        guard.settle(result);
                     });
                 }
             }

@@ -1,7 +1,7 @@
 //! Fetch every chunk of a lazily mountable layer and check it against the index: what
 //! `lamina inspect --verify` does, and a proof that a TOC really describes its blob.
 
-use crate::format::chunk::decode_chunk;
+use crate::format::chunk::decode_chunk_to;
 use crate::index::LayerIndex;
 use crate::model::ChunkKind;
 use crate::model::EntryKind;
@@ -39,10 +39,11 @@ pub async fn verify_layer(
                     .await
                     .map_err(|e| e.to_string())?
             };
-            let data = decode_chunk(codec, chunk, &compressed).map_err(|e| format!("{}: {e}", entry.path))?;
-            file_hash.update(&data);
+            // Streamed into the file's hash: a large chunk is never held whole.
+            let mut into_hash = FileHash(&mut file_hash);
+            decode_chunk_to(codec, chunk, &compressed, &mut into_hash).map_err(|e| format!("{}: {e}", entry.path))?;
             v.chunks += 1;
-            v.bytes += data.len() as u64;
+            v.bytes += chunk.len;
         }
         if let Some(d) = entry.digest {
             if file_hash.finish().hex() != hex::encode(d) {
@@ -52,4 +53,18 @@ pub async fn verify_layer(
         v.files += 1;
     }
     Ok(v)
+}
+
+/// A writer feeding a file's hash.
+struct FileHash<'a>(&'a mut crate::digest::Hasher);
+
+impl std::io::Write for FileHash<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -222,6 +222,20 @@ impl Filesystem for ImageFs {
         }
         reply_sized(reply, size, self.view.listxattr(ino).map_err(|e| errno(&e)));
     }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: fuser::FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        self.view.reply_unsupported_ioctl(cmd, reply);
+    }
 }
 
 /// The open(2) flag bits the adapter looks at (Linux values).

@@ -70,6 +70,9 @@ pub struct UpperOptions {
     pub dir: PathBuf,
     /// Remove it when the mount ends (`--writable` without `--keep`).
     pub remove_at_end: bool,
+    /// Make metacopy files for metadata-only changes, if the upper is new (an existing one
+    /// keeps its recorded choice).
+    pub metacopy: bool,
 }
 
 /// A mount could not be set up.
@@ -180,6 +183,11 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
                 ..LayerIndex::default()
             }
         }));
+    }
+    for (ix, l) in layers.iter().zip(&image.layers) {
+        for (entry, e) in crate::format::chunk::refused_entries(ix) {
+            tracing::warn!(layer = %l.digest, entry = %entry, error = %e, "a chunk is over a cap: reads of this file fail with EIO");
+        }
     }
     let sources = image
         .layers
@@ -313,6 +321,7 @@ pub fn serve(
                 image: image.to_string(),
                 manifest: Some(prepared.manifest_digest.to_string()),
                 layers: layer_digests.clone(),
+                metacopy: u.metacopy,
             };
             let root = live.read(|st| {
                 let r = st.union.node(crate::union::ROOT_INO);

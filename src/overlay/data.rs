@@ -126,10 +126,10 @@ impl OverlayFs {
         Ok(())
     }
 
-    /// Copy `ino` up for a change of metadata only (chmod, chown, utimens, xattrs): a regular
-    /// file of one name gets an upper file of the same size with no data and the metacopy
-    /// marker, as overlayfs' metacopy=on makes it; its bytes are copied when first written.
-    /// Anything else is copied up whole.
+    /// Copy `ino` up for a change of metadata only (chmod, chown, utimens, xattrs): with
+    /// metacopy chosen for the upper, a regular file of one name gets an upper file of the
+    /// same size with no data and the metacopy marker, as overlayfs' metacopy=on makes it; its
+    /// bytes are copied when first written. Anything else is copied up whole.
     pub(super) fn copy_up_meta(&self, st: &mut State, ino: u64) -> Result<()> {
         let n = self.node(st, ino)?;
         if n.upper {
@@ -140,7 +140,7 @@ impl OverlayFs {
         }
         let l = n.lower.ok_or(OvlError::Errno(Errno::NOENT))?;
         let a = self.lower.getattr(l)?;
-        if a.nlink > 1 || a.size == 0 {
+        if a.nlink > 1 || a.size == 0 || !self.upper.metacopy() {
             return self.copy_up(st, ino, true);
         }
         self.copy_up_as(st, ino, Bytes::Later)

@@ -495,4 +495,18 @@ impl Filesystem for OverlayFs {
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         crate::view::reply_sized(reply, size, self.op_listxattr(ino.0).map_err(|e| errno(&e)));
     }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: fuser::FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        self.lower.reply_unsupported_ioctl(cmd, reply);
+    }
 }

@@ -376,6 +376,16 @@ impl LiveUnion {
     pub fn push(&self, li: usize, entry: IndexEntry, chunks: Vec<Chunk>) -> Result<(), UnionError> {
         let result = {
             let mut st = self.state.write();
+            if st.layers[li].entries.len() >= super::MAX_STREAMED_LAYER_ENTRIES {
+                return Err(UnionError {
+                    layer: li,
+                    entry: entry.path.to_string(),
+                    reason: format!(
+                        "more than {} entries in the layer; refused",
+                        super::MAX_STREAMED_LAYER_ENTRIES
+                    ),
+                });
+            }
             st.layers[li].push_entry(entry, chunks);
             if st.merged == li {
                 st.advance()

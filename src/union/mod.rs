@@ -25,6 +25,12 @@ use crate::model::{EntryKind, Meta};
 
 /// The root's inode number.
 pub const ROOT_INO: u64 = 1;
+/// Most objects in one image's union, all layers together (each layer's TOC is capped on its
+/// own, and several layers would multiply it): the largest real images hold well under a
+/// million; each node costs ~200 bytes and every mount holds them all.
+pub const MAX_IMAGE_NODES: usize = 4_000_000;
+/// Most entries of a layer streamed without a TOC (a TOC's entries are capped when it is read).
+pub const MAX_STREAMED_LAYER_ENTRIES: usize = 4_000_000;
 
 /// One object of the union.
 #[derive(Clone, Debug)]
@@ -113,6 +119,12 @@ impl Union {
             entry: e.path.to_string(),
             reason,
         };
+        // Checked before the entry adds anything (it adds at most one node per path component).
+        if self.nodes.len() >= MAX_IMAGE_NODES {
+            return Err(err(format!(
+                "the image holds more than {MAX_IMAGE_NODES} objects (all layers together); refused"
+            )));
+        }
         match classify(&e.path).map_err(|x| err(x.to_string()))? {
             Marker::AufsMeta => {}
             Marker::Whiteout { target } => {

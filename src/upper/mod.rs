@@ -46,6 +46,16 @@ pub struct Identity {
     pub manifest: Option<String>,
     /// The digests of its layers, bottom first: what the changes apply to.
     pub layers: Vec<String>,
+    /// Whether metadata-only changes of lower files make metacopy files
+    /// (`trusted.overlay.metacopy`), which only kernel overlayfs mounted with `metacopy=on`
+    /// reads. Chosen when the upper is made (`--metacopy`, off by default as the kernel's) and
+    /// kept for its life; uppers made before the choice was recorded had it on.
+    #[serde(default = "metacopy_before_it_was_recorded")]
+    pub metacopy: bool,
+}
+
+fn metacopy_before_it_was_recorded() -> bool {
+    true
 }
 
 impl Identity {
@@ -99,6 +109,8 @@ pub struct UpperDir {
     /// Held open (with an exclusive flock) while mounted.
     _lock: std::fs::File,
     seq: AtomicU64,
+    /// The metacopy choice recorded in the identity file.
+    metacopy: bool,
 }
 
 fn io_err(p: &Path) -> impl Fn(std::io::Error) -> UpperError + '_ {
@@ -107,7 +119,8 @@ fn io_err(p: &Path) -> impl Fn(std::io::Error) -> UpperError + '_ {
 
 impl UpperDir {
     /// Open (or create) the upper directory `dir` for the image `identity`. A new one's root
-    /// takes the lower root's `(mode, uid, gid)`, as the merged root shows the upper's.
+    /// takes the lower root's `(mode, uid, gid)`, as the merged root shows the upper's. An
+    /// existing one keeps the metacopy choice it was made with ([`UpperDir::metacopy`]).
     pub fn open(dir: &Path, identity: &Identity, root_attrs: (u32, u32, u32)) -> Result<UpperDir, UpperError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let id_path = dir.join(IDENTITY_FILE);
@@ -139,6 +152,13 @@ impl UpperDir {
             dir: dir.into(),
             why: format!("{IDENTITY_FILE} is damaged ({e})"),
         })?;
+        if found.metacopy != identity.metacopy {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the upper was made {} metacopy; keeping that",
+                if found.metacopy { "with" } else { "without" }
+            );
+        }
         if found.layers != identity.layers {
             return Err(UpperError::Foreign {
                 dir: dir.into(),
@@ -191,7 +211,13 @@ impl UpperDir {
             tmp,
             _lock: lock,
             seq: AtomicU64::new(0),
+            metacopy: found.metacopy,
         })
+    }
+
+    /// Whether metadata-only changes make metacopy files (as recorded when it was made).
+    pub fn metacopy(&self) -> bool {
+        self.metacopy
     }
 
     /// The directory given at mount.
@@ -358,7 +384,33 @@ pub(crate) mod tests {
             image: "img".into(),
             manifest: None,
             layers: layers.iter().map(|s| s.to_string()).collect(),
+            metacopy: false,
         }
+    }
+
+    #[test]
+    fn the_metacopy_choice_is_kept_for_the_uppers_life() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("u");
+        // Made without (the default); asked with later: kept without.
+        drop(UpperDir::open(&d, &identity(&["a"]), (0o755, 0, 0)).unwrap());
+        let with = Identity {
+            metacopy: true,
+            ..identity(&["a"])
+        };
+        let u = UpperDir::open(&d, &with, (0o755, 0, 0)).unwrap();
+        assert!(!u.metacopy());
+        assert!(!Identity::read(&d).unwrap().metacopy);
+        drop(u);
+        // Made with: kept with.
+        let d2 = t.path().join("u2");
+        drop(UpperDir::open(&d2, &with, (0o755, 0, 0)).unwrap());
+        assert!(UpperDir::open(&d2, &identity(&["a"]), (0o755, 0, 0))
+            .unwrap()
+            .metacopy());
+        // An upper made before the choice was recorded had metacopy on.
+        let old: Identity = serde_json::from_str(r#"{"image":"img","layers":["a"]}"#).unwrap();
+        assert!(old.metacopy);
     }
 
     #[test]

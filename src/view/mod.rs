@@ -78,6 +78,8 @@ pub struct ImageView {
     walks: walk::Walks,
     /// What the workload reads, for the image's access profile.
     pub recorder: record::Recorder,
+    /// ioctl commands already logged as unsupported (each is logged once, not per call).
+    ioctls_logged: parking_lot::Mutex<std::collections::HashSet<u32>>,
 }
 
 /// The FUSE file type of an entry kind.
@@ -111,7 +113,20 @@ impl ImageView {
             readahead,
             walks: walk::Walks::default(),
             recorder: record::Recorder::default(),
+            ioctls_logged: parking_lot::Mutex::new(std::collections::HashSet::new()),
         }
+    }
+
+    /// Answer an ioctl neither front door implements (ENOSYS, as fuser does), logging each
+    /// command number once: a stress run issues thousands.
+    pub fn reply_unsupported_ioctl(&self, cmd: u32, reply: fuser::ReplyIoctl) {
+        if self.ioctls_logged.lock().insert(cmd) {
+            tracing::warn!(
+                cmd = format_args!("{cmd:#x}"),
+                "ioctl not implemented (logged once per command)"
+            );
+        }
+        reply.error(fuser::Errno::ENOSYS);
     }
 
     /// The union this view serves.

@@ -6,7 +6,7 @@ use fuser::INodeNo;
 
 use super::{ImageView, OpError};
 use crate::fetch::prefetch::Class;
-use crate::model::{Chunk, ChunkCodec, EntryKind};
+use crate::model::{Chunk, ChunkCodec, ChunkKind, EntryKind};
 
 /// Chunks past the end of a read fetched along with it (in the same merged request): a file
 /// being read is usually read on, and one round trip more costs more than the bytes.
@@ -22,8 +22,8 @@ struct FilePlan {
     chunks: Vec<Chunk>,
     /// How many of `chunks` the read itself needs.
     needed: usize,
-    /// Every chunk digest of the file, when the read reaches its end and it is assembled.
-    all_digests: Option<Vec<[u8; 32]>>,
+    /// Every chunk of the file, when the read reaches its end and it is assembled.
+    all_chunks: Option<Vec<Chunk>>,
     /// Chunks of the layer to fetch ahead, in blob order (the read goes on in blob order).
     ahead: Vec<Chunk>,
     /// Chunks of the next files of the directory, per layer (the reader walks the tree).
@@ -103,7 +103,7 @@ impl ImageView {
                 assembled,
                 chunks: chunks[first..wanted].to_vec(),
                 needed: needed - first,
-                all_digests: (assembled.is_some() && end == n.size).then(|| chunks.iter().map(|c| c.digest).collect()),
+                all_chunks: (assembled.is_some() && end == n.size).then(|| chunks.to_vec()),
                 ahead,
                 walk_ahead,
             }))
@@ -117,13 +117,13 @@ impl ImageView {
         };
         let end = (offset + size as u64).min(plan.size);
         let data = self.read_chunks(&mut plan, offset, end)?;
-        if let (Some(file_digest), Some(digests)) = (plan.assembled, plan.all_digests) {
+        if let (Some(file_digest), Some(chunks)) = (plan.assembled, plan.all_chunks) {
             // The file has been read to its end: if every chunk is here, keep one copy of it
             // whole, so later reads (this mount's and the next) are one pread.
             // In the background: the read that finished the file does not wait for the copy.
             let store = self.fetcher.store().clone();
             std::thread::spawn(move || {
-                if let Err(e) = store.assemble(&file_digest, &digests) {
+                if let Err(e) = store.assemble(&file_digest, &chunks) {
                     tracing::debug!(error = %e, "could not assemble a file");
                 }
             });
@@ -143,7 +143,8 @@ impl ImageView {
         self.fetcher
             .ensure_all(&self.sources[layer], &plan.chunks, plan.needed)
             .map_err(OpError::Fetch)?;
-        for c in &plan.chunks[..plan.needed] {
+        // Chunks of zeros are never fetched: `out` starts zeroed.
+        for c in plan.chunks[..plan.needed].iter().filter(|c| c.kind == ChunkKind::Data) {
             let from = offset.max(c.file_offset);
             let to = end.min(c.file_offset + c.len);
             let dst = &mut out[(from - offset) as usize..(to - offset) as usize];

@@ -112,7 +112,7 @@ fn metadata_changes_copy_up_metadata_only_until_the_first_write() {
     let w = f.work.path();
     let upper = w.join("upper");
     let lower_bytes = std::fs::read(f.oracle.join("usr/lib/big")).unwrap();
-    let m = f.mount_upper("mnt", &upper, &[]);
+    let m = f.mount_upper("mnt", &upper, &["--metacopy"]);
     let file = m.point.join("usr/lib/big");
     std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     std::os::unix::fs::chown(&file, Some(42), Some(43)).unwrap();
@@ -133,6 +133,7 @@ fn metadata_changes_copy_up_metadata_only_until_the_first_write() {
     // After a remount too; the kernel's overlayfs (metacopy=on) reads lamina's upper alike.
     m.unmount();
     drop(m);
+    // (Without --metacopy: the upper keeps the choice it was made with.)
     let m = f.mount_upper("mnt2", &upper, &[]);
     let file = m.point.join("usr/lib/big");
     assert_eq!(std::fs::read(&file).unwrap(), lower_bytes);
@@ -167,4 +168,56 @@ fn metadata_changes_copy_up_metadata_only_until_the_first_write() {
     assert_eq!(std::fs::read(&u).unwrap(), want);
     let st = std::fs::metadata(&file).unwrap();
     assert_eq!((st.mode() & 0o7777, st.uid(), st.gid()), (0o600, 42, 43));
+}
+
+/// Issue 13: metacopy is opt-in. An upper made without `--metacopy` holds whole copies for
+/// metadata changes, readable by kernel overlayfs mounted with its defaults (metacopy off, as
+/// Docker and containerd mount it); asking for metacopy on it later keeps its choice.
+#[test]
+fn metacopy_is_off_by_default_and_kernel_overlayfs_reads_the_upper_with_defaults() {
+    let Some(f) = fixture(&["getfattr"]) else {
+        return;
+    };
+    let w = f.work.path();
+    let upper = w.join("upper");
+    let lower_bytes = std::fs::read(f.oracle.join("usr/lib/big")).unwrap();
+    let has_marker = |p: &std::path::Path| {
+        let out = Command::new("getfattr")
+            .args(["--absolute-names", "-n", "trusted.overlay.metacopy"])
+            .arg(p)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("metacopy")
+    };
+    for (name, extra) in [("mnt", &[][..]), ("mnt2", &["--metacopy"][..])] {
+        let m = f.mount_upper(name, &upper, extra);
+        let file = m.point.join("usr/lib/big");
+        std::os::unix::fs::chown(&file, Some(42), Some(43)).unwrap();
+        let u = upper.join("upper/usr/lib/big");
+        assert!(
+            !has_marker(&u),
+            "{name}: a metacopy file without --metacopy at creation"
+        );
+        assert_eq!(
+            std::fs::read(&u).unwrap(),
+            lower_bytes,
+            "{name}: the data was not copied up"
+        );
+        m.unmount();
+        m.wait_daemon_gone("after umount");
+    }
+    let identity = std::fs::read_to_string(upper.join("lamina-upper.json")).unwrap();
+    assert!(identity.contains("\"metacopy\": false"), "{identity}");
+    // Kernel overlayfs with its defaults: no metacopy, no redirect_dir options.
+    let k = KernelOverlay::mount(
+        &f.oracle,
+        &upper.join("upper"),
+        &upper.join("work"),
+        &w.join("k-mnt"),
+        "",
+    );
+    assert_eq!(std::fs::read(k.point.join("usr/lib/big")).unwrap(), lower_bytes);
+    use std::os::unix::fs::MetadataExt;
+    let st = std::fs::metadata(k.point.join("usr/lib/big")).unwrap();
+    assert_eq!((st.uid(), st.gid()), (42, 43));
 }

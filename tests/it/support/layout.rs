@@ -87,6 +87,8 @@ pub struct Layer {
     pub media_type: String,
     /// sha256 of the uncompressed tar.
     pub diff_id: String,
+    /// Descriptor annotations (zstd:chunked's TOC position and checksum), if any.
+    pub annotations: Option<serde_json::Value>,
 }
 
 impl Layer {
@@ -101,6 +103,7 @@ impl Layer {
             blob: gzip(tar),
             media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
             diff_id: sha(tar),
+            annotations: None,
         }
     }
 
@@ -110,6 +113,7 @@ impl Layer {
             diff_id: sha(&tar),
             blob: tar,
             media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            annotations: None,
         }
     }
 }
@@ -152,7 +156,11 @@ impl Layout {
             .iter()
             .map(|l| {
                 let (d, s) = self.blob(&l.blob);
-                serde_json::json!({"mediaType": l.media_type, "digest": d, "size": s})
+                let mut desc = serde_json::json!({"mediaType": l.media_type, "digest": d, "size": s});
+                if let Some(a) = &l.annotations {
+                    desc["annotations"] = a.clone();
+                }
+                desc
             })
             .collect();
         let manifest = serde_json::json!({

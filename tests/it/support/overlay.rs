@@ -13,7 +13,8 @@ pub struct KernelOverlay {
 }
 
 impl KernelOverlay {
-    /// `mount -t overlay` of `lower` under `upper` (work dir `work`) at `point`, with `options`.
+    /// `mount -t overlay` of `lower` under `upper` (work dir `work`) at `point`, with `options`
+    /// (empty: the kernel's defaults).
     pub fn mount(lower: &Path, upper: &Path, work: &Path, point: &Path, options: &str) -> KernelOverlay {
         for d in [upper, work, point] {
             std::fs::create_dir_all(d).unwrap();
@@ -21,10 +22,11 @@ impl KernelOverlay {
         run(Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o"])
             .arg(format!(
-                "lowerdir={},upperdir={},workdir={},{options}",
+                "lowerdir={},upperdir={},workdir={}{}{options}",
                 lower.display(),
                 upper.display(),
-                work.display()
+                work.display(),
+                if options.is_empty() { "" } else { "," }
             ))
             .arg(point));
         KernelOverlay {
