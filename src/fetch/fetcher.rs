@@ -23,7 +23,7 @@
 //! Not yet here (DESIGN.md): priorities between demand reads and prefetch.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,7 @@ use parking_lot::{Condvar, Mutex};
 use super::health::Health;
 use super::prefetch::Prefetch;
 use super::shared::{ChunkLock, ChunkLocks};
+use super::stats::{FetchStats, MAX_LATENCY_SAMPLES};
 use crate::cache::chunks::ChunkStore;
 use crate::digest::Digest;
 use crate::format::chunk::{check_limits, decode_chunk_to, ChunkError};
@@ -76,39 +77,6 @@ pub enum FetchError {
     /// The index makes the chunk impossible to fetch (over a cap): no use trying again.
     #[error("chunk refused: {0}")]
     Refused(String),
-}
-
-/// Most chunk-wait samples kept for the latency percentiles.
-const MAX_LATENCY_SAMPLES: usize = 100_000;
-
-/// Per-layer counters.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct LayerCounters {
-    /// Range requests made.
-    pub requests: u64,
-    /// Compressed bytes fetched.
-    pub bytes: u64,
-    /// Chunks stored.
-    pub chunks: u64,
-}
-
-/// Counters, for `lamina stats` and the benchmarks.
-#[derive(Debug, Default)]
-pub struct FetchStats {
-    /// Per layer blob digest.
-    pub layers: Mutex<HashMap<String, LayerCounters>>,
-    /// How long reads waited for missing chunks, in microseconds (most recent samples).
-    pub wait_micros: Mutex<Vec<u32>>,
-    /// Chunks found in the store.
-    pub hits: AtomicU64,
-    /// Chunks fetched.
-    pub fetched_chunks: AtomicU64,
-    /// Compressed bytes fetched.
-    pub fetched_bytes: AtomicU64,
-    /// Range requests made.
-    pub requests: AtomicU64,
-    /// Waits that hit the deadline.
-    pub timeouts: AtomicU64,
 }
 
 #[derive(Default)]
@@ -190,67 +158,7 @@ pub(super) fn merge_runs<T>(chunks: Vec<(Chunk, T)>) -> Vec<Vec<(Chunk, T)>> {
     runs
 }
 
-/// A snapshot of a mount's counters, as written to its state file.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct StatsSnapshot {
-    /// Chunks found in the store.
-    pub hits: u64,
-    /// Chunks fetched.
-    pub fetched_chunks: u64,
-    /// Compressed bytes fetched.
-    pub fetched_bytes: u64,
-    /// Range requests.
-    pub requests: u64,
-    /// Reads that hit the deadline.
-    pub timeouts: u64,
-    /// Median wait for a missing chunk, microseconds.
-    pub wait_p50_micros: u32,
-    /// 99th percentile wait, microseconds.
-    pub wait_p99_micros: u32,
-    /// Per layer blob digest.
-    pub layers: HashMap<String, LayerCounters>,
-    /// Uncompressed bytes of chunks prefetched.
-    #[serde(default)]
-    pub prefetched_bytes: u64,
-    /// Of those, bytes a read has used.
-    #[serde(default)]
-    pub prefetch_used_bytes: u64,
-    /// Chunks handed to prefetch and not yet fetched or skipped.
-    #[serde(default)]
-    pub prefetch_pending_chunks: u64,
-    /// Whether the access profile's prefetch stopped because reads did not follow it.
-    #[serde(default)]
-    pub profile_stopped: bool,
-}
-
 impl Fetcher {
-    /// The counters now.
-    pub fn snapshot(&self) -> StatsSnapshot {
-        let mut waits = self.stats.wait_micros.lock().clone();
-        waits.sort_unstable();
-        let pct = |p: usize| {
-            if waits.is_empty() {
-                0
-            } else {
-                waits[(waits.len() - 1) * p / 100]
-            }
-        };
-        StatsSnapshot {
-            hits: self.stats.hits.load(Ordering::Relaxed),
-            fetched_chunks: self.stats.fetched_chunks.load(Ordering::Relaxed),
-            fetched_bytes: self.stats.fetched_bytes.load(Ordering::Relaxed),
-            requests: self.stats.requests.load(Ordering::Relaxed),
-            timeouts: self.stats.timeouts.load(Ordering::Relaxed),
-            wait_p50_micros: pct(50),
-            wait_p99_micros: pct(99),
-            layers: self.stats.layers.lock().clone(),
-            prefetched_bytes: self.prefetch.stats.bytes.load(Ordering::Relaxed),
-            prefetch_used_bytes: self.prefetch.stats.used_bytes.load(Ordering::Relaxed),
-            prefetch_pending_chunks: self.prefetch.stats.pending.load(Ordering::Relaxed),
-            profile_stopped: self.prefetch.stats.profile_stopped.load(Ordering::Relaxed),
-        }
-    }
-
     /// A fetcher running its requests on `runtime`.
     pub fn new(runtime: tokio::runtime::Handle, store: ChunkStore, timeout: Duration) -> Arc<Fetcher> {
         let locks = ChunkLocks::open(&store.cache_root()).unwrap_or_else(|e| {
@@ -401,15 +309,6 @@ impl Fetcher {
             samples.push(waited_from.elapsed().as_micros().min(u32::MAX as u128) as u32);
         }
         Ok(())
-    }
-
-    /// Count work done for `layer` (by the fetcher, or by a layer stream).
-    pub fn count(&self, layer: &LayerSource, requests: u64, bytes: u64, chunks: u64) {
-        let mut map = self.stats.layers.lock();
-        let c = map.entry(layer.digest.to_string()).or_default();
-        c.requests += requests;
-        c.bytes += bytes;
-        c.chunks += chunks;
     }
 
     /// Fetch a run of neighbouring chunks with one request, settling each chunk's flight as

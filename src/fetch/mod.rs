@@ -8,6 +8,7 @@
 //!   plain.rs    a plain tar layer streamed once: each file's bytes into the chunk store
 //!   prefetch.rs chunks fetched before they are read, behind demand reads; used / wasted
 //!   shared.rs   machine-wide chunk locks: daemons sharing a cache fetch a chunk once
+//!   stats.rs    counters: per layer, chunk waits, prefetch (`lamina stats`)
 //!   verify.rs   fetch and check every chunk of a layer (`inspect --verify`)
 //! ```
 
@@ -17,6 +18,8 @@ pub mod locate;
 pub mod plain;
 pub mod prefetch;
 pub mod shared;
+pub mod stats;
 pub mod verify;
 
 pub use fetcher::*;
+pub use stats::*;
