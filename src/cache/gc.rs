@@ -4,7 +4,13 @@
 //! daemon at most once per `TOUCH_INTERVAL` (so a hot chunk costs one `utimensat` an hour).
 //! Evicting a chunk that some daemon is reading is safe: an open file stays readable after
 //! unlink, and a daemon that finds a chunk gone fetches it again — never wrong bytes.
+//!
+//! Except where it cannot: a plain (TOC-less) layer has no random access, so the chunks of
+//! the plain layers of every live mount (its state file under `mounts/`, its daemon alive)
+//! are pinned and never evicted. Chunks of a plain layer still streaming are not in an index
+//! yet; they are the newest in the cache, so the last to go.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -92,6 +98,13 @@ pub fn collect(root: &Path, max_bytes: u64) -> Collected {
     // Chunks and assembled files share the quota; least recently used go first, whichever.
     let mut chunks = Vec::new();
     files(&root.join("chunks"), &mut chunks);
+    let pins = pinned(root);
+    chunks.retain(|(path, _, _)| {
+        !path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| pins.contains(n))
+    });
     files(&root.join("files"), &mut chunks);
     let mut total: u64 = chunks.iter().map(|c| c.1).sum();
     if total <= max_bytes {
@@ -110,6 +123,39 @@ pub fn collect(root: &Path, max_bytes: u64) -> Collected {
         }
     }
     out
+}
+
+/// The chunks (hex digests) of the plain layers that live mounts serve.
+fn pinned(root: &Path) -> HashSet<String> {
+    let mut pins = HashSet::new();
+    let Ok(mounts) = std::fs::read_dir(root.join("mounts")) else {
+        return pins;
+    };
+    for m in mounts.flatten() {
+        let Ok(text) = std::fs::read(m.path()) else { continue };
+        let Ok(state) = serde_json::from_slice::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let alive = state["pid"]
+            .as_u64()
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            continue;
+        }
+        for layer in state["layers"].as_array().into_iter().flatten() {
+            let Some(digest) = layer.as_str().and_then(|d| d.parse::<crate::digest::Digest>().ok()) else {
+                continue;
+            };
+            let index_path = root.join("indexes").join(format!("{}.lidx", digest.hex()));
+            let Ok(index) = crate::index::disk::load(&index_path) else {
+                continue;
+            };
+            if index.codec == crate::model::ChunkCodec::Stream {
+                pins.extend(index.chunks.iter().map(|c| hex::encode(c.digest)));
+            }
+        }
+    }
+    pins
 }
 
 #[cfg(test)]

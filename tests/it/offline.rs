@@ -2,7 +2,8 @@
 //! python runs, as `--pull` says (`missing` falls back to the cache's last resolution of the
 //! tag, `always` refuses, `never` sends nothing); a read of an uncached chunk through a stalled
 //! registry costs one request and one deadline, not two, and the mount recovers by itself; a
-//! layer the registry refuses (404) fails at once, for good, while the other layers serve.
+//! layer the registry refuses (404) fails at once, for good, while the other layers serve;
+//! `lamina cache gc` never takes the chunks of a plain layer a live mount serves.
 
 use std::path::Path;
 
@@ -164,4 +165,64 @@ fn a_refused_layer_fails_at_once_and_the_other_layers_serve() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(gets(&log, &base_digest), asked, "the refused layer was asked for again");
     assert!(m.daemon_alive());
+}
+
+#[test]
+fn gc_keeps_the_chunks_of_plain_layers_that_live_mounts_serve() {
+    if !require_tools(&["docker-registry", "skopeo"]) || !require_root() || !require_fuse() {
+        return;
+    }
+    use crate::support::layout::{push_layers, Entry, Layer};
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let contents: Vec<(String, Vec<u8>)> = (0..200)
+        .map(|i| (format!("d/f{i:03}"), noise(5_000 + i * 37, i as u64)))
+        .collect();
+    let mut entries = vec![Entry::Dir("d", 0o755)];
+    entries.extend(
+        contents
+            .iter()
+            .map(|(p, b)| Entry::File(p.as_str(), 0o644, b.as_slice())),
+    );
+    let image = push_layers(w, &registry.addr, "plain", &[Layer::gzip(&entries)]);
+    let cache = w.join("cache");
+    let m = Mounted::new(&image, &w.join("mnt"), &cache, &[]);
+    m.stats_until(&cache, &["--json"], |t| {
+        t.contains("\"indexed\"") && !t.contains("streaming")
+    });
+    // Every chunk in the cache is this plain layer's: a quota of 0 would take them all.
+    let out = lamina()
+        .args(["cache", "gc", "--max-bytes", "0"])
+        .env("LAMINA_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (path, want) in &contents {
+        let got = std::fs::read(m.point.join(path)).unwrap_or_else(|e| panic!("{path} after gc: {e}"));
+        assert!(&got == want, "{path} differs after gc");
+    }
+    // Once the mount is gone, the same chunks may go.
+    m.unmount();
+    m.wait_daemon_gone("after reading");
+    let out = lamina()
+        .args(["cache", "gc", "--max-bytes", "0"])
+        .env("LAMINA_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let chunks_left = walk(&cache.join("chunks")).iter().filter(|p| p.is_file()).count();
+    assert_eq!(chunks_left, 0, "chunks kept after the mount ended");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
 }
