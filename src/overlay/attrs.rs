@@ -1,7 +1,7 @@
 //! The writable mount's metadata operations: link, setattr (metadata-only copy-up), xattrs,
 //! directory handles and listings, fsyncdir.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use fuser::{FileAttr, FileType};
 use rustix::fs::{AtFlags, Mode, Timestamps};
@@ -54,6 +54,12 @@ impl OverlayFs {
                 // Truncating to nothing needs none of the old bytes.
                 Some(size) => self.copy_up(st, ino, size != 0)?,
             }
+            if let Some(fd) = self.node(st, ino)?.fd.clone() {
+                // An open upper file (tar's fchown, fchmod, futimens after writing): its
+                // descriptor, no path walk.
+                Self::setattr_fd(&fd, c)?;
+                return self.attr(st, ino);
+            }
             let (dir, name) = self.upper_entry(st, ino)?;
             let kind = self.node(st, ino)?.kind;
             let at = |f: &dyn Fn(std::os::fd::BorrowedFd<'_>, &[u8]) -> rustix::io::Result<()>| -> Result<()> {
@@ -96,6 +102,31 @@ impl OverlayFs {
             }
             self.attr(st, ino)
         })
+    }
+
+    /// The changes `c` on the open upper regular file `fd`, in `setattr`'s order.
+    fn setattr_fd(fd: &OwnedFd, c: &AttrChange) -> Result<()> {
+        if c.uid.is_some() || c.gid.is_some() {
+            rustix::fs::fchown(
+                fd,
+                c.uid.map(rustix::fs::Uid::from_raw),
+                c.gid.map(rustix::fs::Gid::from_raw),
+            )?;
+        }
+        if let Some(mode) = c.mode {
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(mode & 0o7777))?;
+        }
+        if let Some(size) = c.size {
+            rustix::fs::ftruncate(fd, size)?;
+        }
+        if c.atime.is_some() || c.mtime.is_some() {
+            let times = Timestamps {
+                last_access: time_arg(c.atime),
+                last_modification: time_arg(c.mtime),
+            };
+            rustix::fs::futimens(fd, &times)?;
+        }
+        Ok(())
     }
 
     /// `setxattr` (`value` Some) and `removexattr` (None).

@@ -62,11 +62,18 @@ impl OverlayFs {
     pub(super) fn locked<T>(&self, mut op: impl FnMut(&mut State) -> Result<T>) -> Result<T> {
         loop {
             let mut st = self.state.lock();
-            let result = op(&mut st);
-            self.sweep(&mut st);
-            match result {
-                Err(OvlError::Retry(why)) => self.settle(st, why)?,
-                done => return done,
+            match op(&mut st) {
+                // Not swept yet: the node to copy up may be one the operation registered; it
+                // is marked `copying` (which keeps it) before the lock goes.
+                Err(OvlError::Retry(why @ Retry::CopyUp(_))) => self.settle(st, why)?,
+                Err(OvlError::Retry(why)) => {
+                    self.sweep(&mut st);
+                    self.settle(st, why)?
+                }
+                done => {
+                    self.sweep(&mut st);
+                    return done;
+                }
             }
         }
     }
