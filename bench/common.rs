@@ -24,9 +24,23 @@ pub fn timed(f: impl FnOnce()) -> Duration {
     t.elapsed()
 }
 
+/// Cargo's target directory: `$CARGO_TARGET_DIR` when set (several checkouts building at once
+/// keep their own), else `target/` of this checkout.
+pub fn target_dir(root: &str) -> std::path::PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => std::path::Path::new(root).join(d),
+        None => std::path::Path::new(root).join("target"),
+    }
+}
+
+/// The release build of lamina in this checkout.
+pub fn lamina_path(root: &str) -> std::path::PathBuf {
+    target_dir(root).join("release/lamina")
+}
+
 /// The release build of lamina in this checkout, quiet.
 pub fn lamina(root: &str) -> Command {
-    let mut c = Command::new(format!("{root}/target/release/lamina"));
+    let mut c = Command::new(lamina_path(root));
     c.arg("--quiet");
     c
 }

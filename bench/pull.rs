@@ -37,7 +37,7 @@ fn main() {
         let out = run(Command::new("bash").arg(format!("{root}/scripts/build-image.sh")));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     });
-    let lamina = format!("{root}/target/release/lamina");
+    let lamina = common::lamina_path(root).display().to_string();
     run(Command::new("cargo")
         .args(["build", "--release", "--quiet", "--manifest-path"])
         .arg(format!("{root}/Cargo.toml")));

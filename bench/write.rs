@@ -86,7 +86,7 @@ impl Setup<'_> {
                 }
                 run(c.arg(self.image).arg(&mnt).env("LAMINA_CACHE_DIR", self.cache));
                 Some(vec![
-                    format!("{}/target/release/lamina", self.root),
+                    common::lamina_path(self.root).display().to_string(),
                     "umount".into(),
                     mnt.display().to_string(),
                 ])
@@ -148,7 +148,7 @@ fn main() {
     let image = common::release_and_demo_image(root);
     let registry = TestRegistry::start();
     // On the disk (not /tmp, which may be tmpfs): every target's upper lives here.
-    let work = tempfile::tempdir_in(format!("{root}/target")).unwrap();
+    let work = tempfile::tempdir_in(common::target_dir(root)).unwrap();
     let w = work.path();
     let (src, lazy) = common::publish_demo(root, &registry.addr, &image, w);
     let lower = w.join("lower");

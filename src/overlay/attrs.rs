@@ -1,7 +1,7 @@
 //! The writable mount's metadata operations: link, setattr (metadata-only copy-up), xattrs,
 //! directory handles and listings, fsyncdir.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use fuser::{FileAttr, FileType};
 use rustix::fs::{AtFlags, Mode, Timestamps};
@@ -18,82 +18,115 @@ impl OverlayFs {
     /// `link`
     pub fn op_link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<FileAttr> {
         check_new_name(newname)?;
-        let mut st = self.state.lock();
-        if self.node(&st, ino)?.kind == EntryKind::Directory {
-            return Err(Errno::PERM.into());
-        }
-        if self.resolve(&mut st, newparent, newname)?.is_some() {
-            return Err(Errno::EXIST.into());
-        }
-        self.copy_up(&mut st, ino, true)?;
-        self.copy_up(&mut st, newparent, true)?;
-        let (sdir, sname) = self.upper_entry(&st, ino)?;
-        let ddir = self.upper_dir(&st, newparent)?;
-        match stat_at(ddir.as_fd(), newname)? {
-            Some(s) if is_whiteout(&s) => {
-                let (scratch, tname) = self.upper.scratch();
-                rustix::fs::linkat(&sdir, sname.as_slice(), scratch, tname.as_str(), AtFlags::empty())?;
-                rustix::fs::renameat(scratch, tname.as_str(), &ddir, newname)?;
+        self.locked(|st| {
+            if self.node(st, ino)?.kind == EntryKind::Directory {
+                return Err(Errno::PERM.into());
             }
-            Some(_) => return Err(Errno::EXIST.into()),
-            None => rustix::fs::linkat(&sdir, sname.as_slice(), &ddir, newname, AtFlags::empty())?,
-        }
-        if let Some(n) = st.nodes.get_mut(ino) {
-            n.add_name(newparent, newname);
-        }
-        self.attr(&st, ino)
+            if self.resolve(st, newparent, newname)?.is_some() {
+                return Err(Errno::EXIST.into());
+            }
+            self.copy_up(st, ino, true)?;
+            self.copy_up(st, newparent, true)?;
+            let (sdir, sname) = self.upper_entry(st, ino)?;
+            let ddir = self.upper_dir(st, newparent)?;
+            match stat_at(ddir.as_fd(), newname)? {
+                Some(s) if is_whiteout(&s) => {
+                    let (scratch, tname) = self.upper.scratch();
+                    rustix::fs::linkat(&sdir, sname.as_slice(), scratch, tname.as_str(), AtFlags::empty())?;
+                    rustix::fs::renameat(scratch, tname.as_str(), &ddir, newname)?;
+                }
+                Some(_) => return Err(Errno::EXIST.into()),
+                None => rustix::fs::linkat(&sdir, sname.as_slice(), &ddir, newname, AtFlags::empty())?,
+            }
+            st.nodes.add_name(ino, newparent, newname);
+            let attr = self.attr(st, ino)?;
+            st.nodes.looked_up(ino);
+            Ok(attr)
+        })
     }
 
     /// `setattr`: chmod, chown, truncate, utimens (after copy-up).
     pub fn op_setattr(&self, ino: u64, c: &AttrChange) -> Result<FileAttr> {
-        let mut st = self.state.lock();
-        match c.size {
-            // Metadata only: the bytes can stay below.
-            None => self.copy_up_meta(&mut st, ino)?,
-            // Truncating to nothing needs none of the old bytes.
-            Some(size) => self.copy_up(&mut st, ino, size != 0)?,
-        }
-        let (dir, name) = self.upper_entry(&st, ino)?;
-        let kind = self.node(&st, ino)?.kind;
-        let at = |f: &dyn Fn(std::os::fd::BorrowedFd<'_>, &[u8]) -> rustix::io::Result<()>| -> Result<()> {
-            if name.is_empty() {
-                // The root: act on the directory itself.
-                Ok(f(dir.as_fd(), b".")?)
-            } else {
-                Ok(f(dir.as_fd(), &name)?)
+        self.locked(|st| {
+            match c.size {
+                // Metadata only: the bytes can stay below.
+                None => self.copy_up_meta(st, ino)?,
+                // Truncating to nothing needs none of the old bytes.
+                Some(size) => self.copy_up(st, ino, size != 0)?,
             }
-        };
+            if let Some(fd) = self.node(st, ino)?.fd.clone() {
+                // An open upper file (tar's fchown, fchmod, futimens after writing): its
+                // descriptor, no path walk.
+                Self::setattr_fd(&fd, c)?;
+                return self.attr(st, ino);
+            }
+            let (dir, name) = self.upper_entry(st, ino)?;
+            let kind = self.node(st, ino)?.kind;
+            let at = |f: &dyn Fn(std::os::fd::BorrowedFd<'_>, &[u8]) -> rustix::io::Result<()>| -> Result<()> {
+                if name.is_empty() {
+                    // The root: act on the directory itself.
+                    Ok(f(dir.as_fd(), b".")?)
+                } else {
+                    Ok(f(dir.as_fd(), &name)?)
+                }
+            };
+            if c.uid.is_some() || c.gid.is_some() {
+                at(&|d, n| {
+                    rustix::fs::chownat(
+                        d,
+                        n,
+                        c.uid.map(rustix::fs::Uid::from_raw),
+                        c.gid.map(rustix::fs::Gid::from_raw),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                })?;
+            }
+            if let Some(mode) = c.mode {
+                if kind != EntryKind::Symlink {
+                    at(&|d, n| rustix::fs::chmodat(d, n, Mode::from_raw_mode(mode & 0o7777), AtFlags::empty()))?;
+                }
+            }
+            if let Some(size) = c.size {
+                if kind != EntryKind::Regular {
+                    return Err(Errno::INVAL.into());
+                }
+                let fd = self.file_fd(st, ino)?;
+                rustix::fs::ftruncate(&*fd, size)?;
+            }
+            if c.atime.is_some() || c.mtime.is_some() {
+                let times = Timestamps {
+                    last_access: time_arg(c.atime),
+                    last_modification: time_arg(c.mtime),
+                };
+                at(&|d, n| rustix::fs::utimensat(d, n, &times, AtFlags::SYMLINK_NOFOLLOW))?;
+            }
+            self.attr(st, ino)
+        })
+    }
+
+    /// The changes `c` on the open upper regular file `fd`, in `setattr`'s order.
+    fn setattr_fd(fd: &OwnedFd, c: &AttrChange) -> Result<()> {
         if c.uid.is_some() || c.gid.is_some() {
-            at(&|d, n| {
-                rustix::fs::chownat(
-                    d,
-                    n,
-                    c.uid.map(rustix::fs::Uid::from_raw),
-                    c.gid.map(rustix::fs::Gid::from_raw),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-            })?;
+            rustix::fs::fchown(
+                fd,
+                c.uid.map(rustix::fs::Uid::from_raw),
+                c.gid.map(rustix::fs::Gid::from_raw),
+            )?;
         }
         if let Some(mode) = c.mode {
-            if kind != EntryKind::Symlink {
-                at(&|d, n| rustix::fs::chmodat(d, n, Mode::from_raw_mode(mode & 0o7777), AtFlags::empty()))?;
-            }
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(mode & 0o7777))?;
         }
         if let Some(size) = c.size {
-            if kind != EntryKind::Regular {
-                return Err(Errno::INVAL.into());
-            }
-            let fd = self.file_fd(&mut st, ino)?;
-            rustix::fs::ftruncate(&*fd, size)?;
+            rustix::fs::ftruncate(fd, size)?;
         }
         if c.atime.is_some() || c.mtime.is_some() {
             let times = Timestamps {
                 last_access: time_arg(c.atime),
                 last_modification: time_arg(c.mtime),
             };
-            at(&|d, n| rustix::fs::utimensat(d, n, &times, AtFlags::SYMLINK_NOFOLLOW))?;
+            rustix::fs::futimens(fd, &times)?;
         }
-        self.attr(&st, ino)
+        Ok(())
     }
 
     /// `setxattr` (`value` Some) and `removexattr` (None).
@@ -101,25 +134,26 @@ impl OverlayFs {
         if key.starts_with(upper::PRIVATE_PREFIX) {
             return Err(Errno::PERM.into());
         }
-        let mut st = self.state.lock();
-        if value.is_none() {
-            // Removing what is not there changes nothing (and copies nothing up).
-            let has = self.xattr_list(&st, ino)?.iter().any(|(k, _)| k == key);
-            if !has {
-                return Err(Errno::NODATA.into());
+        self.locked(|st| {
+            if value.is_none() {
+                // Removing what is not there changes nothing (and copies nothing up).
+                let has = self.xattr_list(st, ino)?.iter().any(|(k, _)| k == key);
+                if !has {
+                    return Err(Errno::NODATA.into());
+                }
             }
-        }
-        self.copy_up_meta(&mut st, ino)?;
-        let (dir, name) = self.upper_entry(&st, ino)?;
-        let path = upper::xattr_path(dir.as_fd(), &name);
-        let key = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(key);
-        match value {
-            Some((v, flags)) => {
-                rustix::fs::lsetxattr(&path, key, v, rustix::fs::XattrFlags::from_bits_truncate(flags as u32))?
+            self.copy_up_meta(st, ino)?;
+            let (dir, name) = self.upper_entry(st, ino)?;
+            let path = upper::xattr_path(dir.as_fd(), &name);
+            let key = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(key);
+            match value {
+                Some((v, flags)) => {
+                    rustix::fs::lsetxattr(&path, key, v, rustix::fs::XattrFlags::from_bits_truncate(flags as u32))?
+                }
+                None => rustix::fs::lremovexattr(&path, key)?,
             }
-            None => rustix::fs::lremovexattr(&path, key)?,
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn xattr_list(&self, st: &State, ino: u64) -> Result<upper::Xattrs> {
@@ -133,50 +167,53 @@ impl OverlayFs {
 
     /// `getxattr`
     pub fn op_getxattr(&self, ino: u64, key: &[u8]) -> Result<Vec<u8>> {
-        let st = self.state.lock();
-        if key.starts_with(upper::PRIVATE_PREFIX) {
-            return Err(Errno::NODATA.into());
-        }
-        // An open upper file answers from its descriptor: the kernel asks for
-        // security.capability before every write, and a path walk each time costs.
-        if let Some(fd) = self.node(&st, ino)?.fd.clone() {
-            let key = std::str::from_utf8(key).map_err(|_| OvlError::Errno(Errno::NODATA))?;
-            return upper::get_xattr_fd(fd.as_fd(), key)?.ok_or(OvlError::Errno(Errno::NODATA));
-        }
-        self.xattr_list(&st, ino)?
-            .into_iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v)
-            .ok_or(OvlError::Errno(Errno::NODATA))
+        self.locked(|st| {
+            if key.starts_with(upper::PRIVATE_PREFIX) {
+                return Err(Errno::NODATA.into());
+            }
+            // An open upper file answers from its descriptor: the kernel asks for
+            // security.capability before every write, and a path walk each time costs.
+            if let Some(fd) = self.node(st, ino)?.fd.clone() {
+                let key = std::str::from_utf8(key).map_err(|_| OvlError::Errno(Errno::NODATA))?;
+                return upper::get_xattr_fd(fd.as_fd(), key)?.ok_or(OvlError::Errno(Errno::NODATA));
+            }
+            self.xattr_list(st, ino)?
+                .into_iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v)
+                .ok_or(OvlError::Errno(Errno::NODATA))
+        })
     }
 
     /// `listxattr`
     pub fn op_listxattr(&self, ino: u64) -> Result<Vec<u8>> {
-        let st = self.state.lock();
-        let mut out = Vec::new();
-        for (k, _) in self.xattr_list(&st, ino)? {
-            out.extend_from_slice(&k);
-            out.push(0);
-        }
-        Ok(out)
+        self.locked(|st| {
+            let mut out = Vec::new();
+            for (k, _) in self.xattr_list(st, ino)? {
+                out.extend_from_slice(&k);
+                out.push(0);
+            }
+            Ok(out)
+        })
     }
 
     /// `opendir`: the listing is made once per open directory, so offsets stay valid.
     pub fn op_opendir(&self, ino: u64) -> Result<u64> {
-        let mut st = self.state.lock();
-        let n = self.node(&st, ino)?;
-        if n.kind != EntryKind::Directory {
-            return Err(Errno::NOTDIR.into());
-        }
-        let parent = n.names.first().map_or(ROOT_INO, |(p, _)| *p);
-        let mut entries = vec![
-            (b".".to_vec(), ino, FileType::Directory),
-            (b"..".to_vec(), parent, FileType::Directory),
-        ];
-        entries.extend(self.listing(&mut st, ino)?);
-        let fh = st.handles.new_fh();
-        st.handles.listings.insert(fh, (ino, entries));
-        Ok(fh)
+        self.locked(|st| {
+            let n = self.node(st, ino)?;
+            if n.kind != EntryKind::Directory {
+                return Err(Errno::NOTDIR.into());
+            }
+            let parent = n.first_name().map_or(ROOT_INO, |(p, _)| *p);
+            let mut entries = vec![
+                (b".".to_vec(), ino, FileType::Directory),
+                (b"..".to_vec(), parent, FileType::Directory),
+            ];
+            entries.extend(self.listing(st, ino)?);
+            let fh = st.handles.new_fh();
+            st.handles.listings.insert(fh, (ino, entries));
+            Ok(fh)
+        })
     }
 
     /// Run `f` on the listing of open directory `fh`.
@@ -193,11 +230,12 @@ impl OverlayFs {
 
     /// `fsyncdir`
     pub fn op_fsyncdir(&self, ino: u64) -> Result<()> {
-        let st = self.state.lock();
-        if self.node(&st, ino)?.upper {
-            let d = self.upper_dir(&st, ino)?;
-            rustix::fs::fsync(&d)?;
-        }
-        Ok(())
+        self.locked(|st| {
+            if self.node(st, ino)?.upper {
+                let d = self.upper_dir(st, ino)?;
+                rustix::fs::fsync(&d)?;
+            }
+            Ok(())
+        })
     }
 }

@@ -10,6 +10,7 @@ use fuser::{FileAttr, INodeNo};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
+use super::locking::Retry;
 use super::nodes::ONode;
 use super::ops::kind_of_stat;
 use super::{attr_of, OverlayFs, OvlError, Result, State};
@@ -66,8 +67,7 @@ impl OverlayFs {
         }
         let (parent, name) = self
             .node(st, ino)?
-            .names
-            .first()
+            .first_name()
             .cloned()
             .ok_or(OvlError::Errno(Errno::NOENT))?;
         Ok((self.upper_dir(st, parent)?, name))
@@ -89,7 +89,7 @@ impl OverlayFs {
     /// Whether directory `parent`'s lower side has `name` (so removing it needs a whiteout).
     pub(super) fn lower_has(&self, st: &State, parent: u64, name: &[u8]) -> Result<bool> {
         match self.node(st, parent)?.lower {
-            Some(l) => Ok(self.lower.child(l, name)?.is_some()),
+            Some(l) => Ok(self.lower_child(l, name)?.is_some()),
             None => Ok(false),
         }
     }
@@ -121,7 +121,7 @@ impl OverlayFs {
                         self.lower_at(&path)?
                     } else {
                         match p_lower {
-                            Some(l) => self.lower.child(l, name)?,
+                            Some(l) => self.lower_child(l, name)?,
                             None => None,
                         }
                     };
@@ -142,7 +142,7 @@ impl OverlayFs {
                     && upper::get_xattr(&upper::xattr_path(dir.as_fd(), name), upper::METACOPY)?.is_some()
                 {
                     let l = match p_lower {
-                        Some(pl) => self.lower.child(pl, name)?,
+                        Some(pl) => self.lower_child(pl, name)?,
                         None => None,
                     };
                     match l {
@@ -155,8 +155,8 @@ impl OverlayFs {
                 };
                 match st.nodes.get_mut(ino) {
                     Some(n) => {
-                        n.add_name(parent, name);
                         n.upper = true;
+                        st.nodes.add_name(ino, parent, name);
                     }
                     None => {
                         let lower = (kind == EntryKind::Directory && ino < super::nodes::UPPER_BASE).then_some(ino);
@@ -170,11 +170,11 @@ impl OverlayFs {
             }
         }
         let Some(pl) = p_lower else { return Ok(None) };
-        let Some(l) = self.lower.child(pl, name)? else {
+        let Some(l) = self.lower_child(pl, name)? else {
             return Ok(None);
         };
-        match st.nodes.get_mut(l) {
-            Some(n) => n.add_name(parent, name),
+        match st.nodes.get(l) {
+            Some(_) => st.nodes.add_name(l, parent, name),
             None => {
                 let kind = self.lower.kind(l)?;
                 st.nodes.insert(l, ONode::new(kind, parent, name, Some(l), false));
@@ -185,17 +185,42 @@ impl OverlayFs {
 
     /// The node number of the upper object with upper inode `upper_ino`, or a new one.
     fn upper_object(&self, st: &mut State, upper_ino: u64, kind: EntryKind) -> u64 {
-        match st.nodes.by_upper(upper_ino) {
-            Some(ino) if st.nodes.get(ino).is_some_and(|n| n.kind == kind) => ino,
-            _ => st.nodes.allocate(),
+        match st.nodes.by_upper(upper_ino, kind) {
+            Some(ino) => ino,
+            None => st.nodes.allocate(),
         }
+    }
+
+    /// The child `name` of lower directory `parent`, once the union's answer is final: if it
+    /// is not yet, the operation runs again after waiting for it without the lock.
+    pub(super) fn lower_child(&self, parent: u64, name: &[u8]) -> Result<Option<u64>> {
+        match self.lower.child_now(parent, name)? {
+            Some(child) => Ok(child),
+            None => Err(Retry::Lookup(parent, name.to_vec()).into()),
+        }
+    }
+
+    /// The children of lower directory `ino` (the union must be whole).
+    fn lower_children(&self, ino: u64) -> Result<Vec<(Vec<u8>, u64)>> {
+        if !self.lower.is_complete() {
+            return Err(Retry::Complete.into());
+        }
+        Ok(self.lower.children(ino)?)
+    }
+
+    /// Every (parent, name) of lower node `ino` (the union must be whole).
+    pub(super) fn lower_names(&self, ino: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        if !self.lower.is_complete() {
+            return Err(Retry::Complete.into());
+        }
+        Ok(self.lower.names(ino)?)
     }
 
     /// The union node at a path (names from the root), if there is one.
     fn lower_at(&self, path: &[Vec<u8>]) -> Result<Option<u64>> {
         let mut ino = ROOT_INO;
         for name in path {
-            match self.lower.child(ino, name)? {
+            match self.lower_child(ino, name)? {
                 Some(c) => ino = c,
                 None => return Ok(None),
             }
@@ -222,6 +247,10 @@ impl OverlayFs {
             return Err(Errno::NOTDIR.into());
         }
         let (is_upper, lower) = (n.upper, n.lower);
+        if !self.lower.is_complete() {
+            // Listings wait for the whole union (and then no name of it waits).
+            return Err(Retry::Complete.into());
+        }
         let mut names: BTreeSet<Vec<u8>> = BTreeSet::new();
         let mut seen: BTreeSet<Vec<u8>> = BTreeSet::new();
         if is_upper {
@@ -242,7 +271,7 @@ impl OverlayFs {
             }
         }
         if let Some(l) = lower {
-            for (name, _) in self.lower.children(l)? {
+            for (name, _) in self.lower_children(l)? {
                 if !seen.contains(&name) {
                     names.insert(name);
                 }

@@ -6,11 +6,15 @@
 //! stays one inode.
 //!
 //! [`ops`] holds the operations (one `Result` each); this file the state they share and the
-//! thin FUSE adapter. Metadata operations are serialized by one lock; reads and writes of
-//! open upper files go to their file without it (or bypass the daemon with passthrough).
+//! thin FUSE adapter. Metadata operations run under one lock that is never held across the
+//! network or a wait for the union, and copy-ups wait per inode ([`locking`]); reads and
+//! writes of open upper files go to their file without it (or bypass the daemon with
+//! passthrough). Nodes go when the kernel forgets them ([`nodes`]).
 
 mod attrs;
+mod copyup;
 mod data;
+mod locking;
 mod merged;
 mod nodes;
 mod ops;
@@ -26,7 +30,7 @@ use fuser::{
     RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::upper::UpperDir;
 use crate::view::{ImageView, OpError};
@@ -36,7 +40,7 @@ use nodes::Nodes;
 /// through this daemon, which answers with the new attributes.
 const TTL: Duration = Duration::from_secs(1);
 
-/// What the operations share under the lock.
+/// What the operations share under the lock (see [`locking`]).
 struct State {
     nodes: Nodes,
     handles: data::Handles,
@@ -47,6 +51,8 @@ pub struct OverlayFs {
     lower: Arc<ImageView>,
     upper: UpperDir,
     state: Mutex<State>,
+    /// Signalled (with `state`) when a copy-up that ran without the lock has landed.
+    copied: Condvar,
     /// Whether the kernel took FUSE passthrough at init.
     passthrough: bool,
     /// Whether to ask for it (`--no-passthrough` says no).
@@ -63,6 +69,9 @@ pub enum OvlError {
     Lower(OpError),
     /// An errno to give as is.
     Errno(rustix::io::Errno),
+    /// Not an error: the operation must run again once this is done without the lock
+    /// ([`OverlayFs::locked`] handles it; it never reaches the kernel).
+    Retry(locking::Retry),
 }
 
 impl From<OpError> for OvlError {
@@ -88,6 +97,10 @@ fn errno(e: &OvlError) -> Errno {
     match e {
         OvlError::Lower(e) => crate::view::errno(e),
         OvlError::Errno(e) => Errno::from_i32(e.raw_os_error()),
+        OvlError::Retry(r) => {
+            tracing::error!(?r, "an operation asked to run again outside OverlayFs::locked");
+            Errno::EIO
+        }
     }
 }
 
@@ -132,6 +145,28 @@ fn attr_of(ino: u64, st: &rustix::fs::Stat) -> FileAttr {
     }
 }
 
+/// The reply to a lookup of a name that is not there, as an entry the kernel can keep
+/// (node 0: a negative entry).
+fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 impl OverlayFs {
     /// The merged view of `lower` under `upper`.
     pub fn new(lower: Arc<ImageView>, upper: UpperDir, want_passthrough: bool) -> std::io::Result<OverlayFs> {
@@ -145,6 +180,7 @@ impl OverlayFs {
                 nodes: Nodes::new(root.st_ino),
                 handles: data::Handles::default(),
             }),
+            copied: Condvar::new(),
             passthrough: false,
             want_passthrough,
             dirs: parking_lot::Mutex::new(std::collections::HashMap::new()),
@@ -154,6 +190,18 @@ impl OverlayFs {
     /// The upper directory.
     pub fn upper_path(&self) -> &Path {
         self.upper.path()
+    }
+
+    /// The kernel forgot `count` lookups of `ino` (FUSE `forget`).
+    pub fn op_forget(&self, ino: u64, count: u64) {
+        let mut st = self.state.lock();
+        st.nodes.forget(ino, count);
+        self.sweep(&mut st);
+    }
+
+    /// How many nodes the mount holds (the root included).
+    pub fn node_count(&self) -> usize {
+        self.state.lock().nodes.len()
     }
 }
 
@@ -174,9 +222,18 @@ impl Filesystem for OverlayFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.op_lookup(parent.0, name_bytes(name)) {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Ok(Some(attr)) => reply.entry(&TTL, &attr, Generation(0)),
+            // A negative entry the kernel may keep: every change of the name comes through
+            // this mount (and the union's "not there" is final), so it saves the second
+            // lookup of a `stat`-then-create (tar, cp).
+            Ok(None) => reply.entry(&TTL, &negative_entry(), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    // (batch_forget: fuser 0.18's default calls this per node; its `ForgetOne` is private.)
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.op_forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -270,17 +327,21 @@ impl Filesystem for OverlayFs {
         reply: ReplyCreate,
     ) {
         match self.op_create(req, parent.0, name_bytes(name), ops::New::File { mode }) {
-            Ok((attr, fd)) => {
-                let fd = fd.expect("a new file is open");
+            Ok((attr, Some(fd))) => {
                 let _ = flags;
                 match self.op_open_created(attr.ino.0, fd, |f| reply.open_backing(f)) {
                     Ok((fh, flags, Some(id))) => {
                         reply.created_passthrough(&TTL, &attr, Generation(0), FileHandle(fh), flags, &id)
                     }
                     Ok((fh, flags, None)) => reply.created(&TTL, &attr, Generation(0), FileHandle(fh), flags),
-                    Err(e) => reply.error(errno(&e)),
+                    Err(e) => {
+                        // The kernel is not given the node after all.
+                        self.op_forget(attr.ino.0, 1);
+                        reply.error(errno(&e))
+                    }
                 }
             }
+            Ok((_, None)) => reply.error(Errno::EIO),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -372,7 +433,9 @@ impl Filesystem for OverlayFs {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        reply.ok();
+        // Nothing is buffered here (writes are written when they arrive) and locks are the
+        // kernel's: ENOSYS tells the kernel to stop sending FLUSH at every close.
+        reply.error(Errno::ENOSYS);
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, datasync: bool, reply: ReplyEmpty) {

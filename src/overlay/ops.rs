@@ -107,36 +107,39 @@ pub(super) fn time_arg(t: Option<TimeOrNow>) -> rustix::fs::Timespec {
 }
 
 impl OverlayFs {
-    /// `lookup`
-    pub fn op_lookup(&self, parent: u64, name: &[u8]) -> Result<FileAttr> {
+    /// `lookup`: the attributes of the object at `name` (None: there is none).
+    pub fn op_lookup(&self, parent: u64, name: &[u8]) -> Result<Option<FileAttr>> {
         if name.len() > 255 {
             return Err(Errno::NAMETOOLONG.into());
         }
-        let mut st = self.state.lock();
-        let ino = self
-            .resolve(&mut st, parent, name)?
-            .ok_or(OvlError::Errno(Errno::NOENT))?;
-        self.attr(&st, ino)
+        self.locked(|st| {
+            let Some(ino) = self.resolve(st, parent, name)? else {
+                return Ok(None);
+            };
+            let attr = self.attr(st, ino)?;
+            st.nodes.looked_up(ino);
+            Ok(Some(attr))
+        })
     }
 
     /// `getattr`
     pub fn op_getattr(&self, ino: u64) -> Result<FileAttr> {
-        let st = self.state.lock();
-        self.attr(&st, ino)
+        self.locked(|st| self.attr(st, ino))
     }
 
     /// `readlink`
     pub fn op_readlink(&self, ino: u64) -> Result<Vec<u8>> {
-        let st = self.state.lock();
-        let n = self.node(&st, ino)?;
-        if n.kind != EntryKind::Symlink {
-            return Err(Errno::INVAL.into());
-        }
-        if n.upper {
-            let (dir, name) = self.upper_entry(&st, ino)?;
-            return Ok(rustix::fs::readlinkat(&dir, name.as_slice(), Vec::new())?.into_bytes());
-        }
-        Ok(self.lower.link(n.lower.ok_or(OvlError::Errno(Errno::NOENT))?)?)
+        self.locked(|st| {
+            let n = self.node(st, ino)?;
+            if n.kind != EntryKind::Symlink {
+                return Err(Errno::INVAL.into());
+            }
+            if n.upper {
+                let (dir, name) = self.upper_entry(st, ino)?;
+                return Ok(rustix::fs::readlinkat(&dir, name.as_slice(), Vec::new())?.into_bytes());
+            }
+            Ok(self.lower.link(n.lower.ok_or(OvlError::Errno(Errno::NOENT))?)?)
+        })
     }
 
     /// `create`, `mkdir`, `mknod`, `symlink`: the new object's attributes (and a regular
@@ -149,90 +152,92 @@ impl OverlayFs {
                 return Err(Errno::PERM.into());
             }
         }
-        let mut st = self.state.lock();
-        if self.resolve(&mut st, parent, name)?.is_some() {
-            return Err(Errno::EXIST.into());
-        }
-        self.copy_up(&mut st, parent, true)?;
-        let pdir = self.upper_dir(&st, parent)?;
-        let replacing = match stat_at(pdir.as_fd(), name)? {
-            Some(s) if is_whiteout(&s) => true,
-            Some(_) => return Err(Errno::EXIST.into()),
-            None => false,
-        };
-        let pst = rustix::fs::fstat(&pdir)?;
-        let setgid_dir = pst.st_mode & 0o2000 != 0;
-        let uid = req.uid();
-        let gid = if setgid_dir { pst.st_gid } else { req.gid() };
-        let (scratch, scratch_name) = self.upper.scratch();
-        let (tdir, tname): (std::os::fd::BorrowedFd<'_>, &[u8]) = if replacing {
-            (scratch, scratch_name.as_bytes())
-        } else {
-            (pdir.as_fd(), name)
-        };
-        let mut fd = None;
-        let (kind, mode) = match &what {
-            New::File { mode } => {
-                fd = Some(rustix::fs::openat(
+        self.locked(|st| {
+            if self.resolve(st, parent, name)?.is_some() {
+                return Err(Errno::EXIST.into());
+            }
+            self.copy_up(st, parent, true)?;
+            let pdir = self.upper_dir(st, parent)?;
+            let replacing = match stat_at(pdir.as_fd(), name)? {
+                Some(s) if is_whiteout(&s) => true,
+                Some(_) => return Err(Errno::EXIST.into()),
+                None => false,
+            };
+            let pst = rustix::fs::fstat(&pdir)?;
+            let setgid_dir = pst.st_mode & 0o2000 != 0;
+            let uid = req.uid();
+            let gid = if setgid_dir { pst.st_gid } else { req.gid() };
+            let (scratch, scratch_name) = self.upper.scratch();
+            let (tdir, tname): (std::os::fd::BorrowedFd<'_>, &[u8]) = if replacing {
+                (scratch, scratch_name.as_bytes())
+            } else {
+                (pdir.as_fd(), name)
+            };
+            let mut fd = None;
+            let (kind, mode) = match &what {
+                New::File { mode } => {
+                    fd = Some(rustix::fs::openat(
+                        tdir,
+                        tname,
+                        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(mode & 0o7777),
+                    )?);
+                    (EntryKind::Regular, mode & 0o7777)
+                }
+                New::Dir { mode } => {
+                    rustix::fs::mkdirat(tdir, tname, Mode::from_raw_mode(mode & 0o7777))?;
+                    let sgid = if setgid_dir { 0o2000 } else { 0 };
+                    (EntryKind::Directory, (mode & 0o7777) | sgid)
+                }
+                New::Node { mode, rdev } => {
+                    let ft = rustix::fs::FileType::from_raw_mode(*mode);
+                    rustix::fs::mknodat(tdir, tname, ft, Mode::from_raw_mode(mode & 0o7777), *rdev as u64)?;
+                    (kind_of_mode(*mode), mode & 0o7777)
+                }
+                New::Symlink { target } => {
+                    rustix::fs::symlinkat(target.as_slice(), tdir, tname)?;
+                    (EntryKind::Symlink, 0o777)
+                }
+            };
+            let finish = || -> Result<()> {
+                rustix::fs::chownat(
                     tdir,
                     tname,
-                    OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(mode & 0o7777),
-                )?);
-                (EntryKind::Regular, mode & 0o7777)
-            }
-            New::Dir { mode } => {
-                rustix::fs::mkdirat(tdir, tname, Mode::from_raw_mode(mode & 0o7777))?;
-                let sgid = if setgid_dir { 0o2000 } else { 0 };
-                (EntryKind::Directory, (mode & 0o7777) | sgid)
-            }
-            New::Node { mode, rdev } => {
-                let ft = rustix::fs::FileType::from_raw_mode(*mode);
-                rustix::fs::mknodat(tdir, tname, ft, Mode::from_raw_mode(mode & 0o7777), *rdev as u64)?;
-                (kind_of_mode(*mode), mode & 0o7777)
-            }
-            New::Symlink { target } => {
-                rustix::fs::symlinkat(target.as_slice(), tdir, tname)?;
-                (EntryKind::Symlink, 0o777)
-            }
-        };
-        let finish = || -> Result<()> {
-            rustix::fs::chownat(
-                tdir,
-                tname,
-                Some(rustix::fs::Uid::from_raw(uid)),
-                Some(rustix::fs::Gid::from_raw(gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )?;
-            if kind != EntryKind::Symlink {
-                // After chown, which may clear set-id bits.
-                rustix::fs::chmodat(tdir, tname, Mode::from_raw_mode(mode), AtFlags::empty())?;
-            }
-            if replacing && kind == EntryKind::Directory {
-                // A directory made where a lower one was deleted must not show its old contents.
-                upper::set_marker(tdir, tname, upper::OPAQUE, b"y")?;
-            }
-            if replacing {
-                rustix::fs::renameat_with(tdir, tname, &pdir, name, RenameFlags::EXCHANGE)?;
-                rustix::fs::unlinkat(tdir, tname, AtFlags::empty())?;
-            }
-            Ok(())
-        };
-        if let Err(e) = finish() {
-            let flag = if kind == EntryKind::Directory {
-                AtFlags::REMOVEDIR
-            } else {
-                AtFlags::empty()
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )?;
+                if kind != EntryKind::Symlink {
+                    // After chown, which may clear set-id bits.
+                    rustix::fs::chmodat(tdir, tname, Mode::from_raw_mode(mode), AtFlags::empty())?;
+                }
+                if replacing && kind == EntryKind::Directory {
+                    // A directory made where a lower one was deleted must not show its old contents.
+                    upper::set_marker(tdir, tname, upper::OPAQUE, b"y")?;
+                }
+                if replacing {
+                    rustix::fs::renameat_with(tdir, tname, &pdir, name, RenameFlags::EXCHANGE)?;
+                    rustix::fs::unlinkat(tdir, tname, AtFlags::empty())?;
+                }
+                Ok(())
             };
-            let _ = rustix::fs::unlinkat(tdir, tname, flag);
-            return Err(e);
-        }
-        let s = rustix::fs::statat(&pdir, name, AtFlags::SYMLINK_NOFOLLOW)?;
-        let ino = st.nodes.allocate();
-        let mut node = ONode::new(kind, parent, name, None, true);
-        node.upper_ino = Some(s.st_ino);
-        st.nodes.insert(ino, node);
-        Ok((attr_of(ino, &s), fd))
+            if let Err(e) = finish() {
+                let flag = if kind == EntryKind::Directory {
+                    AtFlags::REMOVEDIR
+                } else {
+                    AtFlags::empty()
+                };
+                let _ = rustix::fs::unlinkat(tdir, tname, flag);
+                return Err(e);
+            }
+            let s = rustix::fs::statat(&pdir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+            let ino = st.nodes.allocate();
+            let mut node = ONode::new(kind, parent, name, None, true);
+            node.upper_ino = Some(s.st_ino);
+            st.nodes.insert(ino, node);
+            st.nodes.looked_up(ino);
+            Ok((attr_of(ino, &s), fd))
+        })
     }
 
     /// Before a name of a lower hard-link group goes away: copy the group up (its names
@@ -273,53 +278,50 @@ impl OverlayFs {
 
     /// `unlink` (`dir` false) and `rmdir` (`dir` true).
     pub fn op_remove(&self, parent: u64, name: &[u8], dir: bool) -> Result<()> {
-        let mut st = self.state.lock();
-        let child = self
-            .resolve(&mut st, parent, name)?
-            .ok_or(OvlError::Errno(Errno::NOENT))?;
-        let kind = self.node(&st, child)?.kind;
-        match (dir, kind == EntryKind::Directory) {
-            (true, false) => return Err(Errno::NOTDIR.into()),
-            (false, true) => return Err(Errno::ISDIR.into()),
-            _ => {}
-        }
-        if dir && !self.listing(&mut st, child)?.is_empty() {
-            return Err(Errno::NOTEMPTY.into());
-        }
-        let lower_here = self.lower_has(&st, parent, name)?;
-        self.copy_up(&mut st, parent, true)?;
-        self.copy_up_if_linked(&mut st, child)?;
-        let pdir = self.upper_dir(&st, parent)?;
-        match stat_at(pdir.as_fd(), name)? {
-            Some(s) if !is_whiteout(&s) => {
-                if dir {
-                    let d = self.upper_dir(&st, child)?;
-                    self.clear_whiteouts(&d)?;
-                }
-                let flag = if dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
-                if lower_here {
-                    // Atomically: the name is never absent (which would show the lower one).
-                    let (scratch, sname) = self.upper.scratch();
-                    upper::make_whiteout(scratch, sname.as_bytes())?;
-                    if dir {
-                        rustix::fs::renameat_with(scratch, sname.as_str(), &pdir, name, RenameFlags::EXCHANGE)?;
-                        rustix::fs::unlinkat(scratch, sname.as_str(), flag)?;
-                    } else {
-                        rustix::fs::renameat(scratch, sname.as_str(), &pdir, name)?;
-                    }
-                } else {
-                    rustix::fs::unlinkat(&pdir, name, flag)?;
-                }
-                if dir || s.st_nlink <= 1 {
-                    st.nodes.drop_upper(s.st_ino);
-                }
+        self.locked(|st| {
+            let child = self.resolve(st, parent, name)?.ok_or(OvlError::Errno(Errno::NOENT))?;
+            let kind = self.node(st, child)?.kind;
+            match (dir, kind == EntryKind::Directory) {
+                (true, false) => return Err(Errno::NOTDIR.into()),
+                (false, true) => return Err(Errno::ISDIR.into()),
+                _ => {}
             }
-            _ => upper::make_whiteout(pdir.as_fd(), name)?,
-        }
-        if let Some(n) = st.nodes.get_mut(child) {
-            n.remove_name(parent, name);
-        }
-        Ok(())
+            if dir && !self.listing(st, child)?.is_empty() {
+                return Err(Errno::NOTEMPTY.into());
+            }
+            let lower_here = self.lower_has(st, parent, name)?;
+            self.copy_up(st, parent, true)?;
+            self.copy_up_if_linked(st, child)?;
+            let pdir = self.upper_dir(st, parent)?;
+            match stat_at(pdir.as_fd(), name)? {
+                Some(s) if !is_whiteout(&s) => {
+                    if dir {
+                        let d = self.upper_dir(st, child)?;
+                        self.clear_whiteouts(&d)?;
+                    }
+                    let flag = if dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
+                    if lower_here {
+                        // Atomically: the name is never absent (which would show the lower one).
+                        let (scratch, sname) = self.upper.scratch();
+                        upper::make_whiteout(scratch, sname.as_bytes())?;
+                        if dir {
+                            rustix::fs::renameat_with(scratch, sname.as_str(), &pdir, name, RenameFlags::EXCHANGE)?;
+                            rustix::fs::unlinkat(scratch, sname.as_str(), flag)?;
+                        } else {
+                            rustix::fs::renameat(scratch, sname.as_str(), &pdir, name)?;
+                        }
+                    } else {
+                        rustix::fs::unlinkat(&pdir, name, flag)?;
+                    }
+                    if dir || s.st_nlink <= 1 {
+                        st.nodes.drop_upper(s.st_ino);
+                    }
+                }
+                _ => upper::make_whiteout(pdir.as_fd(), name)?,
+            }
+            st.nodes.remove_name(child, parent, name);
+            Ok(())
+        })
     }
 
     /// Before directory `ino` (upper, at `name` in `dir`) moves: a lower directory keeps its
@@ -352,102 +354,95 @@ impl OverlayFs {
         }
         check_new_name(newname)?;
         let exchange = flags & RENAME_EXCHANGE != 0;
-        let mut st = self.state.lock();
-        let src = self
-            .resolve(&mut st, parent, name)?
-            .ok_or(OvlError::Errno(Errno::NOENT))?;
-        let dst = self.resolve(&mut st, newparent, newname)?;
-        if exchange && dst.is_none() {
-            return Err(Errno::NOENT.into());
-        }
-        if flags & RENAME_NOREPLACE != 0 && dst.is_some() {
-            return Err(Errno::EXIST.into());
-        }
-        let skind = self.node(&st, src)?.kind;
-        if dst == Some(src) {
-            return Ok(());
-        }
-        if skind == EntryKind::Directory && st.nodes.is_within(newparent, src) {
-            return Err(Errno::INVAL.into());
-        }
-        if let Some(d) = dst {
-            let dkind = self.node(&st, d)?.kind;
-            if exchange {
-                if dkind == EntryKind::Directory && st.nodes.is_within(parent, d) {
-                    return Err(Errno::INVAL.into());
-                }
-            } else {
-                match (skind == EntryKind::Directory, dkind == EntryKind::Directory) {
-                    (true, false) => return Err(Errno::NOTDIR.into()),
-                    (false, true) => return Err(Errno::ISDIR.into()),
-                    (true, true) if !self.listing(&mut st, d)?.is_empty() => return Err(Errno::NOTEMPTY.into()),
-                    _ => {}
-                }
+        self.locked(|st| {
+            let src = self.resolve(st, parent, name)?.ok_or(OvlError::Errno(Errno::NOENT))?;
+            let dst = self.resolve(st, newparent, newname)?;
+            if exchange && dst.is_none() {
+                return Err(Errno::NOENT.into());
             }
-        }
-        let src_lower_here = self.lower_has(&st, parent, name)?;
-        let dst_lower_here = self.lower_has(&st, newparent, newname)?;
-        self.copy_up(&mut st, src, true)?;
-        if let Some(d) = dst {
-            if exchange {
-                self.copy_up(&mut st, d, true)?;
-            } else {
-                self.copy_up_if_linked(&mut st, d)?;
+            if flags & RENAME_NOREPLACE != 0 && dst.is_some() {
+                return Err(Errno::EXIST.into());
             }
-        }
-        self.copy_up(&mut st, newparent, true)?;
-        let sdir = self.upper_dir(&st, parent)?;
-        let ddir = self.upper_dir(&st, newparent)?;
-        if skind == EntryKind::Directory {
-            self.prepare_moved_dir(&st, src, &sdir, name, dst_lower_here)?;
-        }
-        if exchange {
-            let d = dst.expect("checked");
-            if self.node(&st, d)?.kind == EntryKind::Directory {
-                self.prepare_moved_dir(&st, d, &ddir, newname, src_lower_here)?;
+            let skind = self.node(st, src)?.kind;
+            if dst == Some(src) {
+                return Ok(());
             }
-            rustix::fs::renameat_with(&sdir, name, &ddir, newname, RenameFlags::EXCHANGE)?;
-            if let Some(n) = st.nodes.get_mut(d) {
-                n.remove_name(newparent, newname);
-                n.names.insert(0, (parent, name.to_vec()));
-            }
-        } else {
-            let replaced = stat_at(ddir.as_fd(), newname)?;
-            if let Some(r) = &replaced {
-                if is_whiteout(r) {
-                    // A dir cannot be renamed over a character device; the name is free.
-                    rustix::fs::unlinkat(&ddir, newname, AtFlags::empty())?;
-                } else if kind_of_stat(r) == EntryKind::Directory {
-                    let d = rustix::fs::openat(
-                        &ddir,
-                        newname,
-                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )?;
-                    self.clear_whiteouts(&d)?;
-                }
-            }
-            let rflags = if src_lower_here {
-                RenameFlags::WHITEOUT
-            } else {
-                RenameFlags::empty()
-            };
-            rustix::fs::renameat_with(&sdir, name, &ddir, newname, rflags)?;
-            if let Some(r) = replaced.filter(|r| !is_whiteout(r)) {
-                if kind_of_stat(&r) == EntryKind::Directory || r.st_nlink <= 1 {
-                    st.nodes.drop_upper(r.st_ino);
-                }
+            if skind == EntryKind::Directory && st.nodes.is_within(newparent, src) {
+                return Err(Errno::INVAL.into());
             }
             if let Some(d) = dst {
-                if let Some(n) = st.nodes.get_mut(d) {
-                    n.remove_name(newparent, newname);
+                let dkind = self.node(st, d)?.kind;
+                if exchange {
+                    if dkind == EntryKind::Directory && st.nodes.is_within(parent, d) {
+                        return Err(Errno::INVAL.into());
+                    }
+                } else {
+                    match (skind == EntryKind::Directory, dkind == EntryKind::Directory) {
+                        (true, false) => return Err(Errno::NOTDIR.into()),
+                        (false, true) => return Err(Errno::ISDIR.into()),
+                        (true, true) if !self.listing(st, d)?.is_empty() => return Err(Errno::NOTEMPTY.into()),
+                        _ => {}
+                    }
                 }
             }
-        }
-        if let Some(n) = st.nodes.get_mut(src) {
-            n.remove_name(parent, name);
-            n.names.insert(0, (newparent, newname.to_vec()));
-        }
-        Ok(())
+            let src_lower_here = self.lower_has(st, parent, name)?;
+            let dst_lower_here = self.lower_has(st, newparent, newname)?;
+            self.copy_up(st, src, true)?;
+            if let Some(d) = dst {
+                if exchange {
+                    self.copy_up(st, d, true)?;
+                } else {
+                    self.copy_up_if_linked(st, d)?;
+                }
+            }
+            self.copy_up(st, newparent, true)?;
+            let sdir = self.upper_dir(st, parent)?;
+            let ddir = self.upper_dir(st, newparent)?;
+            if skind == EntryKind::Directory {
+                self.prepare_moved_dir(st, src, &sdir, name, dst_lower_here)?;
+            }
+            if exchange {
+                let d = dst.expect("checked");
+                if self.node(st, d)?.kind == EntryKind::Directory {
+                    self.prepare_moved_dir(st, d, &ddir, newname, src_lower_here)?;
+                }
+                rustix::fs::renameat_with(&sdir, name, &ddir, newname, RenameFlags::EXCHANGE)?;
+                st.nodes.remove_name(d, newparent, newname);
+                st.nodes.set_first_name(d, parent, name);
+            } else {
+                let replaced = stat_at(ddir.as_fd(), newname)?;
+                if let Some(r) = &replaced {
+                    if is_whiteout(r) {
+                        // A dir cannot be renamed over a character device; the name is free.
+                        rustix::fs::unlinkat(&ddir, newname, AtFlags::empty())?;
+                    } else if kind_of_stat(r) == EntryKind::Directory {
+                        let d = rustix::fs::openat(
+                            &ddir,
+                            newname,
+                            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                            Mode::empty(),
+                        )?;
+                        self.clear_whiteouts(&d)?;
+                    }
+                }
+                let rflags = if src_lower_here {
+                    RenameFlags::WHITEOUT
+                } else {
+                    RenameFlags::empty()
+                };
+                rustix::fs::renameat_with(&sdir, name, &ddir, newname, rflags)?;
+                if let Some(r) = replaced.filter(|r| !is_whiteout(r)) {
+                    if kind_of_stat(&r) == EntryKind::Directory || r.st_nlink <= 1 {
+                        st.nodes.drop_upper(r.st_ino);
+                    }
+                }
+                if let Some(d) = dst {
+                    st.nodes.remove_name(d, newparent, newname);
+                }
+            }
+            st.nodes.remove_name(src, parent, name);
+            st.nodes.set_first_name(src, newparent, newname);
+            Ok(())
+        })
     }
 }

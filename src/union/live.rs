@@ -327,6 +327,15 @@ impl LiveUnion {
         })
     }
 
+    /// [`Self::lookup`] without waiting: `None` while the answer can still change.
+    pub fn lookup_now(&self, parent: u64, name: &[u8]) -> Result<Option<Option<u64>>, LiveError> {
+        let st = self.state.read();
+        if self.is_complete() || st.settled(parent, name)? {
+            return Ok(Some(st.union.child(parent, name)));
+        }
+        Ok(None)
+    }
+
     /// Wait until every layer is merged whole.
     pub fn wait_complete(&self) -> Result<(), LiveError> {
         if self.is_complete() {

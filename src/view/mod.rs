@@ -277,6 +277,22 @@ impl ImageView {
         self.live.lookup(parent, name, |_, child| child).map_err(OpError::Live)
     }
 
+    /// [`Self::child`] without waiting: `None` while the answer can still change (for
+    /// callers that must not wait holding a lock of their own).
+    pub fn child_now(&self, parent: u64, name: &[u8]) -> Result<Option<Option<u64>>, OpError> {
+        self.live.lookup_now(parent, name).map_err(OpError::Live)
+    }
+
+    /// Whether the union is whole (no lookup or listing waits any more).
+    pub fn is_complete(&self) -> bool {
+        self.live.is_complete()
+    }
+
+    /// Wait until the union is whole.
+    pub fn wait_complete(&self) -> Result<(), OpError> {
+        self.live.wait_complete().map_err(OpError::Live)
+    }
+
     /// The children of union directory `ino` (once the union is whole).
     pub fn children(&self, ino: u64) -> Result<Vec<(Vec<u8>, u64)>, OpError> {
         self.live.wait_complete().map_err(OpError::Live)?;

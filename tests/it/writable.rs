@@ -1,12 +1,15 @@
 //! The writable layer against its oracle, kernel overlayfs (`redirect_dir=on,index=on`) over the
 //! same layers unpacked by umoci: the same seeded random operations on both, outcome by
 //! outcome, then the final trees entry by entry; the upper directory survives a remount and
-//! the kernel's overlayfs mounted on lamina's upper directory shows the same tree.
+//! the kernel's overlayfs mounted on lamina's upper directory shows the same tree; a copy-up
+//! that waits for the registry holds up nothing but its own file.
 
 use std::process::Command;
 
-use crate::support::mount::fixture;
+use crate::support::layers::noise;
+use crate::support::mount::{fixture, Mounted};
 use crate::support::overlay::{env_count, env_list, same_outcomes, KernelOverlay};
+use crate::support::poll;
 use crate::support::run;
 use crate::support::tree::{assert_same_tree_except, Mtimes};
 
@@ -220,4 +223,106 @@ fn metacopy_is_off_by_default_and_kernel_overlayfs_reads_the_upper_with_defaults
     use std::os::unix::fs::MetadataExt;
     let st = std::fs::metadata(k.point.join("usr/lib/big")).unwrap();
     assert_eq!((st.uid(), st.gid()), (42, 43));
+}
+
+/// Issue 13, item 3: while one file's copy-up waits for the registry, `stat`, `ls` and reads
+/// of a cached file on the same mount go on; a second opener of the same file waits for that
+/// copy-up, and both see its bytes once it lands.
+///
+/// The fault proxy holds the copy-up's fetch (it answers the Range request's headers and then
+/// nothing until the test says so), so the copy-up is provably in progress the whole time the
+/// other operations run; no timing threshold is involved. With one lock held across the
+/// fetch (as before this test), none of them ends until the fetch does, and the poll below
+/// fails after its deadline.
+#[test]
+fn issue13_stat_ls_and_cached_reads_go_on_during_a_held_copy_up() {
+    let Some(f) = fixture(&["python3"]) else {
+        return;
+    };
+    let w = f.work.path();
+    let mode = w.join("fault-mode");
+    std::fs::write(&mode, "pass").unwrap();
+    let log = w.join("proxy.log");
+    let (_proxy, proxy_addr) = crate::fetching::fault_proxy(&f.registry.addr, &mode, &log);
+    let image = f.converted.replace(&f.registry.addr, &proxy_addr);
+    let m = Mounted::new(
+        &image,
+        &w.join("mnt"),
+        &f.cache(),
+        &[
+            "--upper",
+            w.join("upper").to_str().unwrap(),
+            "--fetch-timeout",
+            "600",
+            "--prefetch",
+            "none",
+        ],
+    );
+    let lib = m.point.join("usr/lib");
+    let cached = noise(70_000, 3);
+    assert_eq!(std::fs::read(lib.join("libx.so.2")).unwrap(), cached);
+
+    // Every blob request from now on is held before its first body byte.
+    std::fs::write(&mode, "hold:0").unwrap();
+    let open_for_write = |name: &str| {
+        let path = lib.join(name);
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || -> std::io::Result<()> {
+            tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get()).unwrap();
+            let file = std::fs::OpenOptions::new().write(true).open(path)?;
+            std::os::unix::fs::FileExt::write_all_at(&file, b"head", 0)
+        });
+        (t, tid_rx.recv().unwrap())
+    };
+    let (writer, _) = open_for_write("big");
+    poll::until("the copy-up's fetch to be held by the proxy", || {
+        std::fs::read_to_string(&log).unwrap().contains("HOLD").then_some(())
+    });
+
+    // Meanwhile, on other files: stat (a fresh lookup), ls, and a read of a cached file that
+    // the daemon must serve (its open, and its pages dropped from the kernel's cache).
+    let others = {
+        let lib = lib.clone();
+        std::thread::spawn(move || {
+            let size = std::fs::symlink_metadata(lib.join("libx.so.1")).unwrap().len();
+            let names = crate::support::dir_names(&lib);
+            let file = std::fs::File::open(lib.join("libx.so.2")).unwrap();
+            rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut &file, &mut bytes).unwrap();
+            let big_size = std::fs::metadata(lib.join("big")).unwrap().len();
+            std::fs::write(lib.join("new-during-copy-up"), b"x").unwrap();
+            (size, names, bytes, big_size)
+        })
+    };
+    poll::until("the other operations (or the copy-up) to end", || {
+        (others.is_finished() || writer.is_finished()).then_some(())
+    });
+    assert!(!writer.is_finished(), "the copy-up ended while its fetch was held");
+    let (size, names, bytes, big_size) = others.join().unwrap();
+    assert_eq!(size, 1 << 20);
+    assert!(
+        names.iter().any(|n| n == "big") && names.iter().any(|n| n == "libx.so.2"),
+        "{names:?}"
+    );
+    assert!(bytes == cached, "the cached file read back wrong");
+    assert_eq!(big_size, 6 << 20, "the file being copied up shows its lower size");
+
+    // A second opener of the same file waits for that copy-up (blocked in openat).
+    let (second, tid) = open_for_write("big");
+    poll::until("the second opener to wait in openat", || {
+        let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap_or_default();
+        let nr = s.split_whitespace().next().and_then(|n| n.parse::<u32>().ok());
+        nr.filter(|n| !cfg!(target_arch = "x86_64") || *n == 257)
+    });
+    assert!(!writer.is_finished() && !second.is_finished());
+
+    // Let the fetch go: both openers get the copied-up file.
+    std::fs::write(&mode, "pass").unwrap();
+    writer.join().unwrap().unwrap();
+    second.join().unwrap().unwrap();
+    let mut want = noise(6 << 20, 42);
+    want[..4].copy_from_slice(b"head");
+    assert!(std::fs::read(lib.join("big")).unwrap() == want, "big after the copy-up");
+    assert!(std::fs::read(w.join("upper/upper/usr/lib/big")).unwrap() == want);
 }
