@@ -3,7 +3,7 @@
 //! - a layer the registry refuses for good (404, 410, 401 after authenticating, 403): every
 //!   later read of it fails at once, and `lamina stats` says why;
 //! - a registry that cannot be reached (connection refused, no answer, a stalled body, 5xx):
-//!   for [`UNREACHABLE_BACKOFF`] after such a failure, reads that need the network fail at
+//!   for [`UNREACHABLE_BACKOFF`] (1 s) after such a failure, reads that need the network fail at
 //!   once instead of waiting their deadline again (the kernel follows a failed read-ahead
 //!   read with a read of its own: one deadline per read, not two). The first read after the
 //!   backoff tries again, so the mount recovers by itself when the registry returns.
@@ -18,7 +18,7 @@ use crate::digest::Digest;
 use crate::registry::RegistryError;
 
 /// How long reads fail fast after the registry could not be reached.
-pub const UNREACHABLE_BACKOFF: Duration = Duration::from_secs(5);
+pub const UNREACHABLE_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Health of the registry behind a fetcher.
 #[derive(Default)]

@@ -138,8 +138,11 @@ fn plain_gzip_images_mount_and_then_come_from_the_cache() {
         first,
         "a second mount of a plain image fetched blob bytes"
     );
+    // Gone (a live mount's plain-layer chunks are pinned), the chunks leave the cache (the
+    // indexes stay): the layers are streamed again.
+    m.unmount();
+    m.wait_daemon_gone("before gc");
     drop(m);
-    // The chunks leave the cache (the indexes stay): the layers are streamed again.
     let out = lamina()
         .args(["cache", "gc", "--max-bytes", "0"])
         .env("LAMINA_CACHE_DIR", &cache)
