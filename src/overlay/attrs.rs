@@ -70,7 +70,8 @@ impl OverlayFs {
                     Ok(f(dir.as_fd(), &name)?)
                 }
             };
-            if c.uid.is_some() || c.gid.is_some() {
+            if c.uid.is_some() || c.gid.is_some() || c.is_empty() {
+                // An empty change (`chown(f, -1, -1)`) still moves ctime, as the kernel's.
                 at(&|d, n| {
                     rustix::fs::chownat(
                         d,
@@ -106,7 +107,7 @@ impl OverlayFs {
 
     /// The changes `c` on the open upper regular file `fd`, in `setattr`'s order.
     fn setattr_fd(fd: &OwnedFd, c: &AttrChange) -> Result<()> {
-        if c.uid.is_some() || c.gid.is_some() {
+        if c.uid.is_some() || c.gid.is_some() || c.is_empty() {
             rustix::fs::fchown(
                 fd,
                 c.uid.map(rustix::fs::Uid::from_raw),

@@ -1,0 +1,49 @@
+//! Single overlayfs semantics of the writable layer, each against kernel overlayfs
+//! (`redirect_dir=on,index=on`) over the same layers: fixed steps
+//! (`support/overlay_cases.py`), outcome by outcome. The cases are the differences an
+//! fsstress comparison found (issue 13, "External suites").
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::mount::{fixture, Fixture};
+use crate::support::overlay::{run_script, KernelOverlay};
+
+/// Clears immutable/append-only flags under `dirs` when dropped (the driver clears what it
+/// sets, this is for a driver that was killed), so the test's directory can be removed.
+struct ClearFlags<'a>(Vec<&'a Path>);
+
+impl Drop for ClearFlags<'_> {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = Command::new("chattr").args(["-R", "-i", "-a"]).arg(d).output();
+        }
+    }
+}
+
+/// Run `case` of the driver on a fresh lamina mount and a fresh kernel overlayfs.
+fn same_as_kernel(f: &Fixture, case: &str) {
+    let dir = f.work.path().join(case);
+    let (k_upper, l_upper) = (dir.join("k-upper"), dir.join("lamina-upper"));
+    let _clear = ClearFlags(vec![&k_upper, &l_upper]);
+    let k = KernelOverlay::mount(
+        &f.oracle,
+        &k_upper,
+        &dir.join("k-work"),
+        &dir.join("k-mnt"),
+        "redirect_dir=on,index=on",
+    );
+    let m = f.mount_upper(&format!("{case}/mnt"), &l_upper, &[]);
+    run_script(
+        "overlay_cases.py",
+        &[case.as_ref(), m.point.as_os_str(), k.point.as_os_str()],
+        "lamina and kernel overlayfs disagree",
+    );
+}
+
+#[test]
+fn chown_to_the_same_owner_moves_ctime_as_kernel_overlayfs() {
+    if let Some(f) = fixture(&["python3"]) {
+        same_as_kernel(&f, "chown-ctime");
+    }
+}
