@@ -47,3 +47,13 @@ fn chown_to_the_same_owner_moves_ctime_as_kernel_overlayfs() {
         same_as_kernel(&f, "chown-ctime");
     }
 }
+
+/// The kernel's FUSE answers COLLAPSE_RANGE/INSERT_RANGE with EOPNOTSUPP itself; lamina would
+/// pass them on to the upper file (whose file system then answers as under kernel overlayfs).
+/// Fails once a kernel forwards them: then the known difference in the driver must go.
+#[test]
+fn fallocate_collapse_and_insert_range_differ_from_kernel_overlayfs_only_as_fuse_forces() {
+    if let Some(f) = fixture(&["python3"]) {
+        same_as_kernel(&f, "fallocate-ranges");
+    }
+}
