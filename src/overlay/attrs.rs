@@ -12,7 +12,33 @@ use crate::model::EntryKind;
 use crate::union::ROOT_INO;
 use crate::upper::{self, is_whiteout, stat_at};
 
+use super::data::check_write_open;
 use super::ops::{check_new_name, time_arg, AttrChange};
+
+/// `FS_IOC_GETFLAGS` and `FS_IOC_SETFLAGS` (`_IOR('f', 1, long)`, `_IOW('f', 2, long)`; the
+/// kernel passes an int).
+const FS_IOC_GETFLAGS: u32 = 0x8008_6601;
+const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
+/// `FS_IOC_FSGETXATTR` (`_IOR('X', 31, struct fsxattr)`).
+const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
+
+/// `struct fsxattr` (28 bytes) for inode flags `flags`: the flags that have an `FS_XFLAG_*`
+/// twin, mapped as the kernel's `fileattr_fill_flags` maps them; no extent size nor project.
+fn fsxattr_of(flags: u32) -> [u8; 28] {
+    const TWINS: [(u32, u32); 7] = [
+        (0x08, 0x20),          // SYNC
+        (0x10, 0x08),          // IMMUTABLE
+        (0x20, 0x10),          // APPEND
+        (0x40, 0x80),          // NODUMP
+        (0x80, 0x40),          // NOATIME
+        (0x0200_0000, 0x8000), // DAX
+        (0x2000_0000, 0x200),  // PROJINHERIT
+    ];
+    let xflags = TWINS.iter().filter(|(f, _)| flags & f != 0).fold(0, |x, (_, t)| x | t);
+    let mut out = [0u8; 28];
+    out[..4].copy_from_slice(&u32::to_ne_bytes(xflags));
+    out
+}
 
 impl OverlayFs {
     /// `link`
@@ -57,6 +83,9 @@ impl OverlayFs {
             if let Some(fd) = self.node(st, ino)?.fd.clone() {
                 // An open upper file (tar's fchown, fchmod, futimens after writing): its
                 // descriptor, no path walk.
+                if c.size.is_some() {
+                    check_write_open(&fd, 0)?;
+                }
                 Self::setattr_fd(&fd, c)?;
                 return self.attr(st, ino);
             }
@@ -92,6 +121,7 @@ impl OverlayFs {
                     return Err(Errno::INVAL.into());
                 }
                 let fd = self.file_fd(st, ino)?;
+                check_write_open(&fd, 0)?;
                 rustix::fs::ftruncate(&*fd, size)?;
             }
             if c.atime.is_some() || c.mtime.is_some() {
@@ -128,6 +158,60 @@ impl OverlayFs {
             rustix::fs::futimens(fd, &times)?;
         }
         Ok(())
+    }
+
+    /// `ioctl`: chattr/lsattr (the kernel sends these for regular files and directories);
+    /// the bytes to give back, or None for a command not handled here.
+    pub fn op_ioctl(&self, ino: u64, cmd: u32, in_data: &[u8]) -> Option<Result<Vec<u8>>> {
+        Some(match cmd {
+            FS_IOC_GETFLAGS => self.op_getflags(ino).map(|f| f.to_ne_bytes().to_vec()),
+            // What the kernel asks before a SETFLAGS, to see which flags change.
+            FS_IOC_FSGETXATTR => self.op_getflags(ino).map(|f| fsxattr_of(f).to_vec()),
+            // (`_IOW`: the kernel takes no bytes back.)
+            FS_IOC_SETFLAGS => match in_data.get(..4) {
+                Some(b) => self
+                    .op_setflags(ino, u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                    .map(|()| Vec::new()),
+                None => Err(Errno::INVAL.into()),
+            },
+            _ => return None,
+        })
+    }
+
+    /// `FS_IOC_GETFLAGS`: the upper object's inode flags (`chattr`'s); a lower object has none.
+    pub fn op_getflags(&self, ino: u64) -> Result<u32> {
+        self.locked(|st| {
+            if !self.node(st, ino)?.upper {
+                return Ok(0);
+            }
+            Ok(rustix::fs::ioctl_getflags(self.flags_fd(st, ino)?)?.bits())
+        })
+    }
+
+    /// `FS_IOC_SETFLAGS` (the kernel has checked the caller may): copy up, then set them on the
+    /// upper object, where its file system keeps and enforces them (immutable, append-only)
+    /// as it does for kernel overlayfs (handles open before keep their access, as there).
+    pub fn op_setflags(&self, ino: u64, flags: u32) -> Result<()> {
+        self.locked(|st| {
+            let kind = self.node(st, ino)?.kind;
+            if kind != EntryKind::Regular && kind != EntryKind::Directory {
+                return Err(Errno::NOTTY.into());
+            }
+            self.copy_up(st, ino, true)?;
+            rustix::fs::ioctl_setflags(self.flags_fd(st, ino)?, rustix::fs::IFlags::from_bits_retain(flags))?;
+            Ok(())
+        })
+    }
+
+    /// A read-only descriptor of upper object `ino` for the flags ioctls.
+    fn flags_fd(&self, st: &State, ino: u64) -> Result<OwnedFd> {
+        let (dir, name) = self.upper_entry(st, ino)?;
+        let name: &[u8] = if name.is_empty() { b"." } else { &name };
+        let how = rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::NONBLOCK
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC;
+        Ok(rustix::fs::openat(&dir, name, how, Mode::empty())?)
     }
 
     /// `setxattr` (`value` Some) and `removexattr` (None).
@@ -238,5 +322,32 @@ impl OverlayFs {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fsxattr_of;
+
+    #[test]
+    fn inode_flags_map_to_their_fsxattr_twins() {
+        // (FS_*_FL bits, FS_XFLAG_* bits)
+        let cases = [
+            (0, 0),
+            (0x10, 0x08),            // immutable
+            (0x20, 0x10),            // append-only
+            (0x10 | 0x20, 0x18),     // both
+            (0x8_0000, 0),           // extents: no twin
+            (0x80 | 0x8_0000, 0x40), // noatime, extents dropped
+        ];
+        for (flags, xflags) in cases {
+            let out = fsxattr_of(flags);
+            assert_eq!(
+                u32::from_ne_bytes([out[0], out[1], out[2], out[3]]),
+                xflags,
+                "{flags:#x}"
+            );
+            assert!(out[4..].iter().all(|b| *b == 0));
+        }
     }
 }

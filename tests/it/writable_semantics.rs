@@ -8,6 +8,7 @@ use std::process::Command;
 
 use crate::support::mount::{fixture, Fixture};
 use crate::support::overlay::{run_script, KernelOverlay};
+use crate::support::run;
 
 /// Clears immutable/append-only flags under `dirs` when dropped (the driver clears what it
 /// sets, this is for a driver that was killed), so the test's directory can be removed.
@@ -56,4 +57,38 @@ fn fallocate_collapse_and_insert_range_differ_from_kernel_overlayfs_only_as_fuse
     if let Some(f) = fixture(&["python3"]) {
         same_as_kernel(&f, "fallocate-ranges");
     }
+}
+
+#[test]
+fn immutable_and_append_only_flags_are_kept_and_enforced_as_kernel_overlayfs() {
+    let Some(f) = fixture(&["python3", "chattr", "lsattr"]) else {
+        return;
+    };
+    same_as_kernel(&f, "file-flags");
+
+    // Kept on lamina's upper file, where its file system enforces them, and survive a remount.
+    // (Kernel overlayfs ≥ 5.15 keeps them in `trusted.overlay.protattr` instead: see
+    // ARCHITECTURE.md.)
+    let w = f.work.path().join("kept");
+    let upper = w.join("upper");
+    let _clear = ClearFlags(vec![&upper]);
+    let m = f.mount_upper("kept/mnt", &upper, &[]);
+    run(Command::new("chattr").arg("+a").arg(m.point.join("etc/chmod-me")));
+    let shown = run(Command::new("lsattr").arg(upper.join("upper/etc/chmod-me")));
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(
+        shown.split_whitespace().next().is_some_and(|f| f.contains('a')),
+        "{shown}"
+    );
+    m.unmount();
+    drop(m);
+    let m = f.mount_upper("kept/mnt2", &upper, &[]);
+    let file = m.point.join("etc/chmod-me");
+    let overwrite = std::fs::OpenOptions::new().write(true).open(&file).unwrap_err();
+    assert_eq!(overwrite.raw_os_error(), Some(1), "EPERM expected: {overwrite}");
+    let mut append = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
+    std::io::Write::write_all(&mut append, b"appended\n").unwrap();
+    drop(append);
+    run(Command::new("chattr").arg("-a").arg(&file));
+    std::fs::remove_file(&file).unwrap();
 }
