@@ -40,6 +40,40 @@ fn fsxattr_of(flags: u32) -> [u8; 28] {
     out
 }
 
+/// Where kernel overlayfs (≥ 5.15) records an object's immutable/append-only flags.
+const PROTATTR: &str = "trusted.overlay.protattr";
+/// `FS_APPEND_FL`, `FS_IMMUTABLE_FL`.
+const APPEND_FL: u32 = 0x20;
+const IMMUTABLE_FL: u32 = 0x10;
+
+/// Inode flags `flags` on the upper object `fd`, with immutable/append-only also recorded
+/// as kernel overlayfs records them (`trusted.overlay.protattr`, `"a"`, `"i"` or `"ai"`), so
+/// that kernel overlayfs over the upper shows and enforces them. A flagged inode takes no
+/// xattr change: its protection flags go first, the record changes, the new flags come last.
+fn set_flags_and_protattr(fd: &OwnedFd, flags: u32) -> Result<()> {
+    use rustix::fs::IFlags;
+    let prot = APPEND_FL | IMMUTABLE_FL;
+    let now = rustix::fs::ioctl_getflags(fd)?.bits();
+    if now & prot != 0 {
+        rustix::fs::ioctl_setflags(fd, IFlags::from_bits_retain(now & !prot))?;
+    }
+    let record: Vec<u8> = [(APPEND_FL, b'a'), (IMMUTABLE_FL, b'i')]
+        .iter()
+        .filter(|(f, _)| flags & f != 0)
+        .map(|(_, c)| *c)
+        .collect();
+    if record.is_empty() {
+        match rustix::fs::fremovexattr(fd, PROTATTR) {
+            Ok(()) | Err(Errno::NODATA) => {}
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        rustix::fs::fsetxattr(fd, PROTATTR, &record, rustix::fs::XattrFlags::empty())?;
+    }
+    rustix::fs::ioctl_setflags(fd, IFlags::from_bits_retain(flags))?;
+    Ok(())
+}
+
 impl OverlayFs {
     /// `link`
     pub fn op_link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<FileAttr> {
@@ -198,8 +232,7 @@ impl OverlayFs {
                 return Err(Errno::NOTTY.into());
             }
             self.copy_up(st, ino, true)?;
-            rustix::fs::ioctl_setflags(self.flags_fd(st, ino)?, rustix::fs::IFlags::from_bits_retain(flags))?;
-            Ok(())
+            set_flags_and_protattr(&self.flags_fd(st, ino)?, flags)
         })
     }
 

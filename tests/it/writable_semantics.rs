@@ -61,14 +61,14 @@ fn fallocate_collapse_and_insert_range_differ_from_kernel_overlayfs_only_as_fuse
 
 #[test]
 fn immutable_and_append_only_flags_are_kept_and_enforced_as_kernel_overlayfs() {
-    let Some(f) = fixture(&["python3", "chattr", "lsattr"]) else {
+    let Some(f) = fixture(&["python3", "chattr", "lsattr", "getfattr"]) else {
         return;
     };
     same_as_kernel(&f, "file-flags");
 
-    // Kept on lamina's upper file, where its file system enforces them, and survive a remount.
-    // (Kernel overlayfs ≥ 5.15 keeps them in `trusted.overlay.protattr` instead: see
-    // ARCHITECTURE.md.)
+    // Kept on lamina's upper file, where its file system enforces them, and recorded as kernel
+    // overlayfs records them (`trusted.overlay.protattr`): after a remount, and under kernel
+    // overlayfs over lamina's upper, an overwrite is refused and an append goes through.
     let w = f.work.path().join("kept");
     let upper = w.join("upper");
     let _clear = ClearFlags(vec![&upper]);
@@ -80,15 +80,30 @@ fn immutable_and_append_only_flags_are_kept_and_enforced_as_kernel_overlayfs() {
         shown.split_whitespace().next().is_some_and(|f| f.contains('a')),
         "{shown}"
     );
+    let record = run(Command::new("getfattr")
+        .args(["--absolute-names", "--only-values", "-n", "trusted.overlay.protattr"])
+        .arg(upper.join("upper/etc/chmod-me")));
+    assert_eq!(record.stdout, b"a");
     m.unmount();
     drop(m);
+    let only_appends = |file: &Path| {
+        let overwrite = std::fs::OpenOptions::new().write(true).open(file).unwrap_err();
+        assert_eq!(overwrite.raw_os_error(), Some(1), "EPERM expected: {overwrite}");
+        let mut append = std::fs::OpenOptions::new().append(true).open(file).unwrap();
+        std::io::Write::write_all(&mut append, b"appended\n").unwrap();
+    };
+    {
+        let k = KernelOverlay::over_lamina_upper(&f.oracle, &upper, &w.join("k-mnt"));
+        only_appends(&k.point.join("etc/chmod-me"));
+    }
     let m = f.mount_upper("kept/mnt2", &upper, &[]);
     let file = m.point.join("etc/chmod-me");
-    let overwrite = std::fs::OpenOptions::new().write(true).open(&file).unwrap_err();
-    assert_eq!(overwrite.raw_os_error(), Some(1), "EPERM expected: {overwrite}");
-    let mut append = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
-    std::io::Write::write_all(&mut append, b"appended\n").unwrap();
-    drop(append);
+    only_appends(&file);
     run(Command::new("chattr").arg("-a").arg(&file));
+    let left = run(Command::new("getfattr")
+        .args(["--absolute-names", "-d", "-m", "-"])
+        .arg(upper.join("upper/etc/chmod-me")));
+    let left = String::from_utf8_lossy(&left.stdout).into_owned();
+    assert!(!left.contains("protattr"), "the record outlives the flags: {left}");
     std::fs::remove_file(&file).unwrap();
 }
