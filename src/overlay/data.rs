@@ -21,6 +21,7 @@ use crate::model::EntryKind;
 const O_ACCMODE: i32 = 0o3;
 const O_RDONLY: i32 = 0;
 const O_TRUNC: i32 = 0o1000;
+const O_APPEND: i32 = 0o2000;
 
 /// A directory listing: name, inode, type.
 pub type Listing = Vec<(Vec<u8>, u64, FileType)>;
@@ -49,6 +50,37 @@ impl Handles {
     }
 }
 
+/// The descriptor an upper file's handles share: read-write; for an append-only file (which
+/// the kernel opens for writing only with `O_APPEND`) appending; for an immutable one read-only.
+fn open_shared(dir: &OwnedFd, name: &[u8]) -> Result<OwnedFd> {
+    let base = OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut last = Errno::PERM;
+    for access in [OFlags::RDWR, OFlags::RDWR | OFlags::APPEND, OFlags::RDONLY] {
+        match rustix::fs::openat(dir, name, base | access, Mode::empty()) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::PERM) => last = Errno::PERM,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last.into())
+}
+
+/// EPERM for an open for writing (`flags`; 0 for a truncate) that the upper file's immutable
+/// or append-only flag forbids, as the VFS refuses it on kernel overlayfs (whose inode
+/// carries the flags).
+pub(super) fn check_write_open(fd: &OwnedFd, flags: i32) -> Result<()> {
+    use rustix::fs::IFlags;
+    // A file system without these flags has none set.
+    let Ok(f) = rustix::fs::ioctl_getflags(fd) else {
+        return Ok(());
+    };
+    let append_only = f.contains(IFlags::APPEND) && (flags & O_APPEND == 0 || flags & O_TRUNC != 0);
+    if f.contains(IFlags::IMMUTABLE) || append_only {
+        return Err(Errno::PERM.into());
+    }
+    Ok(())
+}
+
 pub(super) fn pwrite_all(fd: &OwnedFd, mut data: &[u8], mut offset: u64) -> Result<()> {
     while !data.is_empty() {
         let n = rustix::io::pwrite(fd, data, offset)?;
@@ -72,13 +104,23 @@ impl OverlayFs {
             return Err(Errno::INVAL.into());
         }
         let (dir, name) = self.upper_entry(st, ino)?;
-        let fd = rustix::fs::openat(
-            &dir,
-            name.as_slice(),
-            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        Ok(Arc::new(fd))
+        Ok(Arc::new(open_shared(&dir, &name)?))
+    }
+
+    /// `fd`, the shared descriptor of upper file `ino`, if it can write anywhere; else (it was
+    /// opened while the file was immutable or append-only, and no longer is) a fresh one that
+    /// the file's handles share from now on (a passthrough handle keeps its backing file).
+    fn writable_shared_fd(&self, st: &mut State, ino: u64, fd: Arc<OwnedFd>) -> Result<Arc<OwnedFd>> {
+        let how = rustix::fs::fcntl_getfl(&*fd)?;
+        if how.contains(OFlags::RDWR) && !how.contains(OFlags::APPEND) {
+            return Ok(fd);
+        }
+        let (dir, name) = self.upper_entry(st, ino)?;
+        let fresh = Arc::new(open_shared(&dir, &name)?);
+        if let Some(n) = st.nodes.get_mut(ino).filter(|n| n.fd.is_some()) {
+            n.fd = Some(fresh.clone());
+        }
+        Ok(fresh)
     }
 
     /// A handle for upper file `ino` with descriptor `fd`: passthrough when the kernel allows.
@@ -140,7 +182,11 @@ impl OverlayFs {
             }
             let n = self.node(st, ino)?;
             if n.upper && !n.metacopy && kind == EntryKind::Regular {
-                let fd = self.file_fd(st, ino)?;
+                let mut fd = self.file_fd(st, ino)?;
+                if write || trunc {
+                    check_write_open(&fd, flags)?;
+                    fd = self.writable_shared_fd(st, ino, fd)?;
+                }
                 if trunc {
                     rustix::fs::ftruncate(&*fd, 0)?;
                 }

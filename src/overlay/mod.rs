@@ -562,14 +562,18 @@ impl Filesystem for OverlayFs {
     fn ioctl(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: fuser::FileHandle,
         _flags: fuser::IoctlFlags,
         cmd: u32,
-        _in_data: &[u8],
+        in_data: &[u8],
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        self.lower.reply_unsupported_ioctl(cmd, reply);
+        match self.op_ioctl(ino.0, cmd, in_data) {
+            Some(Ok(out)) => reply.ioctl(0, &out),
+            Some(Err(e)) => reply.error(errno(&e)),
+            None => self.lower.reply_unsupported_ioctl(cmd, reply),
+        }
     }
 }

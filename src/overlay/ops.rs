@@ -50,6 +50,14 @@ pub struct AttrChange {
     pub mtime: Option<TimeOrNow>,
 }
 
+impl AttrChange {
+    /// Nothing but ctime changes (`chown(f, -1, -1)`).
+    pub fn is_empty(&self) -> bool {
+        let times = self.atime.is_none() && self.mtime.is_none();
+        self.mode.is_none() && self.uid.is_none() && self.gid.is_none() && self.size.is_none() && times
+    }
+}
+
 const RENAME_NOREPLACE: u32 = 1;
 const RENAME_EXCHANGE: u32 = 2;
 

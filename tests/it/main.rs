@@ -18,3 +18,4 @@ mod restart;
 mod support;
 mod tarsplit;
 mod writable;
+mod writable_semantics;

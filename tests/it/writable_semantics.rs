@@ -1,0 +1,109 @@
+//! Single overlayfs semantics of the writable layer, each against kernel overlayfs
+//! (`redirect_dir=on,index=on`) over the same layers: fixed steps
+//! (`support/overlay_cases.py`), outcome by outcome. The cases are the differences an
+//! fsstress comparison found (issue 13, "External suites").
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::mount::{fixture, Fixture};
+use crate::support::overlay::{run_script, KernelOverlay};
+use crate::support::run;
+
+/// Clears immutable/append-only flags under `dirs` when dropped (the driver clears what it
+/// sets, this is for a driver that was killed), so the test's directory can be removed.
+struct ClearFlags<'a>(Vec<&'a Path>);
+
+impl Drop for ClearFlags<'_> {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = Command::new("chattr").args(["-R", "-i", "-a"]).arg(d).output();
+        }
+    }
+}
+
+/// Run `case` of the driver on a fresh lamina mount and a fresh kernel overlayfs.
+fn same_as_kernel(f: &Fixture, case: &str) {
+    let dir = f.work.path().join(case);
+    let (k_upper, l_upper) = (dir.join("k-upper"), dir.join("lamina-upper"));
+    let _clear = ClearFlags(vec![&k_upper, &l_upper]);
+    let k = KernelOverlay::mount(
+        &f.oracle,
+        &k_upper,
+        &dir.join("k-work"),
+        &dir.join("k-mnt"),
+        "redirect_dir=on,index=on",
+    );
+    let m = f.mount_upper(&format!("{case}/mnt"), &l_upper, &[]);
+    run_script(
+        "overlay_cases.py",
+        &[case.as_ref(), m.point.as_os_str(), k.point.as_os_str()],
+        "lamina and kernel overlayfs disagree",
+    );
+}
+
+#[test]
+fn chown_to_the_same_owner_moves_ctime_as_kernel_overlayfs() {
+    if let Some(f) = fixture(&["python3"]) {
+        same_as_kernel(&f, "chown-ctime");
+    }
+}
+
+/// The kernel's FUSE answers COLLAPSE_RANGE/INSERT_RANGE with EOPNOTSUPP itself; lamina would
+/// pass them on to the upper file (whose file system then answers as under kernel overlayfs).
+/// Fails once a kernel forwards them: then the known difference in the driver must go.
+#[test]
+fn fallocate_collapse_and_insert_range_differ_from_kernel_overlayfs_only_as_fuse_forces() {
+    if let Some(f) = fixture(&["python3"]) {
+        same_as_kernel(&f, "fallocate-ranges");
+    }
+}
+
+#[test]
+fn immutable_and_append_only_flags_are_kept_and_enforced_as_kernel_overlayfs() {
+    let Some(f) = fixture(&["python3", "chattr", "lsattr", "getfattr"]) else {
+        return;
+    };
+    same_as_kernel(&f, "file-flags");
+
+    // Kept on lamina's upper file, where its file system enforces them, and recorded as kernel
+    // overlayfs records them (`trusted.overlay.protattr`): after a remount, and under kernel
+    // overlayfs over lamina's upper, an overwrite is refused and an append goes through.
+    let w = f.work.path().join("kept");
+    let upper = w.join("upper");
+    let _clear = ClearFlags(vec![&upper]);
+    let m = f.mount_upper("kept/mnt", &upper, &[]);
+    run(Command::new("chattr").arg("+a").arg(m.point.join("etc/chmod-me")));
+    let shown = run(Command::new("lsattr").arg(upper.join("upper/etc/chmod-me")));
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(
+        shown.split_whitespace().next().is_some_and(|f| f.contains('a')),
+        "{shown}"
+    );
+    let record = run(Command::new("getfattr")
+        .args(["--absolute-names", "--only-values", "-n", "trusted.overlay.protattr"])
+        .arg(upper.join("upper/etc/chmod-me")));
+    assert_eq!(record.stdout, b"a");
+    m.unmount();
+    drop(m);
+    let only_appends = |file: &Path| {
+        let overwrite = std::fs::OpenOptions::new().write(true).open(file).unwrap_err();
+        assert_eq!(overwrite.raw_os_error(), Some(1), "EPERM expected: {overwrite}");
+        let mut append = std::fs::OpenOptions::new().append(true).open(file).unwrap();
+        std::io::Write::write_all(&mut append, b"appended\n").unwrap();
+    };
+    {
+        let k = KernelOverlay::over_lamina_upper(&f.oracle, &upper, &w.join("k-mnt"));
+        only_appends(&k.point.join("etc/chmod-me"));
+    }
+    let m = f.mount_upper("kept/mnt2", &upper, &[]);
+    let file = m.point.join("etc/chmod-me");
+    only_appends(&file);
+    run(Command::new("chattr").arg("-a").arg(&file));
+    let left = run(Command::new("getfattr")
+        .args(["--absolute-names", "-d", "-m", "-"])
+        .arg(upper.join("upper/etc/chmod-me")));
+    let left = String::from_utf8_lossy(&left.stdout).into_owned();
+    assert!(!left.contains("protattr"), "the record outlives the flags: {left}");
+    std::fs::remove_file(&file).unwrap();
+}
