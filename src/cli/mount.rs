@@ -131,14 +131,14 @@ pub(super) fn stats(args: StatsArgs) -> anyhow::Result<()> {
         s.timeouts
     )?;
     outln!(
-        "prefetch   {} fetched ahead, {} used, {} not (yet) used{}",
+        "prefetch   {} fetched ahead, {} used, {} not (yet) used; {}",
         mb(s.prefetched_bytes),
         mb(s.prefetch_used_bytes),
         mb(s.prefetched_bytes.saturating_sub(s.prefetch_used_bytes)),
-        if s.profile_stopped {
-            "; access profile stopped: the workload did not follow it"
-        } else {
-            ""
+        match (s.profile_chunks, s.profile_stopped) {
+            (0, _) => "no access profile".to_string(),
+            (n, false) => format!("access profile of {n} chunks"),
+            (n, true) => format!("access profile of {n} chunks, stopped: the workload did not follow it"),
         }
     )?;
     outln!(

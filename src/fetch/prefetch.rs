@@ -66,6 +66,8 @@ pub struct PrefetchStats {
     pub pending: AtomicU64,
     /// Set when the workload did not follow the access profile and its prefetch stopped.
     pub profile_stopped: AtomicBool,
+    /// Chunks the access profile listed (0: no profile was used).
+    pub profile_chunks: AtomicU64,
 }
 
 /// The prefetch side of a fetcher.
@@ -116,7 +118,11 @@ impl Prefetch {
     pub fn watch_profile(&self, chunks: impl IntoIterator<Item = [u8; 32]>) {
         let mut w = self.watch.lock();
         let w = w.get_or_insert_with(ProfileWatch::default);
+        let before = w.chunks.len();
         w.chunks.extend(chunks);
+        self.stats
+            .profile_chunks
+            .fetch_add((w.chunks.len() - before) as u64, Ordering::Relaxed);
     }
 
     /// A read needs this chunk (whether the store has it or not): one more sign of whether

@@ -71,6 +71,9 @@ pub struct StatsSnapshot {
     /// Whether the access profile's prefetch stopped because reads did not follow it.
     #[serde(default)]
     pub profile_stopped: bool,
+    /// Chunks the access profile listed (0: the mount used no profile).
+    #[serde(default)]
+    pub profile_chunks: u64,
 }
 
 impl Fetcher {
@@ -98,6 +101,7 @@ impl Fetcher {
             prefetch_used_bytes: self.prefetch.stats.used_bytes.load(Ordering::Relaxed),
             prefetch_pending_chunks: self.prefetch.stats.pending.load(Ordering::Relaxed),
             profile_stopped: self.prefetch.stats.profile_stopped.load(Ordering::Relaxed),
+            profile_chunks: self.prefetch.stats.profile_chunks.load(Ordering::Relaxed),
         }
     }
 
