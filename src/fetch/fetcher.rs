@@ -360,20 +360,7 @@ impl Fetcher {
         let request = layer
             .registry
             .blob_range_stream(&layer.repo, &layer.digest, start, end - start);
-        let mut stream = match tokio::time::timeout(self.timeout, request).await {
-            Err(_) => {
-                self.health.unreachable("no answer in time");
-                return Err(stall(()));
-            }
-            Ok(Err(e)) => {
-                self.health.failed(&layer.digest, &e);
-                return Err(failed(e.to_string()));
-            }
-            Ok(Ok(s)) => {
-                self.health.answered();
-                s
-            }
-        };
+        let mut stream = self.answered(layer, tokio::time::timeout(self.timeout, request).await)?;
         let mut buf = bytes::BytesMut::new();
         let mut buf_offset = start;
         while pending.peek().is_some() {
@@ -399,16 +386,13 @@ impl Fetcher {
                     break;
                 }
                 let (chunk, guard) = pending.next().expect("peeked");
-                let raw = bytes::Bytes::copy_from_slice(&buf[from as usize..to as usize]);
+                // The gap before the chunk goes; the chunk's bytes are handed over without a
+                // copy (runs hold chunks in blob order, never overlapping).
+                let _ = buf.split_to(from as usize);
+                let raw = buf.split_to((to - from) as usize).freeze();
+                buf_offset += to;
                 let (me, layer) = (self.clone(), layer.clone());
                 tokio::task::spawn_blocking(move || me.store_or_refetch(layer, chunk, guard, raw));
-                // Keep only the bytes from the next chunk on.
-                let next = pending
-                    .peek()
-                    .map_or(to, |(c, _)| c.blob_offset - buf_offset)
-                    .min(buf.len() as u64);
-                let _ = buf.split_to(next as usize);
-                buf_offset += next;
             }
         }
         Ok(())
@@ -479,25 +463,34 @@ impl Fetcher {
     async fn range(&self, layer: &LayerSource, start: u64, len: u64) -> Result<bytes::Bytes, FetchError> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let request = layer.registry.blob_range(&layer.repo, &layer.digest, start, len);
-        let bytes = match tokio::time::timeout(self.timeout, request).await {
-            Err(_) => {
-                self.health.unreachable("no answer in time");
-                return Err(FetchError::Failed(format!("no answer within {:?}", self.timeout)));
-            }
-            Ok(Err(e)) => {
-                self.health.failed(&layer.digest, &e);
-                return Err(FetchError::Failed(e.to_string()));
-            }
-            Ok(Ok(b)) => {
-                self.health.answered();
-                b
-            }
-        };
+        let bytes = self.answered(layer, tokio::time::timeout(self.timeout, request).await)?;
         self.stats
             .fetched_bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         self.count(layer, 1, bytes.len() as u64, 0);
         Ok(bytes)
+    }
+
+    /// A request's outcome (given up at the deadline), told to the registry's [`Health`].
+    fn answered<T>(
+        &self,
+        layer: &LayerSource,
+        outcome: Result<Result<T, crate::registry::RegistryError>, tokio::time::error::Elapsed>,
+    ) -> Result<T, FetchError> {
+        match outcome {
+            Err(_) => {
+                self.health.unreachable("no answer in time");
+                Err(FetchError::Failed(format!("no answer within {:?}", self.timeout)))
+            }
+            Ok(Err(e)) => {
+                self.health.failed(&layer.digest, &e);
+                Err(FetchError::Failed(e.to_string()))
+            }
+            Ok(Ok(v)) => {
+                self.health.answered();
+                Ok(v)
+            }
+        }
     }
 
     /// Decode and verify one chunk from exactly its compressed bytes, streamed into the store

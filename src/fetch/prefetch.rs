@@ -128,6 +128,11 @@ impl Prefetch {
     /// A read needs this chunk (whether the store has it or not): one more sign of whether
     /// the workload follows the profile.
     pub(super) fn note_demand(&self, digest: &[u8; 32]) {
+        // Every read passes here: without a profile being judged, no lock is taken.
+        if self.stats.profile_chunks.load(Ordering::Relaxed) == 0 || self.stats.profile_stopped.load(Ordering::Relaxed)
+        {
+            return;
+        }
         let mut guard = self.watch.lock();
         let Some(w) = guard.as_mut() else {
             return;

@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::mount::{blob_gets, config_digest, fixture, require_fuse, Mounted};
+use crate::support::mount::{blob_gets, config_digest, evict_all, fixture, require_fuse, Mounted};
 use crate::support::registry::TestRegistry;
 use crate::support::tree::assert_same_tree;
 use crate::support::{assert_ok, lamina, require_root, require_tools, run};
@@ -71,12 +71,7 @@ fn mounted_tree_equals_umoci_unpack_and_warm_mounts_fetch_nothing() {
     );
 
     // Evicting everything under a live mount: reads still give the right bytes (re-fetched).
-    let out = lamina()
-        .args(["cache", "gc", "--max-bytes", "0"])
-        .env("LAMINA_CACHE_DIR", &cache)
-        .output()
-        .unwrap();
-    assert_ok(&out);
+    let out = evict_all(&cache);
     assert!(String::from_utf8_lossy(&out.stdout).contains("evicted"), "{out:?}");
     std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
     assert_same_tree(&m.point, &f.oracle);
@@ -143,12 +138,7 @@ fn plain_gzip_images_mount_and_then_come_from_the_cache() {
     m.unmount();
     m.wait_daemon_gone("before gc");
     drop(m);
-    let out = lamina()
-        .args(["cache", "gc", "--max-bytes", "0"])
-        .env("LAMINA_CACHE_DIR", &cache)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    evict_all(&cache);
     let m = Mounted::new(&plain, &w.join("mnt3"), &cache, &[]);
     assert_same_tree(&m.point, &f.oracle);
     assert!(

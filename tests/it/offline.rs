@@ -10,20 +10,12 @@ use std::path::Path;
 use crate::fetching::fault_proxy;
 use crate::profile::{python_image, python_in, record};
 use crate::support::layers::noise;
-use crate::support::mount::{fixture, require_fuse, Mounted};
+use crate::support::mount::{evict_all, fixture, mount_command, require_fuse, Mounted};
 use crate::support::registry::TestRegistry;
 use crate::support::{lamina, poll, require_root, require_tools};
 
 fn mount_fails(image: &str, point: &Path, cache: &Path, extra: &[&str]) -> String {
-    std::fs::create_dir_all(point).unwrap();
-    let out = lamina()
-        .arg("mount")
-        .args(extra)
-        .arg(image)
-        .arg(point)
-        .env("LAMINA_CACHE_DIR", cache)
-        .output()
-        .unwrap();
+    let out = mount_command(image, point, cache, extra).output().unwrap();
     assert!(!out.status.success(), "mount {image} {extra:?} worked");
     String::from_utf8_lossy(&out.stderr).to_string()
 }
@@ -192,12 +184,7 @@ fn gc_keeps_the_chunks_of_plain_layers_that_live_mounts_serve() {
         t.contains("\"indexed\"") && !t.contains("streaming")
     });
     // Every chunk in the cache is this plain layer's: a quota of 0 would take them all.
-    let out = lamina()
-        .args(["cache", "gc", "--max-bytes", "0"])
-        .env("LAMINA_CACHE_DIR", &cache)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    evict_all(&cache);
     for (path, want) in &contents {
         let got = std::fs::read(m.point.join(path)).unwrap_or_else(|e| panic!("{path} after gc: {e}"));
         assert!(&got == want, "{path} differs after gc");
@@ -205,12 +192,7 @@ fn gc_keeps_the_chunks_of_plain_layers_that_live_mounts_serve() {
     // Once the mount is gone, the same chunks may go.
     m.unmount();
     m.wait_daemon_gone("after reading");
-    let out = lamina()
-        .args(["cache", "gc", "--max-bytes", "0"])
-        .env("LAMINA_CACHE_DIR", &cache)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    evict_all(&cache);
     let chunks_left = walk(&cache.join("chunks")).iter().filter(|p| p.is_file()).count();
     assert_eq!(chunks_left, 0, "chunks kept after the mount ended");
 }

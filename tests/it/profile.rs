@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::fetching::{fault_proxy, python_and_more};
 use crate::support::layers::{build_layout, push_and_convert, Step};
-use crate::support::mount::{have_python, require_fuse, Mounted};
+use crate::support::mount::{evict_all, have_python, require_fuse, Mounted};
 use crate::support::registry::TestRegistry;
 use crate::support::{lamina, require_root, require_tools, run};
 
@@ -209,9 +209,7 @@ fn a_stalled_prefetch_never_holds_a_demand_read_past_its_deadline() {
     let cache = w.join("cache");
     // A profile and the layer indexes in the cache; then no chunk left.
     record(&p, &cache, "mnt-record");
-    run(lamina()
-        .args(["cache", "gc", "--max-bytes", "0"])
-        .env("LAMINA_CACHE_DIR", &cache));
+    evict_all(&cache);
     let mode = w.join("fault-mode");
     std::fs::write(&mode, "stall").unwrap();
     let (_proxy, proxy_addr) = fault_proxy(&p.registry.addr, &mode, &w.join("proxy.log"));

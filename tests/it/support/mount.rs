@@ -20,15 +20,7 @@ pub struct Mounted {
 impl Mounted {
     /// `lamina mount EXTRA… IMAGE POINT` with the cache `cache`.
     pub fn new(image: &str, point: &Path, cache: &Path, extra: &[&str]) -> Mounted {
-        std::fs::create_dir_all(point).unwrap();
-        let out = lamina()
-            .arg("mount")
-            .args(extra)
-            .arg(image)
-            .arg(point)
-            .env("LAMINA_CACHE_DIR", cache)
-            .output()
-            .unwrap();
+        let out = mount_command(image, point, cache, extra).output().unwrap();
         assert_ok(&out);
         let text = String::from_utf8_lossy(&out.stdout);
         let pid = text
@@ -81,6 +73,27 @@ impl Mounted {
         });
         found.unwrap_or_else(|| panic!("`lamina stats` never showed the expected state; last:\n{last}"))
     }
+}
+
+/// `lamina mount EXTRA… IMAGE POINT` with the cache `cache` (the mount point made first).
+pub fn mount_command(image: &str, point: &Path, cache: &Path, extra: &[&str]) -> std::process::Command {
+    std::fs::create_dir_all(point).unwrap();
+    let mut cmd = lamina();
+    cmd.arg("mount")
+        .args(extra)
+        .arg(image)
+        .arg(point)
+        .env("LAMINA_CACHE_DIR", cache);
+    cmd
+}
+
+/// `lamina cache gc --max-bytes 0` on `cache` (every chunk it may evict goes); its output.
+pub fn evict_all(cache: &Path) -> std::process::Output {
+    crate::support::run(
+        lamina()
+            .args(["cache", "gc", "--max-bytes", "0"])
+            .env("LAMINA_CACHE_DIR", cache),
+    )
 }
 
 impl Drop for Mounted {
