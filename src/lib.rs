@@ -5,7 +5,8 @@
 //! `scripts/check-layers.sh` checks it): [`model`], [`digest`], [`changeset`] at the bottom;
 //! [`index`], [`oci`], [`reference`]; [`format`] (pure parsers and writers), [`registry`],
 //! [`cache`], [`union`]; [`fetch`], [`apply`], [`store`]; [`view`], the image as the front doors
-//! read it; [`fs`] and [`overlay`], the front doors; [`mount`]; and the commands ([`pull`],
+//! read it; [`fs`] and [`overlay`], the front doors; [`mount`] and [`snapshotter`] (containerd's
+//! proxy plugin); and the commands ([`pull`],
 //! [`convert`], [`commit`], [`run`], [`cli`]).
 
 pub mod apply;
@@ -30,6 +31,7 @@ pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod run;
+pub mod snapshotter;
 pub mod store;
 pub mod union;
 pub mod upper;

@@ -57,6 +57,31 @@ pub enum Command {
     /// Mount an image writable and run its program in it (chroot + namespaces); exits with
     /// the program's status.
     Run(container::RunArgs),
+    /// Serve containerd's snapshots API (a proxy snapshotter plugin): images whose layers
+    /// lamina can serve lazily start without being downloaded.
+    Snapshotter(SnapshotterArgs),
+}
+
+/// `lamina snapshotter`.
+#[derive(Args, Debug)]
+pub struct SnapshotterArgs {
+    /// The unix socket containerd connects to (`[proxy_plugins.lamina] address`).
+    #[arg(long, default_value = crate::snapshotter::DEFAULT_ADDRESS)]
+    pub address: PathBuf,
+    /// Where snapshots and their records are kept.
+    #[arg(long, default_value = crate::snapshotter::DEFAULT_ROOT)]
+    pub root: PathBuf,
+    /// The chunk cache, shared with `lamina mount` (default: $LAMINA_CACHE_DIR,
+    /// /var/lib/lamina as root).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Settings file (JSON): `prepare_timeout_secs`, `fetch_timeout_secs`,
+    /// `insecure_registries`, `lazy`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Registry settings.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// `lamina cache`.
@@ -186,6 +211,9 @@ pub struct MountArgs {
     /// all. Images named by digest come from the cache whenever it has them.
     #[arg(long, value_name = "POLICY", default_value = "missing")]
     pub pull: crate::registry::PullPolicy,
+    /// Serve only the image's first N layers (bottom first), as if the image ended there.
+    #[arg(long, value_name = "N")]
+    pub layers: Option<usize>,
     /// Cache directory (default: $LAMINA_CACHE_DIR, /var/lib/lamina as root, else ~/.cache/lamina).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,

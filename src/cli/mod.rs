@@ -9,6 +9,7 @@
 //!   cache.rs      cache stats | ls | gc
 //!   profile.rs    profile ls | show | push | rm
 //!   container.rs  commit, run (and the temporary mounts they make)
+//!   snapshotter.rs  the containerd snapshotter service
 //! ```
 
 /// `println!` that gives a write error back (as [`StdoutError`]) instead of panicking: a
@@ -26,6 +27,7 @@ mod container;
 mod image;
 mod mount;
 mod profile;
+mod snapshotter;
 
 use anyhow::Context as _;
 
@@ -47,6 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cache(args) => cache::cache(args),
         Command::Profile(args) => runtime.block_on(profile::profile(args)),
         Command::Commit(args) => container::commit(args, &runtime),
+        Command::Snapshotter(args) => runtime.block_on(snapshotter::snapshotter(args)),
         Command::Run(args) => {
             let code = container::run(args, &runtime)?;
             drop(runtime);

@@ -59,6 +59,7 @@ pub(super) fn mount(args: MountArgs, runtime: &tokio::runtime::Runtime) -> anyho
         readahead: args.prefetch != super::Prefetch::None,
         profile: args.prefetch == super::Prefetch::Auto,
         pull: args.pull,
+        layers: args.layers,
     };
     let prepared = match runtime.block_on(crate::mount::prepare(&args.image, &options)) {
         Ok(p) => p,

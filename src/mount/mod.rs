@@ -61,6 +61,9 @@ pub struct MountOptions {
     pub profile: bool,
     /// When the registry is asked (`--pull`): with `Never`, not at all.
     pub pull: PullPolicy,
+    /// Serve only the image's first this many layers (`--layers`): the snapshot of one layer
+    /// of a chain, as the containerd snapshotter mounts it.
+    pub layers: Option<usize>,
 }
 
 /// Where a writable mount keeps its changes.
@@ -111,6 +114,8 @@ pub struct Prepared {
     pub manifest_digest: crate::digest::Digest,
     /// The image's access profile in the cache, if there is one.
     pub profile: Option<crate::profile::Profile>,
+    /// Each layer's uncompressed digest (the config's `diff_ids`), bottom first.
+    pub diff_ids: Vec<crate::digest::Digest>,
 }
 
 /// Resolve and index an image.
@@ -129,7 +134,16 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
     let cache = CacheDir::open(&options.cache_dir)
         .map_err(|e| MountError::Local(format!("cache {}: {e}", options.cache_dir.display())))?;
     // Manifests and configs by digest come from the cache: a warm mount by digest sends nothing.
-    let image = resolve_image_with(&registry, reference, &options.platform, Some(&cache), options.pull).await?;
+    let mut image = resolve_image_with(&registry, reference, &options.platform, Some(&cache), options.pull).await?;
+    if let Some(n) = options.layers {
+        if n == 0 || n > image.layers.len() {
+            return Err(MountError::Local(format!(
+                "--layers {n}: the image has {} layers",
+                image.layers.len()
+            )));
+        }
+        image.layers.truncate(n);
+    }
     let store = ChunkStore::open(&options.cache_dir)
         .map_err(|e| MountError::Local(format!("chunk store {}: {e}", options.cache_dir.display())))?;
     let indexes = futures_util::future::join_all(image.layers.iter().map(|l| {
@@ -209,6 +223,7 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
         store,
         manifest_digest: image.manifest_digest.clone(),
         profile,
+        diff_ids: image.layers.iter().map(|l| l.diff_id.clone()).collect(),
     })
 }
 

@@ -15,6 +15,7 @@ mod platform;
 mod profile;
 mod pull;
 mod restart;
+mod snapshotter;
 mod support;
 mod tarsplit;
 mod writable;

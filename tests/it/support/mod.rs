@@ -1,6 +1,7 @@
 //! Test fixtures: tool checks, a real registry, images built by real tools and by hand, and
 //! the tree oracle.
 
+pub mod containerd;
 pub mod image;
 pub mod layers;
 pub mod layout;
