@@ -25,6 +25,8 @@ packages=(
   curl              # readiness checks in the demo script
   debootstrap       # builds the real Debian image for the demo and benchmarks
   ca-certificates   # debootstrap over HTTPS mirrors, if configured
+  containerd        # lamina snapshotter's integration tests (CRI pulls through the proxy plugin)
+  protobuf-compiler # protoc, for the containerd-snapshots crate's build (containerd's gRPC API)
 )
 
 missing=()
@@ -43,6 +45,8 @@ else
   echo "setup: all Debian packages present"
 fi
 
+# The Debian containerd package would start a system service where systemd runs; the tests
+# start their own, each with its own root, state and socket.
 # The Debian docker-registry package starts a system service on :5000; lamina's tests and demo
 # start their own on free loopback ports, so the system one is not needed. Leave it as found.
 command -v cargo >/dev/null || { echo "setup: cargo not found (install Rust with rustup)" >&2; exit 1; }
