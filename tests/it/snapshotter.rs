@@ -129,6 +129,18 @@ fn containerd_pulls_a_lazy_image_through_cri_and_its_container_snapshot_equals_u
         "import json, http.client; print(json.dumps({'ok': True}))",
     ]));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"ok": true}"#);
+    // `lamina stats` reads the union serving the chain like any lamina mount.
+    let unions = fuse_mounts_under(&snapshotter.root);
+    let stats = run(crate::support::lamina()
+        .args(["stats", "--json", "--cache-dir"])
+        .arg(&snapshotter.cache)
+        .arg(&unions[0]));
+    let state: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert!(state["image"].as_str().unwrap().contains("/ctrd-zc@sha256:"), "{state}");
+    assert!(
+        state["stats"]["fetched_bytes"].as_u64().unwrap() > 0,
+        "python's start was read through it"
+    );
     std::fs::write(target.join("written-in-container"), b"kept").unwrap();
     std::fs::remove_file(target.join("usr/bin/python3")).unwrap();
 
@@ -301,7 +313,22 @@ fn the_service_answers_with_the_codes_containerd_expects() {
     }
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let snapshotter = Snapshotter::start(w, false);
+    // A registry that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let _held = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming() {
+            held.push(c);
+        }
+    });
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = w.join("snapshotter.json");
+    std::fs::write(&config, r#"{"prepare_timeout_secs": 2}"#).unwrap();
+    let snapshotter = Snapshotter::start_with(w, false, &["--config".as_ref(), config.as_os_str()]);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -376,6 +403,29 @@ fn the_service_answers_with_the_codes_containerd_expects() {
         );
         c.remove(remove("top")).await.unwrap();
         c.remove(remove("base")).await.unwrap();
+
+        // CRI labels that are malformed, or name a registry that refuses connections or never
+        // answers: the layer takes the ordinary path (mounts to apply into), never an error
+        // and never a hang (the silent one within the 2 s prepare deadline of the config).
+        let chain = format!("sha256:{}", "ab".repeat(32));
+        for (i, (chain, image)) in [
+            ("not-a-digest".to_string(), "127.0.0.1:1/x:t".to_string()),
+            (chain.clone(), format!("{dead}/x:t")),
+            (chain.clone(), format!("{silent_addr}/x:t")),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut request = prepare(&format!("cri-{i}"), "");
+            request.labels = [
+                ("containerd.io/snapshot.ref".to_string(), chain),
+                ("containerd.io/snapshot/cri.image-ref".to_string(), image),
+            ]
+            .into();
+            let m = c.prepare(request).await.unwrap().into_inner().mounts;
+            assert_eq!((m.len(), m[0].r#type.as_str()), (1, "bind"), "case {i}");
+            c.remove(remove(&format!("cri-{i}"))).await.unwrap();
+        }
     });
     assert!(
         std::fs::read_dir(snapshotter.root.join("snapshots"))

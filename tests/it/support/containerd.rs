@@ -27,6 +27,11 @@ pub struct Snapshotter {
 impl Snapshotter {
     /// Start it and wait until it serves.
     pub fn start(w: &Path, activated: bool) -> Snapshotter {
+        Self::start_with(w, activated, &[])
+    }
+
+    /// [`Self::start`] with more arguments (`--config FILE`).
+    pub fn start_with(w: &Path, activated: bool, extra: &[&std::ffi::OsStr]) -> Snapshotter {
         let mut s = Snapshotter {
             child: None,
             socket: w.join("lamina.sock"),
@@ -54,7 +59,8 @@ impl Snapshotter {
             c.arg("snapshotter").arg("--address").arg(&s.socket);
             c
         };
-        cmd.arg("--root")
+        cmd.args(extra)
+            .arg("--root")
             .arg(&s.root)
             .arg("--cache-dir")
             .arg(&s.cache)
