@@ -5,8 +5,8 @@
 //! `scripts/check-layers.sh` checks it): [`model`], [`digest`], [`changeset`] at the bottom;
 //! [`index`], [`oci`], [`reference`]; [`format`] (pure parsers and writers), [`registry`],
 //! [`cache`], [`union`]; [`fetch`], [`apply`], [`store`]; [`view`], the image as the front doors
-//! read it; [`fs`] and [`overlay`], the front doors; [`mount`] and [`snapshotter`] (containerd's
-//! proxy plugin); and the commands ([`pull`],
+//! read it; [`fs`] and [`overlay`], the front doors; [`mount`], [`snapshotter`] (containerd's
+//! proxy plugin) and [`layerstore`] (containers/storage's additional layer store); and the commands ([`pull`],
 //! [`convert`], [`commit`], [`run`], [`cli`]).
 
 pub mod apply;
@@ -21,6 +21,7 @@ pub mod fetch;
 pub mod format;
 pub mod fs;
 pub mod index;
+pub mod layerstore;
 pub mod model;
 pub mod mount;
 pub mod oci;

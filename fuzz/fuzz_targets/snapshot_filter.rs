@@ -1,5 +1,5 @@
-//! containerd's filter strings and mountinfo lines as the snapshotter reads them: errors are
-//! fine, panics are bugs.
+//! containerd's filter strings and mountinfo lines (the snapshotter), store names and
+//! tar-splits (the layer store): errors are fine, panics are bugs.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -9,5 +9,8 @@ fuzz_target!(|data: &[u8]| {
             let _ = lamina::snapshotter::filter::matches_any(&filters, |p| p.first().cloned());
         }
         let _ = lamina::snapshotter::remote::is_mount_point(s, std::path::Path::new("/a b"));
+        let _ = lamina::layerstore::layer::decode_reference(s.as_bytes());
+        let _ = lamina::format::tar_split::position(s);
     }
+    let _ = lamina::format::tar_split::tar_size(data);
 });

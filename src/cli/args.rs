@@ -60,6 +60,34 @@ pub enum Command {
     /// Serve containerd's snapshots API (a proxy snapshotter plugin): images whose layers
     /// lamina can serve lazily start without being downloaded.
     Snapshotter(SnapshotterArgs),
+    /// Serve an additional layer store for podman / CRI-O (containers/storage) at MOUNTPOINT:
+    /// layers with a table of contents are taken from it instead of being downloaded.
+    Store(StoreArgs),
+}
+
+/// `lamina store`.
+#[derive(Args, Debug)]
+pub struct StoreArgs {
+    /// Where to mount it (an existing directory); storage.conf names it
+    /// `additionallayerstores = ["MOUNTPOINT:ref"]`.
+    pub mountpoint: PathBuf,
+    /// Stay attached instead of running as a daemon.
+    #[arg(long)]
+    pub foreground: bool,
+    /// Seconds a read waits for a chunk before failing with EIO.
+    #[arg(long, default_value_t = crate::fetch::DEFAULT_FETCH_TIMEOUT.as_secs())]
+    pub fetch_timeout: u64,
+    /// Seconds a lookup may spend asking the registry before it fails (podman then pulls
+    /// the layer itself).
+    #[arg(long, default_value_t = 10)]
+    pub lookup_timeout: u64,
+    /// The chunk cache, shared with `lamina mount` and the snapshotter (default:
+    /// $LAMINA_CACHE_DIR, /var/lib/lamina as root, else ~/.cache/lamina).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Registry settings.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// `lamina snapshotter`.

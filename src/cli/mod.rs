@@ -10,6 +10,7 @@
 //!   profile.rs    profile ls | show | push | rm
 //!   container.rs  commit, run (and the temporary mounts they make)
 //!   snapshotter.rs  the containerd snapshotter service
+//!   store.rs      the additional layer store for podman / CRI-O
 //! ```
 
 /// `println!` that gives a write error back (as [`StdoutError`]) instead of panicking: a
@@ -28,6 +29,7 @@ mod image;
 mod mount;
 mod profile;
 mod snapshotter;
+mod store;
 
 use anyhow::Context as _;
 
@@ -50,6 +52,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Profile(args) => runtime.block_on(profile::profile(args)),
         Command::Commit(args) => container::commit(args, &runtime),
         Command::Snapshotter(args) => runtime.block_on(snapshotter::snapshotter(args)),
+        Command::Store(args) => store::store(args, &runtime),
         Command::Run(args) => {
             let code = container::run(args, &runtime)?;
             drop(runtime);

@@ -11,6 +11,7 @@ pub mod compression;
 pub mod estargz;
 pub mod tar;
 pub mod tar_scan;
+pub mod tar_split;
 pub mod toc;
 pub mod writer;
 pub mod zstd_chunked;

@@ -16,6 +16,7 @@
 //! without gaps or overlap and end at its size; every chunk's blob range lies inside the blob.
 
 pub mod disk;
+pub mod overlay_form;
 
 use crate::changeset::LayerPath;
 use crate::model::{Chunk, ChunkCodec};

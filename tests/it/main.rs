@@ -8,6 +8,7 @@ mod durability;
 mod errors;
 mod fetching;
 mod hostile;
+mod layerstore;
 mod limits;
 mod mount;
 mod offline;
