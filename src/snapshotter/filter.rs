@@ -88,6 +88,11 @@ pub fn parse(filter: &str) -> Result<Filter, FilterError> {
         while p.eat(b".") {
             path.push(p.field().map_err(&fail)?);
         }
+        // containerd reads `labels.a.b` as the label `a.b` (a label key may hold dots).
+        if path.len() > 2 && path[0] == "labels" {
+            let key = path[1..].join(".");
+            path = vec!["labels".to_string(), key];
+        }
         p.skip_space();
         let op = if p.eat(b"==") {
             Op::Equal(p.value().map_err(&fail)?)
@@ -230,6 +235,10 @@ mod tests {
 
     #[test]
     fn presence_inequality_and_alternatives() {
+        assert_eq!(
+            parse("labels.a.b==1").unwrap().0,
+            vec![sel(&["labels", "a.b"], Op::Equal("1".into()))]
+        );
         let filters = parse_all(&["kind==committed,labels.a".into(), "name!=x".into()]).unwrap();
         let fields = |kind: &'static str, label: Option<&'static str>, name: &'static str| {
             move |p: &[String]| match p.iter().map(String::as_str).collect::<Vec<_>>()[..] {

@@ -79,6 +79,8 @@ pub struct Meta {
     root: PathBuf,
     records: BTreeMap<String, Record>,
     next_id: u64,
+    /// Directories whose record could not be read: never served, never cleaned up.
+    unreadable: std::collections::HashSet<u64>,
 }
 
 impl Meta {
@@ -89,6 +91,7 @@ impl Meta {
         std::fs::create_dir_all(&dir)?;
         let mut records = BTreeMap::new();
         let mut next_id = 1;
+        let mut unreadable = std::collections::HashSet::new();
         for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
             let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
@@ -100,15 +103,22 @@ impl Meta {
                 Ok(Some(r)) if r.id == id => {
                     records.insert(r.name.clone(), r);
                 }
-                Ok(Some(_)) => tracing::warn!(path = %info.display(), "record names another id; ignored"),
+                Ok(Some(_)) => {
+                    tracing::warn!(path = %info.display(), "record names another id; left alone");
+                    unreadable.insert(id);
+                }
                 Ok(None) => {}
-                Err(e) => tracing::warn!(path = %info.display(), error = %e, "unreadable snapshot record; ignored"),
+                Err(e) => {
+                    tracing::warn!(path = %info.display(), error = %e, "unreadable snapshot record; left alone");
+                    unreadable.insert(id);
+                }
             }
         }
         Ok(Meta {
             root: root.to_path_buf(),
             records,
             next_id,
+            unreadable,
         })
     }
 
@@ -151,9 +161,16 @@ impl Meta {
         labels: BTreeMap<String, String>,
         remote: Option<Remote>,
     ) -> std::io::Result<Record> {
+        if self.records.contains_key(name) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("snapshot {name:?} already exists"),
+            ));
+        }
         let id = self.next_id;
         self.next_id += 1;
         std::fs::create_dir_all(self.fs(id))?;
+        sync_dir(&self.root.join("snapshots"));
         if kind == Kind::Active {
             std::fs::create_dir_all(self.work(id))?;
         }
@@ -210,7 +227,7 @@ impl Meta {
                 e.file_name()
                     .to_str()
                     .and_then(|n| n.parse::<u64>().ok())
-                    .is_some_and(|id| !owned.contains(&id))
+                    .is_some_and(|id| !owned.contains(&id) && !self.unreadable.contains(&id))
             })
             .map(|e| e.path())
             .collect()
@@ -220,8 +237,15 @@ impl Meta {
         use std::io::Write as _;
         let dir = self.dir(record.id);
         let tmp = dir.join("info.json.partial");
+        let text = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+        if text.len() as u64 > MAX_RECORD {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "snapshot record over 1 MiB (too many or too long labels)",
+            ));
+        }
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?)?;
+        f.write_all(&text)?;
         f.sync_all()?;
         std::fs::rename(&tmp, dir.join("info.json"))?;
         sync_dir(&dir);
@@ -293,5 +317,6 @@ mod tests {
         std::fs::write(root.path().join("snapshots/7/info.json"), b"{not json").unwrap();
         let meta = Meta::open(root.path()).unwrap();
         assert_eq!(meta.all().count(), 0);
+        assert!(meta.orphans().is_empty(), "Cleanup must not remove what it cannot read");
     }
 }

@@ -99,9 +99,11 @@ pub const DEFAULT_PREPARE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Serve until SIGTERM or SIGINT. `ready` is called once the socket accepts connections.
 pub async fn serve(options: Options, ready: impl FnOnce()) -> Result<(), SnapshotterError> {
     std::fs::create_dir_all(&options.root).map_err(io(format!("creating {}", options.root.display())))?;
-    let meta = meta::Meta::open(&options.root).map_err(io(format!("reading {}", options.root.display())))?;
+    // The path the kernel reports mounts under (mountinfo), so a mount is recognised as ours.
+    let root = std::fs::canonicalize(&options.root).map_err(io(format!("resolving {}", options.root.display())))?;
+    let meta = meta::Meta::open(&root).map_err(io(format!("reading {}", options.root.display())))?;
     tracing::info!(
-        root = %options.root.display(),
+        root = %root.display(),
         snapshots = meta.all().count(),
         "snapshot records loaded"
     );

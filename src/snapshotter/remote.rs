@@ -160,7 +160,7 @@ pub struct Unions {
     /// One lock per snapshot id, so a mount is started once.
     locks: parking_lot::Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     /// Daemons this process started (reaped when they end).
-    children: parking_lot::Mutex<HashMap<u64, std::process::Child>>,
+    children: Arc<parking_lot::Mutex<HashMap<u64, std::process::Child>>>,
 }
 
 impl Unions {
@@ -182,8 +182,13 @@ impl Unions {
     /// (its daemon gone) is detached and started again.
     pub async fn ensure(&self, id: u64, fs: &Path, remote: &Remote) -> Result<(), String> {
         let lock = self.locks.lock().entry(id).or_default().clone();
-        let _held = lock.lock().await;
-        match mount_state(fs) {
+        let held = lock.lock_owned().await;
+        // A stat of a FUSE root can block on its daemon: off the async workers.
+        let at = fs.to_path_buf();
+        match tokio::task::spawn_blocking(move || mount_state(&at))
+            .await
+            .map_err(|e| e.to_string())?
+        {
             MountState::Live => return Ok(()),
             MountState::Dead => {
                 tracing::warn!(path = %fs.display(), "the lamina mount of a remote snapshot is gone; starting it again");
@@ -210,23 +215,36 @@ impl Unions {
         for host in &self.settings.client.insecure_registries {
             args.extend(["--insecure-registry".into(), host.into()]);
         }
-        let cache_dir = self.settings.cache_dir.clone();
-        let started = tokio::time::timeout(
-            self.settings.mount_timeout,
-            tokio::task::spawn_blocking(move || crate::mount::daemon::start(args, &cache_dir, "snapshot")),
-        )
-        .await
-        .map_err(|_| {
-            format!(
-                "the lamina mount of {} did not start within {:?}",
-                remote.image, self.settings.mount_timeout
-            )
-        })?
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("mounting {} ({} layers): {e}", remote.image, remote.layers))?;
-        tracing::info!(image = %remote.image, layers = remote.layers, path = %fs.display(), pid = started.child.id(), "serving a remote snapshot");
-        self.children.lock().insert(id, started.child);
-        Ok(())
+        // The start goes on to its end in a task of its own, holding the snapshot's lock: a
+        // caller that stops waiting (the deadline) cannot start a second daemon meanwhile, and
+        // a daemon that becomes ready late is still recorded (and reaped).
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (cache_dir, children) = (self.settings.cache_dir.clone(), self.children.clone());
+        let (image, layers, path) = (remote.image.clone(), remote.layers, fs.to_path_buf());
+        tokio::spawn(async move {
+            let _held = held;
+            let started =
+                tokio::task::spawn_blocking(move || crate::mount::daemon::start(args, &cache_dir, "snapshot")).await;
+            let result = match started {
+                Ok(Ok(d)) => {
+                    tracing::info!(image = %image, layers, path = %path.display(), pid = d.child.id(), "serving a remote snapshot");
+                    children.lock().insert(id, d.child);
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(format!("mounting {image} ({layers} layers): {e}")),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = tx.send(result);
+        });
+        tokio::time::timeout(self.settings.mount_timeout, rx)
+            .await
+            .map_err(|_| {
+                format!(
+                    "the lamina mount of {} did not start within {:?}",
+                    remote.image, self.settings.mount_timeout
+                )
+            })?
+            .map_err(|e| e.to_string())?
     }
 
     /// Stop serving snapshot `id` (its mount is detached; the daemon ends with it).

@@ -223,6 +223,10 @@ impl Service {
             }
             if let Some((chain, r)) = self.remote_layer(&parent, &labels).await {
                 let mut meta = self.meta.lock().await;
+                // The parent may have gone while the registry was asked.
+                if !parent.is_empty() && meta.get(&parent).is_none() {
+                    return Err(Status::not_found(format!("parent snapshot {parent:?} does not exist")));
+                }
                 // containerd finds the committed snapshot by its label and parent, then
                 // answers the unpacker AlreadyExists: nothing is downloaded.
                 let exists = meta.all().any(|s| {

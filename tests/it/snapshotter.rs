@@ -280,8 +280,9 @@ fn a_gzip_image_takes_the_ordinary_path_and_equals_umoci() {
         ordinary.as_secs_f64(),
         lazy_pull.as_secs_f64()
     );
-    let (gz, zc) = (top_chain_id(&layout_config(&umoci.layout)), chain);
-    assert_eq!(gz, zc, "conversion keeps the diff_ids, so both pulls give one chain");
+    // Conversion keeps the diff_ids: the lazy pull made the same chain, served remotely.
+    let listed = containerd_b.ctr_ok(&["snapshots", "--snapshotter", "lamina", "ls"]);
+    assert!(listed.contains(&chain), "chain {chain} not in:\n{listed}");
 }
 
 /// The code of a call that must fail.
@@ -420,12 +421,28 @@ fn the_service_answers_with_the_codes_containerd_expects() {
             request.labels = [
                 ("containerd.io/snapshot.ref".to_string(), chain),
                 ("containerd.io/snapshot/cri.image-ref".to_string(), image),
+                // By digest, so no tag deadline applies: only the prepare deadline bounds it.
+                (
+                    "containerd.io/snapshot/cri.manifest-digest".to_string(),
+                    format!("sha256:{}", "cd".repeat(32)),
+                ),
             ]
             .into();
+            let started = std::time::Instant::now();
             let m = c.prepare(request).await.unwrap().into_inner().mounts;
             assert_eq!((m.len(), m[0].r#type.as_str()), (1, "bind"), "case {i}");
+            // The request timeout of a read (30 s) would be far later: the 2 s deadline acted.
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "case {i}: {:?}",
+                started.elapsed()
+            );
             c.remove(remove(&format!("cri-{i}"))).await.unwrap();
         }
+        assert!(
+            snapshotter.log().contains("did not answer within 2s"),
+            "the silent registry met the prepare deadline"
+        );
     });
     assert!(
         std::fs::read_dir(snapshotter.root.join("snapshots"))
