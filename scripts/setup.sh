@@ -26,6 +26,7 @@ packages=(
   debootstrap       # builds the real Debian image for the demo and benchmarks
   ca-certificates   # debootstrap over HTTPS mirrors, if configured
   containerd        # lamina snapshotter's integration tests (CRI pulls through the proxy plugin)
+  openssl           # the TLS tests make a private CA and certificates
   protobuf-compiler # protoc, for the containerd-snapshots crate's build (containerd's gRPC API)
 )
 

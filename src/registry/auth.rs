@@ -1,4 +1,5 @@
-//! Registry authentication: credentials from the Docker config file, `WWW-Authenticate`
+//! Registry authentication: credentials from podman's auth file, the Docker config file and
+//! credential helpers ([`super::credhelper`]), `WWW-Authenticate`
 //! challenge parsing, and a cache of bearer tokens per scope.
 //!
 //! Invariants: secrets never reach a log or an error message (their `Debug` is `<redacted>`);
@@ -45,18 +46,46 @@ pub fn docker_config_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
 }
 
-/// Credentials for `registry` from the Docker config file, if it has any.
-/// A missing file is not an error; an unreadable or malformed one is.
+/// podman's auth files, in the order containers/image reads them: `$REGISTRY_AUTH_FILE`, else
+/// `$XDG_RUNTIME_DIR/containers/auth.json`; then `~/.config/containers/auth.json`.
+pub fn podman_auth_paths() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(f) = std::env::var_os("REGISTRY_AUTH_FILE") {
+        out.push(PathBuf::from(f));
+    } else if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
+        out.push(PathBuf::from(d).join("containers/auth.json"));
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        out.push(PathBuf::from(h).join(".config/containers/auth.json"));
+    }
+    out
+}
+
+/// Credentials for `registry`: podman's auth files, then the Docker config file; in each, a
+/// credential helper named for the registry (`credHelpers`), the `auths` entry, then the
+/// default helper (`credsStore`). Missing files are not errors; unreadable or malformed ones,
+/// and helpers that fail, are (naming the file or the helper).
 pub fn credentials_for(registry: &str) -> Result<Option<Credentials>> {
-    let Some(path) = docker_config_path() else {
-        return Ok(None);
-    };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(config_error(&path, e.to_string())),
-    };
-    credentials_from_config(&text, registry).map_err(|reason| config_error(&path, reason))
+    let files = podman_auth_paths().into_iter().chain(docker_config_path());
+    for path in files {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(config_error(&path, e.to_string())),
+        };
+        match lookup_in_config(&text, registry).map_err(|reason| config_error(&path, reason))? {
+            Source::Found(c) => return Ok(Some(c)),
+            Source::Helper(name) => {
+                let found = super::credhelper::get(&name, registry)?;
+                tracing::debug!(registry, helper = %name, file = %path.display(), found = found.is_some(), "credential helper asked");
+                if found.is_some() {
+                    return Ok(found);
+                }
+            }
+            Source::None => {}
+        }
+    }
+    Ok(None)
 }
 
 fn config_error(path: &std::path::Path, reason: String) -> RegistryError {
@@ -70,6 +99,10 @@ fn config_error(path: &std::path::Path, reason: String) -> RegistryError {
 struct DockerConfig {
     #[serde(default)]
     auths: HashMap<String, AuthEntry>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: HashMap<String, String>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -79,18 +112,47 @@ struct AuthEntry {
     password: Option<String>,
 }
 
+/// Where a config file says a registry's credentials are.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Source {
+    /// In the file.
+    Found(Credentials),
+    /// With this credential helper (`docker-credential-NAME`).
+    Helper(String),
+    /// Not in this file.
+    None,
+}
+
 /// Look `registry` up in the text of a Docker config file. Keys may be bare hosts or URLs
 /// (`https://index.docker.io/v1/` for Docker Hub).
 pub fn credentials_from_config(text: &str, registry: &str) -> std::result::Result<Option<Credentials>, String> {
+    Ok(match lookup_in_config(text, registry)? {
+        Source::Found(c) => Some(c),
+        _ => None,
+    })
+}
+
+/// Where `registry`'s credentials are according to a Docker (or podman) config file's text.
+pub fn lookup_in_config(text: &str, registry: &str) -> std::result::Result<Source, String> {
     let config: DockerConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
     let wanted = normalize_config_key(registry);
+    if let Some((_, helper)) = config
+        .cred_helpers
+        .iter()
+        .find(|(k, _)| normalize_config_key(k) == wanted)
+    {
+        return helper_source(helper);
+    }
     let Some(entry) = config
         .auths
         .iter()
         .find(|(k, _)| normalize_config_key(k) == wanted)
         .map(|(_, v)| v)
     else {
-        return Ok(None);
+        return match &config.creds_store {
+            Some(h) if !h.is_empty() => helper_source(h),
+            _ => Ok(Source::None),
+        };
     };
     if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
         let raw = base64::engine::general_purpose::STANDARD
@@ -100,18 +162,33 @@ pub fn credentials_from_config(text: &str, registry: &str) -> std::result::Resul
         let (username, password) = raw
             .split_once(':')
             .ok_or_else(|| format!("auths.{registry}.auth is not user:password"))?;
-        return Ok(Some(Credentials {
+        return Ok(Source::Found(Credentials {
             username: username.to_string(),
             password: password.to_string(),
         }));
     }
     match (&entry.username, &entry.password) {
-        (Some(u), Some(p)) => Ok(Some(Credentials {
+        (Some(u), Some(p)) => Ok(Source::Found(Credentials {
             username: u.clone(),
             password: p.clone(),
         })),
-        _ => Ok(None),
+        _ => Ok(Source::None),
     }
+}
+
+/// A helper name as a program suffix: letters, digits, `-`, `_`, `.` only (it becomes part of
+/// a program name looked up on PATH).
+fn helper_source(name: &str) -> std::result::Result<Source, String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || name.starts_with('.')
+    {
+        return Err(format!("credential helper name {name:?} is not a plain name"));
+    }
+    Ok(Source::Helper(name.to_string()))
 }
 
 /// `https://index.docker.io/v1/` → `docker.io`; `http://host:5000/` → `host:5000`.

@@ -57,6 +57,8 @@ pub struct Registry {
     pub(super) credentials: Option<Credentials>,
     pub(super) auth: Mutex<AuthState>,
     pub(super) max_attempts: u32,
+    /// CA certificates and client certificate from the registry's certs.d directory.
+    tls: super::certs::TlsFiles,
 }
 
 /// A request body that can be sent again on retry.
@@ -88,8 +90,14 @@ impl Registry {
         options: &ClientOptions,
         credentials: Option<Credentials>,
     ) -> Result<Registry> {
-        let scheme = if uses_plain_http(api_host, &options.insecure_registries)
-            || uses_plain_http(name, &options.insecure_registries)
+        let mut tls = super::certs::load(name)?;
+        if tls.dir.is_none() && name != api_host {
+            tls = super::certs::load(api_host)?;
+        }
+        // A certs.d directory for the host asks for TLS, on loopback too.
+        let scheme = if tls.dir.is_none()
+            && (uses_plain_http(api_host, &options.insecure_registries)
+                || uses_plain_http(name, &options.insecure_registries))
         {
             "http"
         } else {
@@ -100,19 +108,32 @@ impl Registry {
             url: text.clone(),
             reason: e.to_string(),
         })?;
+        // With TLS files, the client is made now, so that files rustls refuses (a v1
+        // certificate, a key of another kind) are an error naming them, not a surprise later.
+        let http = std::sync::OnceLock::new();
+        if let Some(dir) = &tls.dir {
+            if !tls.cas.is_empty() || tls.identity.is_some() {
+                let client = super::transport::build_http_client(&tls).map_err(|reason| RegistryError::Tls {
+                    path: dir.display().to_string(),
+                    reason,
+                })?;
+                let _ = http.set(client);
+            }
+        }
         Ok(Registry {
             name: name.to_string(),
             base,
-            http: std::sync::OnceLock::new(),
+            http,
             credentials,
             auth: Mutex::new(AuthState::default()),
             max_attempts: options.max_attempts.max(1),
+            tls,
         })
     }
 
     /// The HTTP client (made on first use).
     pub(super) fn http(&self) -> &reqwest::Client {
-        self.http.get_or_init(http_client)
+        self.http.get_or_init(|| http_client(&self.tls))
     }
 
     /// The registry's name as given.

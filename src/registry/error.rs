@@ -149,6 +149,22 @@ pub enum RegistryError {
         /// What is wrong.
         reason: String,
     },
+    /// A registry's TLS file (certs.d) cannot be used.
+    #[error("TLS file {path}: {reason}")]
+    Tls {
+        /// File path.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A credential helper failed.
+    #[error("credential helper {helper}: {reason}")]
+    CredentialHelper {
+        /// The program.
+        helper: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// The causes under a reqwest error, without reqwest's own "error sending request for url"

@@ -15,7 +15,9 @@
 
 pub mod auth;
 pub mod blob;
+pub mod certs;
 pub mod client;
+mod credhelper;
 pub mod error;
 pub mod manifest;
 pub mod referrers;

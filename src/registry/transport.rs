@@ -143,16 +143,37 @@ impl Registry {
     }
 }
 
-pub(super) fn http_client() -> reqwest::Client {
+pub(super) fn http_client(tls: &super::certs::TlsFiles) -> reqwest::Client {
+    build_http_client(tls).unwrap_or_else(|e| {
+        // Registries with TLS files build their client when made (`try_http_client`), so
+        // this is the plain client, whose settings are static.
+        panic!("the HTTP client settings are static and valid: {e}")
+    })
+}
+
+/// The HTTP client with a registry's TLS files, or why they cannot be used.
+pub(super) fn build_http_client(tls: &super::certs::TlsFiles) -> std::result::Result<reqwest::Client, String> {
     // rustls needs one process-wide crypto provider; installing twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    // Proxies come from HTTPS_PROXY / HTTP_PROXY / NO_PROXY (reqwest reads them).
+    let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)
         .user_agent(concat!("lamina/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("the HTTP client settings are static and valid")
+        .tls_certs_merge(tls.cas.iter().cloned());
+    if let Some(id) = &tls.identity {
+        builder = builder.identity(id.clone());
+    }
+    builder.build().map_err(|e| {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text.push_str(&format!(": {s:?}"));
+            source = s.source();
+        }
+        text
+    })
 }
 
 pub(super) fn join_url(base: &Url, rel: &str) -> Result<Url> {

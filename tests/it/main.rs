@@ -19,5 +19,6 @@ mod restart;
 mod snapshotter;
 mod support;
 mod tarsplit;
+mod tls;
 mod writable;
 mod writable_semantics;

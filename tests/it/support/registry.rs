@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -32,6 +32,36 @@ impl TestRegistry {
     /// Start a registry that requires Basic auth with `user`/`password` (htpasswd, bcrypt).
     pub fn start_with_basic_auth(user: &str, password: &str) -> TestRegistry {
         Self::start_with(Some((user, password)))
+    }
+
+    /// Start a registry serving HTTPS with `cert` and `key` (PEM), asking clients for a
+    /// certificate signed by `client_ca` when given. Ready once it listens (its readiness
+    /// and log helpers speak plain HTTP, so they are not for this one).
+    pub fn start_tls(cert: &Path, key: &Path, client_ca: Option<&Path>) -> TestRegistry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = TestRegistry {
+            child: None,
+            addr: String::new(),
+            dir,
+        };
+        let (child, port) = start_server("docker-registry (TLS)", |port| {
+            r.write_config(port, false);
+            let mut tls = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
+            if let Some(ca) = client_ca {
+                tls.push_str(&format!("    clientcas:\n      - {}\n", ca.display()));
+            }
+            let config = r.dir.path().join("config.yml");
+            let text = std::fs::read_to_string(&config).unwrap();
+            std::fs::write(&config, format!("{text}{tls}")).unwrap();
+            r.command().spawn().expect("start docker-registry")
+        });
+        r.child = Some(child);
+        r.addr = format!("127.0.0.1:{port}");
+        r
     }
 
     fn start_with(auth: Option<(&str, &str)>) -> TestRegistry {
