@@ -147,6 +147,10 @@ pub(super) fn stats(args: StatsArgs) -> anyhow::Result<()> {
         s.wait_p50_micros as f64 / 1e3,
         s.wait_p99_micros as f64 / 1e3
     )?;
+    if state.requests_by_host.len() > 1 {
+        let hosts: Vec<String> = state.requests_by_host.iter().map(|(h, n)| format!("{h} {n}")).collect();
+        outln!("served by  {} (requests; hosts.toml mirrors first)", hosts.join(", "))?;
+    }
     let cache = crate::cache::CacheDir::open(&cache_dir)?;
     let store = crate::cache::chunks::ChunkStore::open(&cache_dir)?;
     for (i, digest) in state.layers.iter().enumerate() {

@@ -405,6 +405,7 @@ impl Fetcher {
             Ok(stored) => guard.settle(stored),
             Err(e) => {
                 tracing::warn!(layer = %layer.digest, error = %e, "chunk did not verify; fetching it again");
+                layer.registry.distrust(&layer.digest);
                 let me = self.clone();
                 self.runtime.spawn(async move {
                     let result = me.fetch(&layer, &chunk).await;
@@ -451,6 +452,7 @@ impl Fetcher {
                 Ok(stored) => return stored,
                 Err(e) => {
                     tracing::warn!(layer = %layer.digest, error = %e, "chunk did not verify; fetching again");
+                    layer.registry.distrust(&layer.digest);
                     last = e.to_string();
                 }
             }

@@ -246,6 +246,9 @@ pub struct MountState {
     /// The upper directory of a writable mount.
     #[serde(default)]
     pub upper: Option<PathBuf>,
+    /// Requests answered per host: hosts.toml mirrors by host, the registry by its name.
+    #[serde(default)]
+    pub requests_by_host: Vec<(String, u64)>,
 }
 
 /// How often a mount's state file is rewritten.
@@ -371,6 +374,7 @@ pub fn serve(
                 let (fetcher, layer_digests, recording) = (fetcher.clone(), layer_digests.clone(), recording.clone());
                 let (quota, cache_dir) = (options.cache_max_bytes, options.cache_dir.clone());
                 let upper_dir = options.upper.as_ref().map(|u| u.dir.clone());
+                let registry = prepared.sources.first().map(|s| s.registry.clone());
                 std::thread::spawn(move || {
                     let mut last_gc = std::time::Instant::now() - GC_INTERVAL;
                     let mut last_profile = std::time::Instant::now();
@@ -412,6 +416,7 @@ pub fn serve(
                                 })
                                 .collect(),
                             upper: upper_dir.clone(),
+                            requests_by_host: registry.as_ref().map(|r| r.requests_by_host()).unwrap_or_default(),
                         };
                         write_state(&state, &s);
                         let _ = first_tx.send(());

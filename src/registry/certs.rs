@@ -99,14 +99,7 @@ pub fn load_dir(dir: &Path) -> Result<TlsFiles> {
     };
     for path in &names {
         match path.extension().and_then(|e| e.to_str()) {
-            Some("crt") => {
-                let pem = read(path)?;
-                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(path, e.to_string()))?;
-                if certs.is_empty() || !contains_pem(&pem, "CERTIFICATE") {
-                    return Err(err(path, "no PEM certificate in the file"));
-                }
-                files.cas.extend(certs);
-            }
+            Some("crt") => files.cas.extend(read_cas(path)?),
             Some("cert") => {
                 let key = path.with_extension("key");
                 if !key.is_file() {
@@ -137,6 +130,16 @@ pub fn load_dir(dir: &Path) -> Result<TlsFiles> {
         }
     }
     Ok(files)
+}
+
+/// The CA certificates of a PEM file (an error naming it if it holds none).
+pub fn read_cas(path: &Path) -> Result<Vec<reqwest::Certificate>> {
+    let pem = read(path)?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(path, e.to_string()))?;
+    if certs.is_empty() || !contains_pem(&pem, "CERTIFICATE") {
+        return Err(err(path, "no PEM certificate in the file"));
+    }
+    Ok(certs)
 }
 
 /// Whether `pem` has a `-----BEGIN … LABEL-----` block (`LABEL` may be preceded by a kind).

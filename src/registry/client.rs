@@ -59,6 +59,12 @@ pub struct Registry {
     pub(super) max_attempts: u32,
     /// CA certificates and client certificate from the registry's certs.d directory.
     tls: super::certs::TlsFiles,
+    /// Mirrors from hosts.toml, tried in order before the registry itself.
+    pub(super) mirrors: Vec<super::hosts::Mirror>,
+    /// Which mirror last served each blob (by digest), to distrust it if its bytes are wrong.
+    pub(super) served_by: Mutex<std::collections::HashMap<String, usize>>,
+    /// Requests answered per host (mirrors and the registry), for `lamina stats`.
+    pub(super) host_requests: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// A request body that can be sent again on retry.
@@ -103,7 +109,14 @@ impl Registry {
         } else {
             "https"
         };
-        let text = format!("{scheme}://{api_host}/");
+        let hosts = super::hosts::load(name)?;
+        if let Some(f) = &hosts.file {
+            tracing::debug!(registry = name, file = %f.display(), mirrors = hosts.mirrors.len(), "hosts.toml read");
+        }
+        let text = match &hosts.server {
+            Some(server) => server.as_str().to_string(),
+            None => format!("{scheme}://{api_host}/"),
+        };
         let base = Url::parse(&text).map_err(|e| RegistryError::Url {
             url: text.clone(),
             reason: e.to_string(),
@@ -128,6 +141,9 @@ impl Registry {
             auth: Mutex::new(AuthState::default()),
             max_attempts: options.max_attempts.max(1),
             tls,
+            mirrors: hosts.mirrors,
+            served_by: Mutex::new(Default::default()),
+            host_requests: Mutex::new(Default::default()),
         })
     }
 
@@ -139,6 +155,21 @@ impl Registry {
     /// The registry's name as given.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Bytes of blob `digest` did not verify: the mirror that served them (if one did) is
+    /// left out for a while, so the next try goes to the next host.
+    pub fn distrust(&self, digest: &Digest) {
+        if let Some(i) = self.served_by.lock().remove(&digest.to_string()) {
+            if let Some(m) = self.mirrors.get(i) {
+                m.mark_down(&format!("served bytes of {digest} that do not verify"));
+            }
+        }
+    }
+
+    /// Requests answered so far by each host: mirrors by their host, the registry by its name.
+    pub fn requests_by_host(&self) -> Vec<(String, u64)> {
+        self.host_requests.lock().iter().map(|(h, n)| (h.clone(), *n)).collect()
     }
 
     /// `GET /v2/`: is this a registry, and may we talk to it?

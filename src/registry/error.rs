@@ -157,6 +157,16 @@ pub enum RegistryError {
         /// What is wrong.
         reason: String,
     },
+    /// A hosts.toml cannot be used.
+    #[error("{path}: line {line}: {reason}")]
+    HostsFile {
+        /// File path.
+        path: String,
+        /// The line (0 when unknown).
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
     /// A credential helper failed.
     #[error("credential helper {helper}: {reason}")]
     CredentialHelper {

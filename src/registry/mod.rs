@@ -19,6 +19,7 @@ pub mod certs;
 pub mod client;
 mod credhelper;
 pub mod error;
+pub mod hosts;
 pub mod manifest;
 pub mod referrers;
 pub mod resolve;

@@ -61,10 +61,18 @@ impl Registry {
         headers: HeaderMap,
         body: Option<Body>,
     ) -> Result<Response> {
+        if body.is_none() {
+            if let Some(resp) = self.try_mirrors(&method, &url, &headers).await {
+                return Ok(resp);
+            }
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
             let outcome = self.send_once(scope, &method, &url, &headers, body.as_ref()).await;
+            if outcome.is_ok() {
+                *self.host_requests.lock().entry(self.name.clone()).or_default() += 1;
+            }
             let last = attempt >= self.max_attempts;
             let wait = match &outcome {
                 Ok(r) if !last && (r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS) => {
@@ -76,6 +84,49 @@ impl Registry {
             tracing::debug!(%url, attempt, ?wait, "retrying registry request");
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// GETs and HEADs of manifests and blobs go to the hosts.toml mirrors first, in order
+    /// (tag look-ups only to those that may resolve); a mirror that fails — no connection,
+    /// an error status, a redirect — is left out for a while and the next one is asked. `None`:
+    /// no mirror answered (or none applies), the registry itself is asked.
+    async fn try_mirrors(&self, method: &Method, url: &Url, headers: &HeaderMap) -> Option<Response> {
+        if self.mirrors.is_empty() || !(method == Method::GET || method == Method::HEAD) {
+            return None;
+        }
+        let rel = url.path().strip_prefix(self.base.path())?.strip_prefix("v2/")?;
+        let (is_blob, is_manifest) = (rel.contains("/blobs/"), rel.contains("/manifests/"));
+        if !is_blob && !is_manifest {
+            return None;
+        }
+        let last = rel.rsplit('/').next()?.to_string();
+        let by_tag = is_manifest && !last.starts_with("sha256:");
+        for (i, m) in self.mirrors.iter().enumerate() {
+            if m.is_down() || (by_tag && !m.resolve) {
+                continue;
+            }
+            let Ok(mut target) = m.root.join(rel) else { continue };
+            target.query_pairs_mut().append_pair("ns", &self.name);
+            let mut req = m
+                .client
+                .request(method.clone(), target.clone())
+                .headers(headers.clone());
+            for (k, v) in &m.headers {
+                req = req.header(k, v);
+            }
+            match req.send().await {
+                Ok(r) if r.status().is_success() => {
+                    if is_blob {
+                        self.served_by.lock().insert(last.clone(), i);
+                    }
+                    *self.host_requests.lock().entry(m.host()).or_default() += 1;
+                    return Some(r);
+                }
+                Ok(r) => m.mark_down(&format!("HTTP {} for {target}", r.status())),
+                Err(e) => m.mark_down(&format!("{e} for {target}")),
+            }
+        }
+        None
     }
 
     /// One try: follow redirects by hand, answer one 401 challenge.
@@ -153,6 +204,15 @@ pub(super) fn http_client(tls: &super::certs::TlsFiles) -> reqwest::Client {
 
 /// The HTTP client with a registry's TLS files, or why they cannot be used.
 pub(super) fn build_http_client(tls: &super::certs::TlsFiles) -> std::result::Result<reqwest::Client, String> {
+    build_http_client_with(tls, false)
+}
+
+/// [`build_http_client`], without checking the server's certificate when `skip_verify`
+/// (hosts.toml's `skip_verify`, for a mirror on a private network).
+pub(super) fn build_http_client_with(
+    tls: &super::certs::TlsFiles,
+    skip_verify: bool,
+) -> std::result::Result<reqwest::Client, String> {
     // rustls needs one process-wide crypto provider; installing twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     // Proxies come from HTTPS_PROXY / HTTP_PROXY / NO_PROXY (reqwest reads them).
@@ -161,7 +221,8 @@ pub(super) fn build_http_client(tls: &super::certs::TlsFiles) -> std::result::Re
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)
         .user_agent(concat!("lamina/", env!("CARGO_PKG_VERSION")))
-        .tls_certs_merge(tls.cas.iter().cloned());
+        .tls_certs_merge(tls.cas.iter().cloned())
+        .tls_danger_accept_invalid_certs(skip_verify);
     if let Some(id) = &tls.identity {
         builder = builder.identity(id.clone());
     }

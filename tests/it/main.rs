@@ -10,6 +10,7 @@ mod fetching;
 mod hostile;
 mod layerstore;
 mod limits;
+mod mirrors;
 mod mount;
 mod offline;
 mod platform;

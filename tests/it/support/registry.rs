@@ -64,6 +64,27 @@ impl TestRegistry {
         r
     }
 
+    /// Start a pull-through cache of the registry at `remote` (`proxy.remoteurl`).
+    pub fn start_pull_through(remote: &str) -> TestRegistry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = TestRegistry {
+            child: None,
+            addr: String::new(),
+            dir,
+        };
+        let (child, port) = start_server("docker-registry (pull-through cache)", |port| {
+            r.write_config(port, false);
+            let config = r.dir.path().join("config.yml");
+            let text = std::fs::read_to_string(&config).unwrap();
+            std::fs::write(&config, format!("{text}proxy:\n  remoteurl: http://{remote}\n")).unwrap();
+            r.command().spawn().expect("start docker-registry")
+        });
+        r.child = Some(child);
+        r.addr = format!("127.0.0.1:{port}");
+        r.wait_ready();
+        r
+    }
+
     fn start_with(auth: Option<(&str, &str)>) -> TestRegistry {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut r = TestRegistry {
