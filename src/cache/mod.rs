@@ -83,6 +83,27 @@ impl CacheDir {
         self.root.join("indexes").join(format!("{}.lidx", layer.hex()))
     }
 
+    /// Record the TOC digest (the manifest's annotation) a cached index of `layer` was made
+    /// from: a layer digest alone is never checked lazily, so another manifest naming the same
+    /// digest with another TOC must not be served this index (nor this one its).
+    pub fn record_index_toc(&self, layer: &Digest, toc: Option<&str>) {
+        let path = self.index_path(layer).with_extension("toc");
+        let _ = match toc {
+            Some(t) => std::fs::write(&path, t),
+            None => std::fs::remove_file(&path),
+        };
+    }
+
+    /// Whether the cached index of `layer` may serve a manifest whose annotation names TOC
+    /// `toc`: yes without an annotation (the TOC is found in the blob itself), else only if
+    /// the index was made from that TOC.
+    pub fn index_toc_matches(&self, layer: &Digest, toc: Option<&str>) -> bool {
+        match toc {
+            None => true,
+            Some(t) => std::fs::read_to_string(self.index_path(layer).with_extension("toc")).is_ok_and(|r| r == t),
+        }
+    }
+
     /// The record of a conversion of `source` with settings `fingerprint`.
     pub fn conversion_path(&self, source: &Digest, fingerprint: &str) -> PathBuf {
         self.root

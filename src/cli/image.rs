@@ -111,6 +111,7 @@ pub(super) async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
             if let Err(e) = crate::index::disk::save(ix, &c.index_path(&l.digest)) {
                 tracing::debug!(error = %e, "could not keep the layer index");
             }
+            c.record_index_toc(&l.digest, crate::fetch::locate::annotated_toc_digest(l));
         }
         let media = l.media_type.rsplit('.').next().unwrap_or(&l.media_type);
         match toc {

@@ -66,6 +66,18 @@ fn toc_error(layer: &Layer, reason: String) -> LocateError {
     })
 }
 
+/// The TOC digest a layer's manifest annotation names (zstd:chunked, either dialect, or
+/// eStargz), if it names one.
+pub fn annotated_toc_digest(layer: &Layer) -> Option<&str> {
+    [
+        crate::format::zstd_chunked::MANIFEST_CHECKSUM_KEY,
+        crate::format::zstd_chunked::OLD_MANIFEST_CHECKSUM_KEY,
+        crate::format::estargz::TOC_DIGEST_KEY,
+    ]
+    .iter()
+    .find_map(|k| layer.annotations.get(*k).map(String::as_str))
+}
+
 /// Read and check the TOC of `layer`.
 pub async fn read_layer_toc(registry: &Registry, repo: &str, layer: &Layer) -> Result<LayerToc, LocateError> {
     let annotated = zc::location_from_annotations(&layer.annotations).map_err(|r| toc_error(layer, r))?;

@@ -37,6 +37,10 @@ const ROOT: u64 = 1;
 const SHIFT: u32 = 32;
 /// Smallest blob read sent to the registry (podman reads a blob front to back).
 const BLOB_WINDOW: u64 = 4 << 20;
+/// Lookups that may ask registries at once (of 8 FUSE threads).
+const MAX_RESOLVING: usize = 4;
+/// How long a failed lookup is answered from memory.
+const REFUSED_FOR: Duration = Duration::from_secs(10);
 /// How long the kernel keeps the fixed entries (they never change once made).
 const FIXED_TTL: Duration = Duration::from_secs(3600);
 
@@ -76,6 +80,10 @@ struct Tables {
 
 /// The store mounted.
 pub struct StoreFs {
+    /// Lookups asking registries at once: the rest of the FUSE threads stay free for reads.
+    resolving: Arc<tokio::sync::Semaphore>,
+    /// Lookups that failed lately, answered from memory until the time given.
+    refused: parking_lot::Mutex<std::collections::HashMap<(u64, Vec<u8>), (std::time::Instant, fuser::Errno)>>,
     settings: Settings,
     fetcher: Arc<Fetcher>,
     runtime: tokio::runtime::Handle,
@@ -91,6 +99,8 @@ impl StoreFs {
             ..Tables::default()
         };
         StoreFs {
+            resolving: Arc::new(tokio::sync::Semaphore::new(MAX_RESOLVING)),
+            refused: Default::default(),
             settings,
             fetcher,
             runtime,
@@ -167,18 +177,31 @@ impl StoreFs {
             .ok()
             .and_then(|s| s.parse().ok())
             .ok_or(fuser::Errno::ENOENT)?;
-        let opened = self
-            .runtime
-            .block_on(open(&image, &digest, &self.settings, &self.fetcher));
+        let key = (parent, name.to_vec());
+        if let Some((until, e)) = self.refused.lock().get(&key) {
+            if std::time::Instant::now() < *until {
+                return Err(*e);
+            }
+        }
+        let opened = self.runtime.block_on(async {
+            let _permit = self.resolving.acquire().await;
+            open(&image, &digest, &self.settings, &self.fetcher).await
+        });
+        let refuse = |e: fuser::Errno| {
+            self.refused
+                .lock()
+                .insert(key.clone(), (std::time::Instant::now() + REFUSED_FOR, e));
+            e
+        };
         let layer = match opened {
             Ok(l) => l,
             Err(LookupError::Absent(why)) => {
                 tracing::info!(image = %image, layer = %digest, reason = %why, "layer not offered");
-                return Err(fuser::Errno::ENOENT);
+                return Err(refuse(fuser::Errno::ENOENT));
             }
             Err(LookupError::Unavailable(why)) => {
                 tracing::warn!(image = %image, layer = %digest, reason = %why, "layer lookup failed");
-                return Err(fuser::Errno::EIO);
+                return Err(refuse(fuser::Errno::EIO));
             }
         };
         let mut t = self.tables.lock();
@@ -403,9 +426,16 @@ impl Filesystem for StoreFs {
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         if let Some((view, inner, base)) = self.in_diff(ino.0) {
+            let layer_dir = self.tables.lock().slots[((base >> SHIFT) - 1) as usize].dir;
             let listed = view.list(INodeNo(inner), offset, |u, child, next, name| {
+                // `..` of the diff root is the layer's directory.
+                let ino = if name == b".." && inner == crate::union::ROOT_INO {
+                    layer_dir
+                } else {
+                    base | child
+                };
                 reply.add(
-                    INodeNo(base | child),
+                    INodeNo(ino),
                     next,
                     crate::view::file_type(u.node(child).kind),
                     OsStr::from_bytes(name),
@@ -497,6 +527,9 @@ impl Filesystem for StoreFs {
 
     /// `rmdir(<ref>/<digest>)`: containers/storage releases the layer; ENOENT, as for `use`.
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.in_diff(parent.0).is_some() {
+            return reply.error(fuser::Errno::EROFS);
+        }
         let mut t = self.tables.lock();
         let dir = match t.fixed.get((parent.0 as usize).wrapping_sub(1)) {
             Some((Fixed::Reference { layers, .. }, _, _)) => layers.get(name.as_bytes()).copied(),
@@ -507,11 +540,7 @@ impl Filesystem for StoreFs {
             tracing::debug!(uses = slot.uses, "layer released");
             return reply.error(fuser::Errno::ENOENT);
         }
-        reply.error(if dir.is_none() && self.in_diff(parent.0).is_none() {
-            fuser::Errno::ENOENT
-        } else {
-            fuser::Errno::EROFS
-        })
+        reply.error(fuser::Errno::ENOENT)
     }
 
     fn mkdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {

@@ -199,20 +199,22 @@ async fn load_index(
     layer: &crate::registry::resolve::Layer,
 ) -> Result<Option<crate::index::LayerIndex>, LookupError> {
     let path = cache.index_path(&layer.digest);
+    let toc = crate::fetch::locate::annotated_toc_digest(layer);
     if let Ok(index) = disk::load(&path) {
-        if index.codec != crate::model::ChunkCodec::Stream {
+        if index.codec != crate::model::ChunkCodec::Stream && cache.index_toc_matches(&layer.digest, toc) {
             return Ok(Some(index));
         }
     }
-    let toc = read_layer_toc(registry, repo, layer)
+    let found = read_layer_toc(registry, repo, layer)
         .await
         .map_err(|e| LookupError::Unavailable(e.to_string()))?;
-    if let Some(index) = &toc.index {
+    if let Some(index) = &found.index {
         if let Err(e) = disk::save(index, &path) {
             tracing::warn!(error = %e, "could not keep the layer index");
         }
+        cache.record_index_toc(&layer.digest, toc);
     }
-    Ok(toc.index)
+    Ok(found.index)
 }
 
 /// The length of a layer's tar stream, which podman needs to export it (`push`, `save`):
@@ -242,7 +244,8 @@ async fn tar_size(registry: &Registry, repo: &str, layer: &crate::registry::reso
         tar_split::tar_size(&split)
     };
     match size.await {
-        Ok(n) => n as i64,
+        Ok(n) if n <= i64::MAX as u64 => n as i64,
+        Ok(_) => -1,
         Err(e) => {
             tracing::warn!(layer = %layer.digest, error = %e, "tar-split unreadable: the layer's size is unknown");
             -1

@@ -42,16 +42,18 @@ pub fn serve(
     let mut config = Config::default();
     // Writable only for the protocol: create(`use`) and rmdir(layer) are counted and refused;
     // everything else is refused with EROFS.
+    // No setuid and no devices through the store itself (overlayfs applies its own mount's
+    // flags to what it stacks), and only root and the store's owner may look in: a lookup
+    // asks a registry named by the looker, with this process's credentials.
     config.mount_options = vec![
         MountOption::RW,
         MountOption::FSName("lamina-store".into()),
         MountOption::Subtype("lamina-store".into()),
         MountOption::DefaultPermissions,
+        MountOption::NoSuid,
+        MountOption::NoDev,
     ];
-    if rustix::process::geteuid().is_root() {
-        config.mount_options.extend([MountOption::Dev, MountOption::Suid]);
-        config.acl = SessionACL::All;
-    }
+    config.acl = SessionACL::RootAndOwner;
     config.n_threads = Some(FUSE_THREADS);
     match fuser::spawn_mount(fs, mountpoint, &config) {
         Ok(session) => {

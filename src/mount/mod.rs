@@ -150,7 +150,11 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
         let (registry, cache, store) = (registry.clone(), cache.clone(), &store);
         async move {
             let path = cache.index_path(&l.digest);
-            if let Ok(index) = disk::load(&path) {
+            let toc_digest = crate::fetch::locate::annotated_toc_digest(l);
+            let cached = disk::load(&path)
+                .ok()
+                .filter(|_| cache.index_toc_matches(&l.digest, toc_digest));
+            if let Some(index) = cached {
                 // A plain layer has no random access: if any of its chunks left the cache, the
                 // layer is streamed again (its files are served as the stream passes them).
                 if index.codec != crate::model::ChunkCodec::Stream
@@ -177,6 +181,7 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
             if let Err(e) = disk::save(&index, &path) {
                 tracing::warn!(error = %e, "could not keep the layer index");
             }
+            cache.record_index_toc(&l.digest, toc_digest);
             Ok(Some(index))
         }
     }))
