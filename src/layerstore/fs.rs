@@ -78,12 +78,15 @@ struct Tables {
     slots: Vec<Slot>,
 }
 
+/// A layer lookup: the reference directory's inode and the name looked up.
+type LookupKey = (u64, Vec<u8>);
+
 /// The store mounted.
 pub struct StoreFs {
     /// Lookups asking registries at once: the rest of the FUSE threads stay free for reads.
     resolving: Arc<tokio::sync::Semaphore>,
     /// Lookups that failed lately, answered from memory until the time given.
-    refused: parking_lot::Mutex<std::collections::HashMap<(u64, Vec<u8>), (std::time::Instant, fuser::Errno)>>,
+    refused: parking_lot::Mutex<std::collections::HashMap<LookupKey, (std::time::Instant, fuser::Errno)>>,
     settings: Settings,
     fetcher: Arc<Fetcher>,
     runtime: tokio::runtime::Handle,
