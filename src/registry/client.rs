@@ -65,6 +65,9 @@ pub struct Registry {
     pub(super) served_by: Mutex<std::collections::HashMap<String, usize>>,
     /// Requests answered per host (mirrors and the registry), for `lamina stats`.
     pub(super) host_requests: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Blob URLs the registry redirected to another origin (object storage, a CDN), with when
+    /// they were learned: later Range requests of the same blob go there directly.
+    pub(super) redirects: Mutex<std::collections::HashMap<String, (Url, std::time::Instant)>>,
 }
 
 /// A request body that can be sent again on retry.
@@ -144,6 +147,7 @@ impl Registry {
             mirrors: hosts.mirrors,
             served_by: Mutex::new(Default::default()),
             host_requests: Mutex::new(Default::default()),
+            redirects: Mutex::new(Default::default()),
         })
     }
 

@@ -28,6 +28,9 @@ const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Redirect hops followed before giving up (blob GETs redirect once to storage, at most twice).
 const MAX_REDIRECTS: usize = 5;
+/// How long a blob's redirected URL is used before the registry is asked again (presigned
+/// object-storage URLs live minutes to hours).
+const REDIRECT_REUSE: Duration = Duration::from_secs(300);
 /// Time allowed to open a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest silence while reading a response before the request counts as failed.
@@ -138,6 +141,13 @@ impl Registry {
         headers: &HeaderMap,
         body: Option<&Body>,
     ) -> Result<Response> {
+        let original = url.clone();
+        let blob_get = method == Method::GET && body.is_none() && url.path().contains("/blobs/sha256:");
+        if blob_get {
+            if let Some(resp) = self.try_known_redirect(url, headers).await {
+                return Ok(resp);
+            }
+        }
         let mut url = url.clone();
         let mut answered_challenge = false;
         let mut hops = 0;
@@ -189,8 +199,28 @@ impl Registry {
                 url = next;
                 continue;
             }
+            if blob_get && hops > 0 && resp.status().is_success() && url.origin() != self.base.origin() {
+                self.redirects
+                    .lock()
+                    .insert(original.to_string(), (url.clone(), std::time::Instant::now()));
+            }
             return Ok(resp);
         }
+    }
+
+    /// A blob GET whose URL redirected to another origin before goes there directly (without
+    /// credentials), while that answers and for [`REDIRECT_REUSE`]; then it is resolved again.
+    async fn try_known_redirect(&self, url: &Url, headers: &HeaderMap) -> Option<Response> {
+        let (target, learned) = self.redirects.lock().get(url.as_str()).cloned()?;
+        if learned.elapsed() < REDIRECT_REUSE {
+            match self.http().get(target.clone()).headers(headers.clone()).send().await {
+                Ok(r) if r.status().is_success() => return Some(r),
+                Ok(r) => tracing::debug!(%target, status = %r.status(), "redirected blob URL no longer answers"),
+                Err(e) => tracing::debug!(%target, error = %e, "redirected blob URL no longer answers"),
+            }
+        }
+        self.redirects.lock().remove(url.as_str());
+        None
     }
 }
 

@@ -16,6 +16,7 @@ mod offline;
 mod platform;
 mod profile;
 mod pull;
+mod redirects;
 mod restart;
 mod snapshotter;
 mod support;
