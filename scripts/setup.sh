@@ -25,6 +25,7 @@ packages=(
   curl              # readiness checks in the demo script
   debootstrap       # builds the real Debian image for the demo and benchmarks
   ca-certificates   # debootstrap over HTTPS mirrors, if configured
+  podman            # lamina store's integration tests (additional layer store)
   containerd        # lamina snapshotter's integration tests (CRI pulls through the proxy plugin)
   openssl           # the TLS tests make a private CA and certificates
   protobuf-compiler # protoc, for the containerd-snapshots crate's build (containerd's gRPC API)
