@@ -31,6 +31,22 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    /// The user name docker uses for an identity token (an OAuth2 refresh token).
+    pub const IDENTITY_TOKEN_USER: &'static str = "<token>";
+
+    /// An identity token: exchanged at the token endpoint with the refresh-token grant.
+    pub fn identity_token(token: String) -> Credentials {
+        Credentials {
+            username: Self::IDENTITY_TOKEN_USER.to_string(),
+            password: token,
+        }
+    }
+
+    /// Whether this is an identity token rather than a user name and password.
+    pub fn is_identity_token(&self) -> bool {
+        self.username == Self::IDENTITY_TOKEN_USER
+    }
+
     /// The value of an `Authorization: Basic …` header.
     pub fn basic_header(&self) -> String {
         let raw = format!("{}:{}", self.username, self.password);
@@ -110,6 +126,7 @@ struct AuthEntry {
     auth: Option<String>,
     username: Option<String>,
     password: Option<String>,
+    identitytoken: Option<String>,
 }
 
 /// Where a config file says a registry's credentials are.
@@ -154,6 +171,9 @@ pub fn lookup_in_config(text: &str, registry: &str) -> std::result::Result<Sourc
             _ => Ok(Source::None),
         };
     };
+    if let Some(t) = entry.identitytoken.as_deref().filter(|t| !t.is_empty()) {
+        return Ok(Source::Found(Credentials::identity_token(t.to_string())));
+    }
     if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
         let raw = base64::engine::general_purpose::STANDARD
             .decode(auth.trim())

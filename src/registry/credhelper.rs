@@ -83,10 +83,8 @@ pub fn get(name: &str, registry: &str) -> Result<Option<Credentials>> {
     }
     let answer: Answer =
         serde_json::from_slice(&stdout).map_err(|e| fail(format!("answer is not the helper protocol's JSON: {e}")))?;
-    if answer.username == "<token>" {
-        return Err(fail(
-            "it holds an identity token (refresh-token grant), which lamina does not support yet".into(),
-        ));
+    if answer.username == Credentials::IDENTITY_TOKEN_USER {
+        return Ok(Some(Credentials::identity_token(answer.secret)));
     }
     Ok(Some(Credentials {
         username: answer.username,

@@ -81,11 +81,34 @@ impl Registry {
                 q.append_pair("scope", one);
             }
         }
+        // An identity token is exchanged with OAuth2's refresh-token grant (a POST, as docker
+        // does); a user name and password go as Basic credentials on a GET.
+        let form = self.credentials.as_ref().filter(|c| c.is_identity_token()).map(|c| {
+            let mut f = url::form_urlencoded::Serializer::new(String::new());
+            f.append_pair("grant_type", "refresh_token")
+                .append_pair("refresh_token", &c.password)
+                .append_pair("client_id", "lamina");
+            if let Some(s) = service {
+                f.append_pair("service", s);
+            }
+            f.append_pair("scope", scope);
+            f.finish()
+        });
+        if form.is_some() {
+            url.set_query(None);
+        }
         let mut attempt = 0;
         let resp = loop {
             attempt += 1;
-            let mut req = self.http().get(url.clone());
-            if let Some(c) = &self.credentials {
+            let mut req = match &form {
+                Some(body) => self
+                    .http()
+                    .post(url.clone())
+                    .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(body.clone()),
+                None => self.http().get(url.clone()),
+            };
+            if let Some(c) = self.credentials.as_ref().filter(|c| !c.is_identity_token()) {
                 req = req.header(AUTHORIZATION, c.basic_header());
             }
             match req.send().await {

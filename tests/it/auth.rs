@@ -112,3 +112,55 @@ fn bearer_token_flow_with_refresh() {
     let log = std::fs::read_to_string(&proxy.log).unwrap();
     assert!(log.contains("scope=repository%3Atokened%3Apull"), "{log}");
 }
+
+#[test]
+fn an_identity_token_is_exchanged_with_the_refresh_token_grant() {
+    if !require_tools(&["docker-registry", "umoci", "skopeo", "python3"]) || !require_root() {
+        return;
+    }
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let umoci = small_image(w);
+    skopeo_push(
+        &umoci.layout,
+        "t",
+        &format!("{}/identity:t", registry.addr),
+        None,
+        false,
+    );
+    // The token endpoint takes the refresh-token grant with this identity token, and no
+    // Basic credentials at all.
+    let proxy = TokenProxy::start(&registry.addr, "nobody", "identity-secret", 2, &w.join("proxy.log"));
+    let image = format!("{}/identity:t", proxy.addr);
+    let config = w.join("docker");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("config.json"),
+        format!(
+            "{{\"auths\": {{\"{}\": {{\"identitytoken\": \"identity-secret\"}}}}}}",
+            proxy.addr
+        ),
+    )
+    .unwrap();
+    assert_ok(&pull_with_config(&image, &w.join("pulled"), Some(&config)));
+    let log = std::fs::read_to_string(&proxy.log).unwrap();
+    assert!(proxy.tokens_issued() > 1, "tokens were refreshed:\n{log}");
+    assert!(
+        log.lines()
+            .filter(|l| l.starts_with("TOKEN"))
+            .all(|l| l.contains("via=refresh")),
+        "{log}"
+    );
+    // A wrong identity token: refused, and the error says by whom.
+    std::fs::write(
+        config.join("config.json"),
+        format!(
+            "{{\"auths\": {{\"{}\": {{\"identitytoken\": \"wrong\"}}}}}}",
+            proxy.addr
+        ),
+    )
+    .unwrap();
+    let err = assert_failed(&pull_with_config(&image, &w.join("refused"), Some(&config)));
+    assert!(err.contains("token endpoint"), "{err}");
+}

@@ -4,7 +4,8 @@
 Requests to /v2/... without a valid `Authorization: Bearer` get 401 with a Bearer challenge
 naming /token on this server. /token checks Basic credentials and hands out a token valid for
 USES requests, so clients must refresh. Everything else is forwarded to the upstream registry.
-Each token issued is logged as a line `TOKEN scope=...` on stdout.
+A POST to /token with OAuth2's refresh-token grant (refresh_token = PASSWORD) is the
+identity-token path. Each token issued is logged as a line `TOKEN via=basic|refresh scope=...`.
 """
 import base64
 import http.client
@@ -12,6 +13,7 @@ import http.server
 import secrets
 import sys
 import threading
+import urllib.parse
 
 port, upstream, user, password, uses = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 tokens = {}
@@ -34,17 +36,28 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def token(self):
-        want = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-        if self.headers.get("Authorization") != want:
-            return self.reply(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}')
+        via = "basic"
+        if self.command == "POST":
+            # OAuth2 refresh-token grant: PASSWORD is the identity token.
+            length = int(self.headers.get("Content-Length", 0) or 0)
+            form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+            if form.get("grant_type") != ["refresh_token"] or form.get("refresh_token") != [password]:
+                return self.reply(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}')
+            if self.headers.get("Authorization"):
+                return self.reply(400, b'{"errors":[{"code":"DENIED","message":"no Basic with a grant"}]}')
+            scope, via, key = form.get("scope", [""])[0], "refresh", "access_token"
+        else:
+            want = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            if self.headers.get("Authorization") != want:
+                return self.reply(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}')
+            scope, key = self.path.split("scope=")[-1], "token"
         t = secrets.token_hex(16)
-        scope = self.path.split("scope=")[-1]
         with lock:
             tokens[t] = uses
             # Under the lock: lines of two handler threads must not interleave.
-            sys.stdout.write(f"TOKEN scope={scope}\n")
+            sys.stdout.write(f"TOKEN via={via} scope={scope}\n")
             sys.stdout.flush()
-        self.reply(200, ('{"token":"%s","expires_in":300}' % t).encode(), [("Content-Type", "application/json")])
+        self.reply(200, ('{"%s":"%s","expires_in":300}' % (key, t)).encode(), [("Content-Type", "application/json")])
 
     def authorized(self):
         auth = self.headers.get("Authorization", "")
