@@ -89,12 +89,14 @@ impl Registry {
         }
     }
 
-    /// GETs and HEADs of manifests and blobs go to the hosts.toml mirrors first, in order
+    /// GETs of manifests and blobs go to the hosts.toml mirrors first, in order
     /// (tag look-ups only to those that may resolve); a mirror that fails — no connection,
     /// an error status, a redirect — is left out for a while and the next one is asked. `None`:
     /// no mirror answered (or none applies), the registry itself is asked.
     async fn try_mirrors(&self, method: &Method, url: &Url, headers: &HeaderMap) -> Option<Response> {
-        if self.mirrors.is_empty() || !(method == Method::GET || method == Method::HEAD) {
+        // GETs only: a HEAD is how a push asks whether the registry itself has a blob, which
+        // a mirror cannot answer for it.
+        if self.mirrors.is_empty() || method != Method::GET {
             return None;
         }
         let rel = url.path().strip_prefix(self.base.path())?.strip_prefix("v2/")?;
