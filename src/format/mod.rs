@@ -14,4 +14,5 @@ pub mod tar_scan;
 pub mod tar_split;
 pub mod toc;
 pub mod writer;
+pub mod zran;
 pub mod zstd_chunked;

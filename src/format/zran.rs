@@ -1,0 +1,558 @@
+//! Random access into an unchanged gzip stream ("zran", after zlib's example of that name):
+//! while the stream is inflated once, a [`Checkpoint`] is kept at a deflate block boundary
+//! every `span` compressed bytes — the bit where the next block starts and the 32 KiB of
+//! output before it (deflate's window). Inflating can later start at any checkpoint from those
+//! alone: prime the inflater with the bits of the checkpoint's first byte, hand it the window
+//! as its dictionary, feed it the compressed bytes from there.
+//!
+//! ```text
+//! blob:  [gzip header][ block | block | block ‖ block | block ‖ block ...][trailer]
+//!                      ^ checkpoint 0        ^ checkpoint 1   ^ checkpoint 2
+//!                      (in, bits, out, the 32 KiB of output before it)
+//! ```
+//!
+//! The inflater is zlib-rs (pure Rust) through its zlib C API (`libz-rs-sys`): its safe API
+//! has no `inflatePrime` and no stop at block boundaries (`Z_BLOCK`), which this technique
+//! needs. That API is used only in [`Inflater`], the one place with `unsafe` here.
+
+use std::io::{self, Read};
+
+use libz_rs_sys as z;
+
+/// Deflate's window: the most output a back-reference can reach.
+pub const WINDOW_BYTES: usize = 32 << 10;
+/// Compressed bytes between checkpoints unless asked otherwise (zlib's zran example's span).
+pub const DEFAULT_SPAN: u64 = 1 << 20;
+/// Smallest and largest span accepted.
+pub const MIN_SPAN: u64 = 64 << 10;
+/// See [`MIN_SPAN`].
+pub const MAX_SPAN: u64 = 16 << 20;
+/// A checkpoint is also kept after this much output, whatever the span: a chunk decoded from
+/// a checkpoint then never inflates more than this (plus one block) before its bytes.
+pub const MAX_OUT_SPAN: u64 = 8 << 20;
+/// Most checkpoints one layer may have (a 16 GiB layer at the default span).
+pub const MAX_CHECKPOINTS: usize = 16 << 10;
+/// Output produced per inflate call.
+const OUT_BLOCK: usize = 64 << 10;
+const IN_BLOCK: usize = 64 << 10;
+
+/// A place where inflating can start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Blob offset of the first whole byte after the checkpoint.
+    pub in_offset: u64,
+    /// Bits of the byte before `in_offset` that belong to the next block (0–7).
+    pub bits: u8,
+    /// Uncompressed offset of the checkpoint.
+    pub out_offset: u64,
+    /// The output before the checkpoint, at most [`WINDOW_BYTES`].
+    pub window: Vec<u8>,
+}
+
+impl Checkpoint {
+    /// Blob offset of the first byte inflating from here reads.
+    pub fn start_byte(&self) -> u64 {
+        self.in_offset - u64::from(self.bits > 0)
+    }
+}
+
+/// A raw-deflate inflater (zlib-rs's zlib API). Boxed: zlib's state points back at its
+/// stream, so the stream must not move.
+struct Inflater {
+    strm: Box<z::z_stream>,
+}
+
+/// What one [`Inflater::inflate`] call did.
+struct Step {
+    consumed: usize,
+    produced: usize,
+    /// The deflate stream ended (the last block is done).
+    end: bool,
+    /// zlib's `data_type`: unused bits in the last byte read (0–7), +64 after the last block,
+    /// +128 at a block boundary.
+    data_type: i32,
+}
+
+#[allow(unsafe_code)] // zlib's API; each call has its SAFETY note
+impl Inflater {
+    fn raw() -> io::Result<Inflater> {
+        let mut strm = Box::<z::z_stream>::default();
+        // SAFETY: `strm` is a valid, boxed (so never moved) stream whose allocator fields the
+        // default set; the version is zlib-rs's own string; the size is the struct's.
+        let rc = unsafe {
+            z::inflateInit2_(
+                &mut *strm,
+                -15,
+                z::zlibVersion(),
+                std::mem::size_of::<z::z_stream>() as i32,
+            )
+        };
+        if rc != z::Z_OK {
+            return Err(bad(format!("cannot start an inflater (zlib code {rc})")));
+        }
+        Ok(Inflater { strm })
+    }
+
+    /// Feed the low `bits` bits of `value` before the next input byte.
+    fn prime(&mut self, bits: u8, value: u8) -> io::Result<()> {
+        // SAFETY: the stream was initialised by `raw` and is not in use elsewhere.
+        let rc = unsafe { z::inflatePrime(&mut *self.strm, i32::from(bits), i32::from(value)) };
+        self.check(rc, "prime")
+    }
+
+    /// Output that came before the resumed stream (the window).
+    fn set_dictionary(&mut self, dictionary: &[u8]) -> io::Result<()> {
+        if dictionary.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the stream was initialised by `raw`; the pointer and length are those of a
+        // live slice zlib only reads during the call (it copies the bytes into its window).
+        let rc = unsafe { z::inflateSetDictionary(&mut *self.strm, dictionary.as_ptr(), dictionary.len() as u32) };
+        self.check(rc, "set the window")
+    }
+
+    fn check(&self, rc: i32, what: &str) -> io::Result<()> {
+        if rc == z::Z_OK {
+            Ok(())
+        } else {
+            Err(bad(format!("cannot {what} (zlib code {rc})")))
+        }
+    }
+
+    /// Inflate from `input` into `output`; `block`: stop at the next block boundary.
+    fn inflate(&mut self, input: &[u8], output: &mut [u8], block: bool) -> io::Result<Step> {
+        let s = &mut *self.strm;
+        s.next_in = input.as_ptr();
+        s.avail_in = input.len().min(u32::MAX as usize) as u32;
+        s.next_out = output.as_mut_ptr();
+        s.avail_out = output.len().min(u32::MAX as usize) as u32;
+        let avail_in = s.avail_in as usize;
+        let avail_out = s.avail_out as usize;
+        let flush = if block { z::Z_BLOCK } else { z::Z_NO_FLUSH };
+        // SAFETY: the stream was initialised by `raw`; `next_in`/`next_out` point at live
+        // slices of the lengths given, used only during this call (both are reset before the
+        // next one).
+        let rc = unsafe { z::inflate(s, flush) };
+        let step = Step {
+            consumed: avail_in - s.avail_in as usize,
+            produced: avail_out - s.avail_out as usize,
+            end: rc == z::Z_STREAM_END,
+            data_type: s.data_type,
+        };
+        s.next_in = std::ptr::null();
+        s.next_out = std::ptr::null_mut();
+        match rc {
+            z::Z_OK | z::Z_STREAM_END => Ok(step),
+            z::Z_BUF_ERROR => Ok(step),
+            z::Z_NEED_DICT => Err(bad("the stream asks for a dictionary".into())),
+            other => Err(bad(format!("corrupt deflate data (zlib code {other})"))),
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+impl Drop for Inflater {
+    fn drop(&mut self) {
+        // SAFETY: the stream was initialised by `raw` and is ended once, here.
+        unsafe {
+            z::inflateEnd(&mut *self.strm);
+        }
+    }
+}
+
+fn bad(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// Length of the gzip member header at the start of `data` (RFC 1952), or an error; `None`:
+/// more bytes are needed.
+pub fn gzip_header_len(data: &[u8]) -> io::Result<Option<usize>> {
+    if data.len() < 10 {
+        return Ok(None);
+    }
+    if data[0] != 0x1f || data[1] != 0x8b || data[2] != 8 {
+        return Err(bad("not a gzip stream".into()));
+    }
+    let flags = data[3];
+    if flags & 0xe0 != 0 {
+        return Err(bad("gzip header with reserved flags".into()));
+    }
+    let mut at = 10usize;
+    if flags & 4 != 0 {
+        let Some(x) = data.get(at..at + 2) else { return Ok(None) };
+        at += 2 + usize::from(u16::from_le_bytes([x[0], x[1]]));
+    }
+    for flag in [8u8, 16] {
+        if flags & flag != 0 {
+            match data.get(at..).and_then(|d| d.iter().position(|b| *b == 0)) {
+                Some(n) => at += n + 1,
+                None => return Ok(None),
+            }
+        }
+    }
+    if flags & 2 != 0 {
+        at += 2;
+    }
+    Ok((at <= data.len()).then_some(at))
+}
+
+/// Longest gzip header accepted (its name and comment fields are unbounded in the format).
+const MAX_HEADER_BYTES: usize = 64 << 10;
+
+/// Reads the uncompressed bytes of a gzip stream, keeping checkpoints as it goes.
+pub struct ZranReader<R> {
+    input: R,
+    inflater: Inflater,
+    span: u64,
+    inbuf: Vec<u8>,
+    in_pos: usize,
+    in_len: usize,
+    /// Blob offset of `inbuf[in_pos]`.
+    in_abs: u64,
+    input_done: bool,
+    /// `[history (≤ WINDOW_BYTES) | new output]`
+    out: Vec<u8>,
+    filled: usize,
+    read_pos: usize,
+    total_out: u64,
+    ended: bool,
+    crc: flate2::Crc,
+    points: Vec<Checkpoint>,
+    /// (uncompressed bytes out, blob offset of the input consumed to make them), one per call.
+    progress: Vec<(u64, u64)>,
+}
+
+impl<R: Read> ZranReader<R> {
+    /// Start reading a gzip stream; checkpoints every `span` compressed bytes (clamped to
+    /// [`MIN_SPAN`]..=[`MAX_SPAN`]).
+    pub fn new(mut input: R, span: u64) -> io::Result<ZranReader<R>> {
+        let mut inbuf = vec![0u8; IN_BLOCK.max(MAX_HEADER_BYTES)];
+        let mut len = 0usize;
+        let header = loop {
+            if let Some(n) = gzip_header_len(&inbuf[..len])? {
+                break n;
+            }
+            if len == inbuf.len() {
+                return Err(bad("gzip header longer than 64 KiB".into()));
+            }
+            let n = input.read(&mut inbuf[len..])?;
+            if n == 0 {
+                return Err(bad("gzip stream ends inside its header".into()));
+            }
+            len += n;
+        };
+        let first = Checkpoint {
+            in_offset: header as u64,
+            bits: 0,
+            out_offset: 0,
+            window: Vec::new(),
+        };
+        Ok(ZranReader {
+            input,
+            inflater: Inflater::raw()?,
+            span: span.clamp(MIN_SPAN, MAX_SPAN),
+            inbuf,
+            in_pos: header,
+            in_len: len,
+            in_abs: header as u64,
+            input_done: false,
+            out: vec![0u8; WINDOW_BYTES + OUT_BLOCK],
+            filled: 0,
+            read_pos: 0,
+            total_out: 0,
+            ended: false,
+            crc: flate2::Crc::new(),
+            points: vec![first],
+            progress: Vec::new(),
+        })
+    }
+
+    /// The checkpoints kept so far, in stream order (the first is the stream's start).
+    pub fn checkpoints(&self) -> &[Checkpoint] {
+        &self.points
+    }
+
+    /// After reading: blob offset by which the first `out` uncompressed bytes had been
+    /// produced (an upper bound: input consumed by the inflate call that produced them).
+    pub fn input_end_for(&self, out: u64) -> Option<u64> {
+        let i = self.progress.partition_point(|(o, _)| *o < out);
+        self.progress.get(i).map(|(_, e)| *e)
+    }
+
+    /// Whether the deflate stream has ended.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// The input reader, positioned after what the inflater consumed and its own buffer.
+    pub fn into_parts(self) -> (Vec<Checkpoint>, Vec<(u64, u64)>, R, Vec<u8>) {
+        let rest = self.inbuf[self.in_pos..self.in_len].to_vec();
+        (self.points, self.progress, self.input, rest)
+    }
+
+    fn fill(&mut self) -> io::Result<()> {
+        if self.filled == self.out.len() {
+            self.out.copy_within(self.filled - WINDOW_BYTES..self.filled, 0);
+            self.filled = WINDOW_BYTES;
+            self.read_pos = WINDOW_BYTES;
+        }
+        loop {
+            if self.in_pos == self.in_len && !self.input_done {
+                let n = self.input.read(&mut self.inbuf)?;
+                self.in_pos = 0;
+                self.in_len = n;
+                self.input_done = n == 0;
+            }
+            let step = self.inflater.inflate(
+                &self.inbuf[self.in_pos..self.in_len],
+                &mut self.out[self.filled..],
+                true,
+            )?;
+            self.in_pos += step.consumed;
+            self.in_abs += step.consumed as u64;
+            self.crc.update(&self.out[self.filled..self.filled + step.produced]);
+            self.filled += step.produced;
+            self.total_out += step.produced as u64;
+            if step.produced > 0 {
+                self.progress.push((self.total_out, self.in_abs));
+            }
+            if step.end {
+                self.ended = true;
+                return self.check_trailer();
+            }
+            let boundary = step.data_type & 128 != 0 && step.data_type & 64 == 0;
+            if boundary {
+                self.maybe_checkpoint((step.data_type & 7) as u8)?;
+            }
+            if step.produced > 0 {
+                return Ok(());
+            }
+            if step.consumed == 0 && self.input_done {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "gzip stream ends before its last block",
+                ));
+            }
+        }
+    }
+
+    /// The 8-byte trailer after the last block: CRC-32 and length of the output.
+    fn check_trailer(&mut self) -> io::Result<()> {
+        let mut trailer = [0u8; 8];
+        let mut got = 0;
+        while got < 8 {
+            if self.in_pos == self.in_len {
+                let n = self.input.read(&mut self.inbuf)?;
+                if n == 0 {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "gzip stream ends inside its trailer"));
+                }
+                self.in_pos = 0;
+                self.in_len = n;
+            }
+            let n = (8 - got).min(self.in_len - self.in_pos);
+            trailer[got..got + n].copy_from_slice(&self.inbuf[self.in_pos..self.in_pos + n]);
+            self.in_pos += n;
+            self.in_abs += n as u64;
+            got += n;
+        }
+        let crc = u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes"));
+        let size = u32::from_le_bytes(trailer[4..].try_into().expect("4 bytes"));
+        if crc != self.crc.sum() || size != self.total_out as u32 {
+            return Err(bad("gzip trailer does not match the data (damaged stream)".into()));
+        }
+        Ok(())
+    }
+
+    fn maybe_checkpoint(&mut self, bits: u8) -> io::Result<()> {
+        let last = self.points.last().expect("the first checkpoint is made in new");
+        if self.in_abs - last.in_offset < self.span && self.total_out - last.out_offset < MAX_OUT_SPAN {
+            return Ok(());
+        }
+        if self.points.len() >= MAX_CHECKPOINTS {
+            return Err(bad(format!("more than {MAX_CHECKPOINTS} checkpoints: use a larger span")));
+        }
+        let from = self.filled.saturating_sub(WINDOW_BYTES);
+        self.points.push(Checkpoint {
+            in_offset: self.in_abs,
+            bits,
+            out_offset: self.total_out,
+            window: self.out[from..self.filled].to_vec(),
+        });
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for ZranReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.read_pos == self.filled {
+            if self.ended || buf.is_empty() {
+                return Ok(0);
+            }
+            self.fill()?;
+        }
+        let n = buf.len().min(self.filled - self.read_pos);
+        buf[..n].copy_from_slice(&self.out[self.read_pos..self.read_pos + n]);
+        self.read_pos += n;
+        Ok(n)
+    }
+}
+
+/// Reads uncompressed bytes from a checkpoint, given the blob's bytes from its
+/// [`Checkpoint::start_byte`] on. Ends at the deflate stream's end or where the bytes given
+/// end (the caller checks it got what it needs).
+pub struct Resume<'a> {
+    inflater: Inflater,
+    input: &'a [u8],
+    ended: bool,
+}
+
+impl<'a> Resume<'a> {
+    /// Start inflating at `point` (`bits` and `window` as kept), `compressed` being the blob's
+    /// bytes from the point's start byte.
+    pub fn new(bits: u8, window: &[u8], compressed: &'a [u8]) -> io::Result<Resume<'a>> {
+        if bits > 7 || window.len() > WINDOW_BYTES {
+            return Err(bad("malformed checkpoint".into()));
+        }
+        let mut inflater = Inflater::raw()?;
+        let mut input = compressed;
+        if bits > 0 {
+            let (&first, rest) = compressed
+                .split_first()
+                .ok_or_else(|| bad("no bytes at the checkpoint".into()))?;
+            inflater.prime(bits, first >> (8 - bits))?;
+            input = rest;
+        }
+        inflater.set_dictionary(window)?;
+        Ok(Resume {
+            inflater,
+            input,
+            ended: false,
+        })
+    }
+}
+
+impl Read for Resume<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.ended || buf.is_empty() {
+                return Ok(0);
+            }
+            let step = self.inflater.inflate(self.input, buf, false)?;
+            self.input = &self.input[step.consumed..];
+            self.ended = step.end;
+            if step.produced > 0 {
+                return Ok(step.produced);
+            }
+            if step.consumed == 0 {
+                // Out of input: what was given is all there is.
+                return Ok(0);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn sample(n: usize, seed: u64) -> Vec<u8> {
+        // Text-like, compressible, with back-references across blocks.
+        let words: Vec<String> = (0..400).map(|i| format!("w{}x{} ", i * 7919 % 1000, i % 13)).collect();
+        let mut out = Vec::with_capacity(n);
+        let mut s = seed;
+        while out.len() < n {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            if s >> 60 == 0 {
+                out.extend((0..64).map(|i| (s >> (i % 56)) as u8));
+            } else {
+                out.extend_from_slice(words[(s >> 33) as usize % words.len()].as_bytes());
+            }
+        }
+        out.truncate(n);
+        out
+    }
+
+    fn gzip(data: &[u8], level: u32) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn resume_at(blob: &[u8], p: &Checkpoint, len: usize) -> Vec<u8> {
+        let mut r = Resume::new(p.bits, &p.window, &blob[p.start_byte() as usize..]).unwrap();
+        let mut got = vec![0u8; len];
+        r.read_exact(&mut got).unwrap();
+        got
+    }
+
+    #[test]
+    fn every_checkpoint_resumes_to_the_same_bytes() {
+        // (Level 1 of zlib-rs, like zlib-ng's, writes one block for the whole input: no
+        // boundary to keep, so that stream has its first checkpoint only.)
+        for (level, seed) in [(6u32, 1u64), (2, 2), (9, 3), (0, 4)] {
+            let data = sample(3 << 20, seed);
+            let blob = gzip(&data, level);
+            let mut r = ZranReader::new(blob.as_slice(), MIN_SPAN).unwrap();
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).unwrap();
+            assert!(r.ended());
+            assert_eq!(out, data);
+            let points = r.checkpoints().to_vec();
+            // One checkpoint per span, give or take a block (level 0: stored blocks of 64 KiB).
+            let expected = blob.len() as u64 / (MIN_SPAN + (64 << 10));
+            assert!(points.len() > 1 && points.len() as u64 >= expected, "level {level}: {} checkpoints for {} bytes", points.len(), blob.len());
+            assert!(points.iter().any(|p| p.bits != 0) || level == 0);
+            for p in &points {
+                let len = (data.len() - p.out_offset as usize).min(200_000);
+                let got = resume_at(&blob, p, len);
+                assert_eq!(got, data[p.out_offset as usize..p.out_offset as usize + len], "level {level} at {p:?}");
+            }
+            // The input recorded for an output offset suffices to inflate up to it.
+            let p = &points[1];
+            let end_out = p.out_offset + 100_000;
+            let end_in = r.input_end_for(end_out).unwrap() as usize;
+            let mut res = Resume::new(p.bits, &p.window, &blob[p.start_byte() as usize..end_in]).unwrap();
+            let mut got = Vec::new();
+            res.read_to_end(&mut got).unwrap();
+            assert!(got.len() as u64 >= end_out - p.out_offset);
+        }
+    }
+
+    #[test]
+    fn headers_with_names_and_extra_fields_are_skipped() {
+        let mut e = flate2::GzBuilder::new()
+            .filename("layer.tar")
+            .comment("c")
+            .extra(vec![1, 2, 3])
+            .write(Vec::new(), flate2::Compression::default());
+        e.write_all(b"hello hello hello").unwrap();
+        let blob = e.finish().unwrap();
+        let mut r = ZranReader::new(blob.as_slice(), DEFAULT_SPAN).unwrap();
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"hello hello hello");
+    }
+
+    #[test]
+    fn damaged_streams_are_errors() {
+        assert!(ZranReader::new(&b"not gzip at all"[..], DEFAULT_SPAN).is_err());
+        let blob = gzip(&sample(200_000, 9), 6);
+        let mut r = ZranReader::new(&blob[..blob.len() / 2], DEFAULT_SPAN).unwrap();
+        assert!(r.read_to_end(&mut Vec::new()).is_err());
+        let mut flipped = blob.clone();
+        for b in flipped[20..60].iter_mut() {
+            *b = !*b;
+        }
+        let mut r = ZranReader::new(flipped.as_slice(), DEFAULT_SPAN).unwrap();
+        assert!(r.read_to_end(&mut Vec::new()).is_err());
+        let mut bad_crc = blob.clone();
+        let at = bad_crc.len() - 8;
+        bad_crc[at] ^= 1;
+        let mut r = ZranReader::new(bad_crc.as_slice(), DEFAULT_SPAN).unwrap();
+        let err = r.read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("trailer"), "{err}");
+        assert!(Resume::new(8, &[], &blob).is_err());
+        assert!(Resume::new(3, &[], &[]).is_err());
+    }
+}
