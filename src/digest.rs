@@ -121,6 +121,11 @@ impl<R> HashingReader<R> {
     pub fn finish(self) -> (Digest, u64) {
         (self.hasher.finish(), self.len_bytes)
     }
+
+    /// [`finish`](Self::finish), giving the inner reader back too.
+    pub fn finish_with_inner(self) -> (Digest, u64, R) {
+        (self.hasher.finish(), self.len_bytes, self.inner)
+    }
 }
 
 impl<R: std::io::Read> std::io::Read for HashingReader<R> {

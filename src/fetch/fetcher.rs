@@ -35,7 +35,7 @@ use super::shared::{ChunkLock, ChunkLocks};
 use super::stats::{FetchStats, MAX_LATENCY_SAMPLES};
 use crate::cache::chunks::ChunkStore;
 use crate::digest::Digest;
-use crate::format::chunk::{check_limits, decode_chunk_to, ChunkError};
+use crate::format::chunk::{check_limits, decode_chunk_from, ChunkError};
 use crate::model::ChunkCodec;
 use crate::model::{Chunk, ChunkKind};
 use crate::registry::Registry;
@@ -63,6 +63,8 @@ pub struct LayerSource {
     pub digest: Digest,
     /// How its chunks are compressed.
     pub codec: ChunkCodec,
+    /// A gzip layer's index checkpoints ([`ChunkCodec::Deflate`]; empty otherwise).
+    pub checkpoints: Arc<[crate::format::zran::Checkpoint]>,
 }
 
 /// Why a chunk is not available.
@@ -505,10 +507,9 @@ impl Fetcher {
         raw: &[u8],
     ) -> Result<Result<(), FetchError>, ChunkError> {
         let failed = |e: String| FetchError::Failed(format!("layer {}: {e}", layer.digest));
-        let stored = match self
-            .store
-            .put_from(&chunk.digest, |out| decode_chunk_to(layer.codec, chunk, raw, out))
-        {
+        let stored = match self.store.put_from(&chunk.digest, |out| {
+            decode_chunk_from(layer.codec, &layer.checkpoints, chunk, raw, out)
+        }) {
             Err(e) => Err(failed(e.to_string())),
             Ok(Err(e)) if e.is_bad_bytes() => return Err(e),
             Ok(Err(e @ ChunkError::TooLarge { .. })) => {

@@ -9,20 +9,12 @@
 use std::io::{self, Read};
 
 use crate::cache::chunks::ChunkStore;
-use crate::changeset::LayerPath;
-use crate::format::tar::{entry_meta, is_metadata_only};
+use crate::format::tar_walk::walk_tar;
 use crate::index::IndexEntry;
-use crate::model::EntryKind;
-use crate::model::{Chunk, ChunkKind};
+use crate::model::Chunk;
 
 /// Size of the pieces a plain layer's files are cut into.
-pub const PLAIN_CHUNK_BYTES: usize = 1 << 20;
-
-fn raw(d: &crate::digest::Digest) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(d.hex(), &mut out).expect("64 hex digits");
-    out
-}
+pub const PLAIN_CHUNK_BYTES: usize = crate::format::tar_walk::PIECE_BYTES;
 
 /// Stream an uncompressed layer tar, storing each regular file's bytes as chunks and then
 /// handing its entry (with `chunk_count` set; `first_chunk` is the receiver's) and chunks to
@@ -34,65 +26,8 @@ pub fn stream_plain_layer<R: Read>(
     skip: usize,
     mut each: impl FnMut(IndexEntry, Vec<Chunk>) -> io::Result<()>,
 ) -> io::Result<()> {
-    let mut archive = tar::Archive::new(tar);
-    let mut buf = vec![0u8; PLAIN_CHUNK_BYTES];
-    let mut seen = 0usize;
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        if is_metadata_only(entry.header().entry_type()) {
-            continue;
-        }
-        seen += 1;
-        if seen <= skip {
-            continue;
-        }
-        let meta = entry_meta(&mut entry)?;
-        let bad = |e: crate::changeset::PathError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
-        let path = LayerPath::normalize(&meta.path).map_err(bad)?;
-        let link = match meta.kind {
-            EntryKind::HardLink => LayerPath::normalize(&meta.link).map_err(bad)?.as_bytes().to_vec(),
-            _ => meta.link.clone(),
-        };
-        let mut chunks = Vec::new();
-        let mut file_hash = crate::digest::Hasher::new();
-        let mut offset = 0u64;
-        if meta.kind == EntryKind::Regular {
-            while offset < meta.size {
-                let want = (meta.size - offset).min(PLAIN_CHUNK_BYTES as u64) as usize;
-                entry.read_exact(&mut buf[..want])?;
-                let data = &buf[..want];
-                file_hash.update(data);
-                let digest = raw(&crate::digest::Digest::of(data));
-                store.put(&digest, data)?;
-                chunks.push(Chunk {
-                    file_offset: offset,
-                    len: want as u64,
-                    blob_offset: 0,
-                    blob_len: 0,
-                    inner_offset: 0,
-                    digest,
-                    kind: if data.iter().all(|b| *b == 0) {
-                        ChunkKind::Zeros
-                    } else {
-                        ChunkKind::Data
-                    },
-                });
-                offset += want as u64;
-            }
-        }
-        let regular = meta.kind == EntryKind::Regular;
-        let digest = (regular && meta.size > 0).then(|| raw(&file_hash.finish()));
-        let mut meta = meta.meta;
-        meta.link = link;
-        if !regular {
-            meta.size = 0;
-        }
-        let mut entry = IndexEntry::new(path, meta, digest);
-        entry.chunk_count = chunks.len() as u32;
-        each(entry, chunks)?;
-    }
-    let mut rest = archive.into_inner();
-    io::copy(&mut rest, &mut io::sink())?;
+    let mut put = |digest: &[u8; 32], data: &[u8]| store.put(digest, data);
+    walk_tar(tar, skip, &mut put, |entry, chunks, _| each(entry, chunks))?;
     Ok(())
 }
 

@@ -22,6 +22,7 @@
 
 use std::io::{Read, Write};
 
+use crate::format::zran::{checkpoint_at, Checkpoint, Resume};
 use crate::index::LayerIndex;
 use crate::model::{Chunk, ChunkCodec, ChunkKind};
 
@@ -123,6 +124,18 @@ pub fn decode_chunk_to(
     compressed: &[u8],
     out: &mut dyn Write,
 ) -> Result<(), ChunkError> {
+    decode_chunk_from(codec, &[], chunk, compressed, out)
+}
+
+/// [`decode_chunk_to`] for any codec: `checkpoints` are the layer's gzip index checkpoints
+/// ([`ChunkCodec::Deflate`]; empty for the others).
+pub fn decode_chunk_from(
+    codec: ChunkCodec,
+    checkpoints: &[Checkpoint],
+    chunk: &Chunk,
+    compressed: &[u8],
+    out: &mut dyn Write,
+) -> Result<(), ChunkError> {
     check_limits(chunk)?;
     let decode_err = |reason: String| ChunkError::Decode {
         blob_offset: chunk.blob_offset,
@@ -139,6 +152,13 @@ pub fn decode_chunk_to(
             copy_verified(chunk, d, out)
         }
         ChunkCodec::Stream => Err(decode_err("a plain layer's chunks cannot be fetched one by one".into())),
+        ChunkCodec::Deflate => {
+            let point = checkpoint_at(checkpoints, chunk.blob_offset)
+                .ok_or_else(|| decode_err("no checkpoint starts at this chunk's offset".into()))?;
+            let mut d = Resume::new(point.bits, &point.window, compressed).map_err(|e| decode_err(e.to_string()))?;
+            skip_exactly(&mut d, chunk.inner_offset).map_err(decode_err)?;
+            copy_verified(chunk, d.take(chunk.len), out)
+        }
         ChunkCodec::Gzip => {
             let mut d = flate2::bufread::GzDecoder::new(compressed);
             let skipped = std::io::copy(&mut (&mut d).take(chunk.inner_offset), &mut std::io::sink())
@@ -153,6 +173,14 @@ pub fn decode_chunk_to(
             copy_verified(chunk, d.take(chunk.len), out)
         }
     }
+}
+
+fn skip_exactly(d: &mut impl Read, n: u64) -> Result<(), String> {
+    let skipped = std::io::copy(&mut d.take(n), &mut std::io::sink()).map_err(|e| e.to_string())?;
+    if skipped != n {
+        return Err(format!("stream ends before inner offset {n}"));
+    }
+    Ok(())
 }
 
 /// Decode and verify one chunk into memory (tests, fuzzing and small callers; the daemon

@@ -9,9 +9,11 @@
 pub mod chunk;
 pub mod compression;
 pub mod estargz;
+pub mod gzip_index;
 pub mod tar;
 pub mod tar_scan;
 pub mod tar_split;
+pub mod tar_walk;
 pub mod toc;
 pub mod writer;
 pub mod zran;

@@ -56,6 +56,12 @@ impl Checkpoint {
     }
 }
 
+/// The checkpoint of `points` (in stream order) whose first byte is `start_byte`.
+pub fn checkpoint_at(points: &[Checkpoint], start_byte: u64) -> Option<&Checkpoint> {
+    let i = points.partition_point(|p| p.start_byte() < start_byte);
+    points.get(i).filter(|p| p.start_byte() == start_byte)
+}
+
 /// A raw-deflate inflater (zlib-rs's zlib API). Boxed: zlib's state points back at its
 /// stream, so the stream must not move.
 struct Inflater {
@@ -284,10 +290,11 @@ impl<R: Read> ZranReader<R> {
         self.ended
     }
 
-    /// The input reader, positioned after what the inflater consumed and its own buffer.
-    pub fn into_parts(self) -> (Vec<Checkpoint>, Vec<(u64, u64)>, R, Vec<u8>) {
-        let rest = self.inbuf[self.in_pos..self.in_len].to_vec();
-        (self.points, self.progress, self.input, rest)
+    /// The checkpoints, the progress record (uncompressed bytes out, blob offset consumed to
+    /// make them; one per inflate call) and the input reader (past what was read into the
+    /// inflater's buffer).
+    pub fn into_parts(self) -> (Vec<Checkpoint>, Vec<(u64, u64)>, R) {
+        (self.points, self.progress, self.input)
     }
 
     fn fill(&mut self) -> io::Result<()> {
@@ -344,7 +351,10 @@ impl<R: Read> ZranReader<R> {
             if self.in_pos == self.in_len {
                 let n = self.input.read(&mut self.inbuf)?;
                 if n == 0 {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "gzip stream ends inside its trailer"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "gzip stream ends inside its trailer",
+                    ));
                 }
                 self.in_pos = 0;
                 self.in_len = n;
@@ -369,7 +379,9 @@ impl<R: Read> ZranReader<R> {
             return Ok(());
         }
         if self.points.len() >= MAX_CHECKPOINTS {
-            return Err(bad(format!("more than {MAX_CHECKPOINTS} checkpoints: use a larger span")));
+            return Err(bad(format!(
+                "more than {MAX_CHECKPOINTS} checkpoints: use a larger span"
+            )));
         }
         let from = self.filled.saturating_sub(WINDOW_BYTES);
         self.points.push(Checkpoint {
@@ -501,12 +513,21 @@ mod tests {
             let points = r.checkpoints().to_vec();
             // One checkpoint per span, give or take a block (level 0: stored blocks of 64 KiB).
             let expected = blob.len() as u64 / (MIN_SPAN + (64 << 10));
-            assert!(points.len() > 1 && points.len() as u64 >= expected, "level {level}: {} checkpoints for {} bytes", points.len(), blob.len());
+            assert!(
+                points.len() > 1 && points.len() as u64 >= expected,
+                "level {level}: {} checkpoints for {} bytes",
+                points.len(),
+                blob.len()
+            );
             assert!(points.iter().any(|p| p.bits != 0) || level == 0);
             for p in &points {
                 let len = (data.len() - p.out_offset as usize).min(200_000);
                 let got = resume_at(&blob, p, len);
-                assert_eq!(got, data[p.out_offset as usize..p.out_offset as usize + len], "level {level} at {p:?}");
+                assert_eq!(
+                    got,
+                    data[p.out_offset as usize..p.out_offset as usize + len],
+                    "level {level} at {p:?}"
+                );
             }
             // The input recorded for an output offset suffices to inflate up to it.
             let p = &points[1];

@@ -9,6 +9,9 @@ pub enum ChunkCodec {
     Zstd,
     /// gzip members (eStargz), the chunk starting `inner_offset` into its member.
     Gzip,
+    /// An unchanged gzip layer with a seekable index (`lamina index`): a chunk is inflated
+    /// from the checkpoint whose first byte is its `blob_offset`, `inner_offset` bytes after it.
+    Deflate,
     /// No random access (a plain tar layer): chunks exist only in the chunk store, put there
     /// while the whole layer was streamed.
     Stream,

@@ -217,6 +217,7 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
             repo: reference.repository.clone(),
             digest: l.digest.clone(),
             codec: ix.codec,
+            checkpoints: Arc::from(Vec::new()),
         })
         .collect();
     let profile = crate::profile::load(&options.cache_dir, &image.manifest_digest);

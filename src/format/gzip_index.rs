@@ -1,0 +1,469 @@
+//! A seekable index of an unchanged gzip layer: the layer's file table (a [`LayerIndex`] with
+//! codec [`ChunkCodec::Deflate`]) plus the [`Checkpoint`]s its chunks are inflated from.
+//! Built by streaming the layer once ([`build`]); kept in the cache and shared through the
+//! registry as one file ([`encode`]); untrusted when read back ([`decode`] checks everything a
+//! read relies on: bounds, order, caps).
+//!
+//! ```text
+//! offset  size      field
+//! 0       8         magic "LAMGZI01"
+//! 8       4         version (1)
+//! 12      4         checkpoint count P
+//! 16      32        layer digest (sha256, raw)
+//! 48      8         layer blob size
+//! 56      8         span
+//! 64      8         windows length W
+//! 72      8         file table length I
+//! 80      P × 32    checkpoints: in_offset u64, out_offset u64, window_offset u64 (in the
+//!                   windows area), window_len u32, bits u8, pad [3]
+//! …       W         windows
+//! …       I         file table: the layer index's own on-disk form (`index::disk`)
+//! ```
+//!
+//! A chunk names its checkpoint by `blob_offset` (the checkpoint's first byte) and is
+//! `inner_offset` uncompressed bytes after it; its `blob_len` reaches the input that had
+//! produced its last byte when the index was built. Every chunk keeps its sha256, so a
+//! checkpoint or window that does not reproduce the bytes fails the read, never serves it.
+
+use std::io::{self, Read};
+
+use crate::digest::{Digest, HashingReader};
+use crate::format::chunk::{check_limits, MAX_CHUNK_BYTES};
+use crate::format::tar_walk::walk_tar;
+use crate::format::zran::{Checkpoint, ZranReader, MAX_CHECKPOINTS, MAX_SPAN, MIN_SPAN, WINDOW_BYTES};
+use crate::index::{disk, LayerIndex};
+use crate::model::{ChunkCodec, ChunkKind, EntryKind};
+
+/// `artifactType` of a gzip index artifact in the registry.
+pub const GZIP_INDEX_ARTIFACT_TYPE: &str = "application/vnd.lamina.gzip-index.v1";
+/// Media type of its one layer: this file, zstd-compressed.
+pub const GZIP_INDEX_LAYER_MEDIA_TYPE: &str = "application/vnd.lamina.gzip-index.v1+zstd";
+/// Largest index file accepted (uncompressed).
+pub const MAX_INDEX_BYTES: u64 = 1 << 30;
+
+const MAGIC: &[u8; 8] = b"LAMGZI01";
+const VERSION: u32 = 1;
+const HEADER_BYTES: usize = 80;
+const POINT_BYTES: usize = 32;
+/// Input past a chunk's recorded end that is fetched too (inflate may look ahead a little).
+const END_SLACK: u64 = 64;
+
+/// A gzip layer's file table and checkpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GzipIndex {
+    /// The gzip layer's digest.
+    pub layer: Digest,
+    /// Its compressed size.
+    pub blob_size: u64,
+    /// Compressed bytes between checkpoints it was built with.
+    pub span: u64,
+    /// Checkpoints in stream order (strictly increasing first bytes).
+    pub points: Vec<Checkpoint>,
+    /// The file table; every data chunk starts at a checkpoint's first byte.
+    pub index: LayerIndex,
+}
+
+impl GzipIndex {
+    /// The checkpoint whose first byte is `start_byte`.
+    pub fn checkpoint_at(&self, start_byte: u64) -> Option<&Checkpoint> {
+        crate::format::zran::checkpoint_at(&self.points, start_byte)
+    }
+
+    /// Bytes of the windows together.
+    pub fn window_bytes(&self) -> u64 {
+        self.points.iter().map(|p| p.window.len() as u64).sum()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// Stream the gzip layer `blob` once and index it: checkpoints every `span` compressed bytes
+/// and every file's pieces with their digests. The blob must be `layer` (digest and size) and
+/// inflate to `diff_id`, else nothing is returned.
+pub fn build<R: Read>(blob: R, layer: &Digest, diff_id: &Digest, span: u64) -> io::Result<GzipIndex> {
+    let hashing = HashingReader::new(blob);
+    let zran = ZranReader::new(hashing, span.clamp(MIN_SPAN, MAX_SPAN))?;
+    let uncompressed = HashingReader::new(zran);
+    let mut index = LayerIndex {
+        codec: ChunkCodec::Deflate,
+        ..LayerIndex::default()
+    };
+    let mut none = |_: &[u8; 32], _: &[u8]| Ok(());
+    let uncompressed = walk_tar(uncompressed, 0, &mut none, |entry, mut chunks, data_at| {
+        for c in &mut chunks {
+            // Kept here for now: where the chunk is in the uncompressed stream.
+            c.blob_offset = data_at + c.file_offset;
+        }
+        index.push_entry(entry, chunks);
+        Ok(())
+    })?;
+    let (got_diff, _, zran) = uncompressed.finish_with_inner();
+    if got_diff != *diff_id {
+        return Err(bad(format!(
+            "layer {layer} inflates to {got_diff}, not its diff_id {diff_id}"
+        )));
+    }
+    let (points, progress, hashing) = zran.into_parts();
+    // Whatever follows the gzip member (nothing, in any layer seen so far) is part of the blob.
+    let mut hashing = hashing;
+    io::copy(&mut hashing, &mut io::sink())?;
+    let (got_layer, size) = hashing.finish();
+    let blob_size = size;
+    if got_layer != *layer {
+        return Err(bad(format!("layer {layer}: the bytes read are {got_layer}")));
+    }
+    let input_end_for = |out: u64| {
+        let i = progress.partition_point(|(o, _)| *o < out);
+        progress.get(i).map(|(_, e)| *e).unwrap_or(blob_size)
+    };
+    for c in &mut index.chunks {
+        if c.kind == ChunkKind::Zeros {
+            c.blob_offset = 0;
+            continue;
+        }
+        let at = c.blob_offset;
+        let p = &points[points.partition_point(|p| p.out_offset <= at) - 1];
+        c.inner_offset = at - p.out_offset;
+        c.blob_offset = p.start_byte();
+        let end = (input_end_for(at + c.len) + END_SLACK).min(blob_size);
+        c.blob_len = end - c.blob_offset;
+        check_limits(c).map_err(|e| {
+            bad(format!(
+                "layer {layer}: {e} (its deflate blocks are too long for random access; a smaller --span does not help)"
+            ))
+        })?;
+    }
+    Ok(GzipIndex {
+        layer: layer.clone(),
+        blob_size,
+        span: span.clamp(MIN_SPAN, MAX_SPAN),
+        points,
+        index,
+    })
+}
+
+/// The index as one file (see the module's table).
+pub fn encode(gz: &GzipIndex) -> Vec<u8> {
+    let table = disk::encode(&gz.index);
+    let windows = gz.window_bytes();
+    let mut out = Vec::with_capacity(HEADER_BYTES + gz.points.len() * POINT_BYTES + windows as usize + table.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(gz.points.len() as u32).to_le_bytes());
+    out.extend_from_slice(&raw_digest(&gz.layer));
+    for v in [gz.blob_size, gz.span, windows, table.len() as u64] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut window_at = 0u64;
+    for p in &gz.points {
+        out.extend_from_slice(&p.in_offset.to_le_bytes());
+        out.extend_from_slice(&p.out_offset.to_le_bytes());
+        out.extend_from_slice(&window_at.to_le_bytes());
+        out.extend_from_slice(&(p.window.len() as u32).to_le_bytes());
+        out.extend_from_slice(&[p.bits, 0, 0, 0]);
+        window_at += p.window.len() as u64;
+    }
+    for p in &gz.points {
+        out.extend_from_slice(&p.window);
+    }
+    out.extend_from_slice(&table);
+    out
+}
+
+fn raw_digest(d: &Digest) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(d.hex(), &mut out).expect("64 hex digits");
+    out
+}
+
+/// Read and check an index file for layer `layer` of `blob_size` bytes. Untrusted input:
+/// every count, offset and length is checked before it is used, and against the layer.
+pub fn decode(data: &[u8], layer: &Digest, blob_size: u64) -> Result<GzipIndex, String> {
+    if data.len() as u64 > MAX_INDEX_BYTES {
+        return Err(format!(
+            "gzip index of {} bytes is over the {MAX_INDEX_BYTES}-byte cap",
+            data.len()
+        ));
+    }
+    let header = data.get(..HEADER_BYTES).ok_or("gzip index: too short")?;
+    let u32_at = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+    let u64_at = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
+    if &header[..8] != MAGIC || u32_at(8) != VERSION {
+        return Err("not a lamina gzip index of version 1".into());
+    }
+    let count = u32_at(12) as usize;
+    if count == 0 || count > MAX_CHECKPOINTS {
+        return Err(format!(
+            "gzip index: {count} checkpoints (1 to {MAX_CHECKPOINTS} accepted)"
+        ));
+    }
+    if header[16..48] != raw_digest(layer) {
+        return Err(format!("gzip index: made for another layer than {layer}"));
+    }
+    if u64_at(48) != blob_size {
+        return Err(format!(
+            "gzip index: made for a {}-byte layer, this one has {blob_size}",
+            u64_at(48)
+        ));
+    }
+    let span = u64_at(56);
+    let (windows_len, table_len) = (u64_at(64), u64_at(72));
+    let points_end = HEADER_BYTES + count * POINT_BYTES;
+    let windows_end = (points_end as u64).checked_add(windows_len);
+    let total = windows_end.and_then(|w| w.checked_add(table_len));
+    if total != Some(data.len() as u64) {
+        return Err("gzip index: section sizes do not add up to the file size".into());
+    }
+    let windows = &data[points_end..points_end + windows_len as usize];
+    let mut points: Vec<Checkpoint> = Vec::with_capacity(count);
+    for i in 0..count {
+        let r = &data[HEADER_BYTES + i * POINT_BYTES..HEADER_BYTES + (i + 1) * POINT_BYTES];
+        let u64_of = |at: usize| u64::from_le_bytes(r[at..at + 8].try_into().expect("8 bytes"));
+        let (in_offset, out_offset, window_at) = (u64_of(0), u64_of(8), u64_of(16));
+        let window_len = u32::from_le_bytes(r[24..28].try_into().expect("4 bytes")) as u64;
+        let bits = r[28];
+        let fail = |why: &str| format!("gzip index: checkpoint {i}: {why}");
+        if bits > 7 || (bits > 0 && in_offset == 0) || in_offset > blob_size {
+            return Err(fail("position outside the layer"));
+        }
+        if window_len != out_offset.min(WINDOW_BYTES as u64) {
+            return Err(fail("window of the wrong length"));
+        }
+        let window = window_at
+            .checked_add(window_len)
+            .filter(|end| *end <= windows_len)
+            .map(|end| &windows[window_at as usize..end as usize])
+            .ok_or_else(|| fail("window outside the windows area"))?;
+        let point = Checkpoint {
+            in_offset,
+            bits,
+            out_offset,
+            window: window.to_vec(),
+        };
+        if let Some(prev) = points.last() {
+            if point.start_byte() <= prev.start_byte() || point.out_offset < prev.out_offset {
+                return Err(fail("out of order"));
+            }
+        } else if out_offset != 0 {
+            return Err(fail("the first checkpoint is not the stream's start"));
+        }
+        points.push(point);
+    }
+    let index = disk::decode(&data[data.len() - table_len as usize..]).map_err(|e| format!("gzip index: {e}"))?;
+    let gz = GzipIndex {
+        layer: layer.clone(),
+        blob_size,
+        span,
+        points,
+        index,
+    };
+    check_table(&gz)?;
+    Ok(gz)
+}
+
+/// The file table's invariants: codec, each file's chunks tiling it, each data chunk at a
+/// checkpoint and inside the layer, under the chunk caps.
+fn check_table(gz: &GzipIndex) -> Result<(), String> {
+    let index = &gz.index;
+    if index.codec != ChunkCodec::Deflate {
+        return Err("gzip index: the file table is not of a gzip layer".into());
+    }
+    for e in &index.entries {
+        let fail = |why: String| format!("gzip index: {}: {why}", e.path);
+        let start = e.first_chunk as usize;
+        let chunks = start
+            .checked_add(e.chunk_count as usize)
+            .and_then(|end| index.chunks.get(start..end))
+            .ok_or_else(|| fail("chunks out of range".into()))?;
+        if e.kind != EntryKind::Regular {
+            if !chunks.is_empty() {
+                return Err(fail("chunks on an entry that is not a file".into()));
+            }
+            continue;
+        }
+        let mut expect = 0u64;
+        for c in chunks {
+            if c.file_offset != expect || c.len == 0 || c.len > MAX_CHUNK_BYTES {
+                return Err(fail(format!(
+                    "chunk at {} does not follow the one before",
+                    c.file_offset
+                )));
+            }
+            expect += c.len;
+            if c.kind == ChunkKind::Zeros {
+                continue;
+            }
+            check_limits(c).map_err(|err| fail(err.to_string()))?;
+            if gz.checkpoint_at(c.blob_offset).is_none() {
+                return Err(fail(format!("chunk at {} names no checkpoint", c.file_offset)));
+            }
+            if c.blob_offset
+                .checked_add(c.blob_len)
+                .is_none_or(|end| end > gz.blob_size)
+            {
+                return Err(fail(format!("chunk at {} reaches past the layer", c.file_offset)));
+            }
+        }
+        if expect != e.size {
+            return Err(fail(format!("chunks cover {expect} of {} bytes", e.size)));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::chunk::decode_chunk_from;
+    use std::io::Write;
+
+    type Files = Vec<(String, Vec<u8>)>;
+    type Damage = Box<dyn Fn(&mut GzipIndex)>;
+
+    fn noise(seed: u64, n: usize) -> Vec<u8> {
+        let mut s = seed;
+        (0..n)
+            .map(|i| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                if i % 7 < 3 {
+                    (s >> 56) as u8
+                } else {
+                    b'a' + (i % 23) as u8
+                }
+            })
+            .collect()
+    }
+
+    /// A gzip layer: small files, one file of several pieces, a file of zeros, a link.
+    fn layer() -> (Vec<u8>, Vec<u8>, Files) {
+        let mut files = Vec::new();
+        for i in 0..60 {
+            files.push((format!("usr/lib/f{i}"), noise(i, 20_000 + (i as usize * 997))));
+        }
+        files.push((
+            "usr/big".to_string(),
+            noise(99, 3 * crate::format::tar_walk::PIECE_BYTES + 5),
+        ));
+        files.push(("usr/zeros".to_string(), vec![0u8; 2 << 20]));
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in &files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1);
+            b.append_data(&mut h, name, data.as_slice()).unwrap();
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1);
+        b.append_link(&mut h, "usr/link", "big").unwrap();
+        let tar = b.into_inner().unwrap();
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(&tar).unwrap();
+        (tar, e.finish().unwrap(), files)
+    }
+
+    fn built() -> (Vec<u8>, GzipIndex, Files) {
+        let (tar, blob, files) = layer();
+        let gz = build(blob.as_slice(), &Digest::of(&blob), &Digest::of(&tar), MIN_SPAN).unwrap();
+        (blob, gz, files)
+    }
+
+    #[test]
+    fn every_file_reads_back_from_its_checkpoints() {
+        let (blob, gz, files) = built();
+        assert!(gz.points.len() > 4, "{} checkpoints", gz.points.len());
+        assert_eq!(gz.index.entries.len(), files.len() + 1);
+        for (name, data) in &files {
+            let e = gz
+                .index
+                .entries
+                .iter()
+                .find(|e| e.path.as_bytes() == name.as_bytes())
+                .unwrap();
+            let mut got = Vec::new();
+            for c in gz.index.chunks_of(e) {
+                let raw = &blob[c.blob_offset as usize..(c.blob_offset + c.blob_len) as usize];
+                decode_chunk_from(ChunkCodec::Deflate, &gz.points, c, raw, &mut got).unwrap();
+            }
+            assert_eq!(&got, data, "{name}");
+        }
+        // A chunk needs only its own compressed range: far less than the layer.
+        let big = gz
+            .index
+            .entries
+            .iter()
+            .find(|e| e.path.as_bytes() == b"usr/big")
+            .unwrap();
+        assert!(gz
+            .index
+            .chunks_of(big)
+            .iter()
+            .all(|c| c.blob_len < blob.len() as u64 / 2));
+    }
+
+    #[test]
+    fn the_file_round_trips_and_is_checked_against_the_layer() {
+        let (blob, gz, _) = built();
+        let bytes = encode(&gz);
+        let layer = Digest::of(&blob);
+        assert_eq!(decode(&bytes, &layer, blob.len() as u64).unwrap(), gz);
+        let other = Digest::of(b"other");
+        assert!(decode(&bytes, &other, blob.len() as u64)
+            .unwrap_err()
+            .contains("another layer"));
+        assert!(decode(&bytes, &layer, blob.len() as u64 + 1)
+            .unwrap_err()
+            .contains("-byte layer"));
+    }
+
+    #[test]
+    fn damaged_files_are_refused_naming_the_problem() {
+        let (blob, gz, _) = built();
+        let layer = Digest::of(&blob);
+        let size = blob.len() as u64;
+        let bytes = encode(&gz);
+        let cases: Vec<(Damage, &str)> = vec![
+            (Box::new(|g| g.points.swap(1, 2)), "out of order"),
+            (Box::new(|g| g.points[1].bits = 9), "outside the layer"),
+            (
+                Box::new(|g| g.points[2].window.pop().map(|_| ()).unwrap()),
+                "wrong length",
+            ),
+            (Box::new(|g| g.index.chunks[3].blob_offset += 1), "names no checkpoint"),
+            (Box::new(|g| g.index.chunks[3].blob_len = u64::MAX - 5), "over the"),
+            (Box::new(|g| g.index.chunks[3].len += 1), "cover"),
+            (Box::new(|g| g.index.codec = ChunkCodec::Zstd), "not of a gzip layer"),
+        ];
+        for (damage, expected) in cases {
+            let mut g = gz.clone();
+            damage(&mut g);
+            let err = decode(&encode(&g), &layer, size).unwrap_err();
+            assert!(err.contains(expected), "{err} (expected {expected})");
+        }
+        for cut in [0, 10, 79, 200, bytes.len() - 1] {
+            assert!(decode(&bytes[..cut], &layer, size).is_err());
+        }
+        let mut flipped = bytes.clone();
+        let at = flipped.len() - 100;
+        flipped[at] ^= 1;
+        assert!(decode(&flipped, &layer, size).unwrap_err().contains("checksum"));
+    }
+
+    #[test]
+    fn a_layer_that_is_not_what_it_claims_is_not_indexed() {
+        let (tar, blob, _) = layer();
+        let err = build(blob.as_slice(), &Digest::of(b"x"), &Digest::of(&tar), MIN_SPAN).unwrap_err();
+        assert!(err.to_string().contains("the bytes read are"), "{err}");
+        let err = build(blob.as_slice(), &Digest::of(&blob), &Digest::of(b"x"), MIN_SPAN).unwrap_err();
+        assert!(err.to_string().contains("diff_id"), "{err}");
+    }
+}
