@@ -83,6 +83,11 @@ impl CacheDir {
         self.root.join("indexes").join(format!("{}.lidx", layer.hex()))
     }
 
+    /// Where the gzip index of a layer is kept (`lamina index`).
+    pub fn gzip_index_path(&self, layer: &Digest) -> PathBuf {
+        self.root.join("gzindex").join(format!("{}.lgzi", layer.hex()))
+    }
+
     /// Record the TOC digest (the manifest's annotation) a cached index of `layer` was made
     /// from: a layer digest alone is never checked lazily, so another manifest naming the same
     /// digest with another TOC must not be served this index (nor this one its).

@@ -52,6 +52,9 @@ pub enum Command {
     Cache(CacheArgs),
     /// Access profiles (what workloads read, for prefetch): `ls`, `show`, `push`, `rm`.
     Profile(ProfileArgs),
+    /// Make an image's gzip layers lazy without changing the image: a seekable index per
+    /// layer, kept in the cache and pushed next to the image for mounts to find.
+    Index(IndexArgs),
     /// Turn a writable mount's changes into a new image (one zstd:chunked layer on top).
     Commit(container::CommitArgs),
     /// Mount an image writable and run its program in it (chroot + namespaces); exits with
@@ -279,6 +282,39 @@ pub struct ConvertArgs {
     /// Registry settings (--platform limits an index to one platform).
     #[command(flatten)]
     pub registry: RegistryArgs,
+}
+
+/// `lamina index`.
+#[derive(Args, Debug)]
+pub struct IndexArgs {
+    /// Image reference.
+    #[arg(value_parser = parse_reference)]
+    pub image: ImageRef,
+    /// Compressed bytes between checkpoints (64 KiB to 16 MiB): a smaller span fetches less
+    /// per cold read and makes a larger index (32 KiB per checkpoint).
+    #[arg(long, default_value_t = crate::format::zran::DEFAULT_SPAN, value_parser = parse_span)]
+    pub span: u64,
+    /// Keep the indexes in the cache only; do not push them to the registry.
+    #[arg(long)]
+    pub no_push: bool,
+    /// Rebuild each layer's index (from the cache, else the registry) and compare.
+    #[arg(long)]
+    pub verify: bool,
+    /// Cache directory (default: $LAMINA_CACHE_DIR, /var/lib/lamina as root, else ~/.cache/lamina).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Registry settings.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+fn parse_span(s: &str) -> Result<u64, String> {
+    use crate::format::zran::{MAX_SPAN, MIN_SPAN};
+    let n: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(MIN_SPAN..=MAX_SPAN).contains(&n) {
+        return Err(format!("the span must be {MIN_SPAN} to {MAX_SPAN} bytes"));
+    }
+    Ok(n)
 }
 
 /// `lamina inspect`.

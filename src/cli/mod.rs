@@ -8,6 +8,7 @@
 //!   mount.rs      mount (foreground or as a daemon), stats
 //!   cache.rs      cache stats | ls | gc
 //!   profile.rs    profile ls | show | push | rm
+//!   gzindex.rs    index (seekable indexes of gzip layers)
 //!   container.rs  commit, run (and the temporary mounts they make)
 //!   snapshotter.rs  the containerd snapshotter service
 //!   store.rs      the additional layer store for podman / CRI-O
@@ -25,6 +26,7 @@ macro_rules! outln {
 mod args;
 mod cache;
 mod container;
+mod gzindex;
 mod image;
 mod mount;
 mod profile;
@@ -50,6 +52,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(args) => mount::stats(args),
         Command::Cache(args) => cache::cache(args),
         Command::Profile(args) => runtime.block_on(profile::profile(args)),
+        Command::Index(args) => runtime.block_on(gzindex::index(args, !cli.quiet)),
         Command::Commit(args) => container::commit(args, &runtime),
         Command::Snapshotter(args) => runtime.block_on(snapshotter::snapshotter(args)),
         Command::Store(args) => store::store(args, &runtime),

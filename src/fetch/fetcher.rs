@@ -63,8 +63,8 @@ pub struct LayerSource {
     pub digest: Digest,
     /// How its chunks are compressed.
     pub codec: ChunkCodec,
-    /// A gzip layer's index checkpoints ([`ChunkCodec::Deflate`]; empty otherwise).
-    pub checkpoints: Arc<[crate::format::zran::Checkpoint]>,
+    /// A gzip layer's index checkpoints and chunks by checkpoint ([`ChunkCodec::Deflate`]).
+    pub deflate: Option<Arc<super::deflate::DeflateSource>>,
 }
 
 /// Why a chunk is not available.
@@ -143,13 +143,17 @@ pub struct Fetcher {
 pub(super) fn merge_runs<T>(chunks: Vec<(Chunk, T)>) -> Vec<Vec<(Chunk, T)>> {
     let mut runs: Vec<Vec<(Chunk, T)>> = Vec::new();
     for (chunk, t) in chunks {
+        // Chunks of a gzip index overlap (several start at one checkpoint): they join too.
         let joins = runs.last().is_some_and(|run| {
             let first = run[0].0.blob_offset;
-            let last = &run[run.len() - 1].0;
-            let last_end = last.blob_offset + last.blob_len;
-            chunk.blob_offset >= last_end
-                && chunk.blob_offset - last_end <= MERGE_GAP_BYTES
-                && chunk.blob_offset + chunk.blob_len - first <= MAX_MERGE_BYTES
+            let end = run
+                .iter()
+                .map(|(c, _)| c.blob_offset + c.blob_len)
+                .max()
+                .unwrap_or(first);
+            chunk.blob_offset >= run[run.len() - 1].0.blob_offset
+                && chunk.blob_offset <= end + MERGE_GAP_BYTES
+                && (chunk.blob_offset + chunk.blob_len).max(end) - first <= MAX_MERGE_BYTES
         });
         if joins {
             runs.last_mut().expect("checked").push((chunk, t));
@@ -227,6 +231,14 @@ impl Fetcher {
         wait_for: usize,
         deadline: Instant,
     ) -> Result<(), FetchError> {
+        let expanded;
+        let chunks = match &layer.deflate {
+            Some(d) => {
+                expanded = d.expand(chunks, wait_for);
+                &expanded[..]
+            }
+            None => chunks,
+        };
         let mut waits = Vec::new();
         let mut mine: Vec<(Chunk, Arc<Flight>)> = Vec::new();
         // Whether the network may be tried, asked at the first chunk that needs it.
@@ -287,7 +299,8 @@ impl Fetcher {
                 }
             }
         }
-        let mine = self.claim(layer, mine, deadline);
+        let mut mine = self.claim(layer, mine, deadline);
+        mine.sort_by_key(|(c, _)| (c.blob_offset, c.inner_offset));
         for run in merge_runs(mine) {
             self.runtime.spawn(self.clone().fetch_run(layer.clone(), run));
         }
@@ -335,7 +348,7 @@ impl Fetcher {
             .map(|(c, _)| c.blob_offset + c.blob_len)
             .max()
             .expect("runs are not empty");
-        let mut pending = guarded.into_iter().peekable();
+        let mut pending: std::collections::VecDeque<_> = guarded.into();
         let outcome = self.stream_run(&layer, start, end, &mut pending).await;
         for (_, guard) in pending {
             guard.settle(match &outcome {
@@ -353,7 +366,7 @@ impl Fetcher {
         layer: &LayerSource,
         start: u64,
         end: u64,
-        pending: &mut std::iter::Peekable<std::vec::IntoIter<(Chunk, FlightGuard)>>,
+        pending: &mut std::collections::VecDeque<(Chunk, FlightGuard)>,
     ) -> Result<(), FetchError> {
         let failed = |e: String| FetchError::Failed(e);
         let stall = |_| FetchError::Failed(format!("no bytes within {:?}", self.timeout));
@@ -365,7 +378,7 @@ impl Fetcher {
         let mut stream = self.answered(layer, tokio::time::timeout(self.timeout, request).await)?;
         let mut buf = bytes::BytesMut::new();
         let mut buf_offset = start;
-        while pending.peek().is_some() {
+        while !pending.is_empty() {
             let piece = match tokio::time::timeout(self.timeout, stream.next()).await {
                 Err(_) => {
                     self.health.unreachable("a response stopped in the middle");
@@ -379,7 +392,28 @@ impl Fetcher {
                 .fetch_add(piece.len() as u64, Ordering::Relaxed);
             self.count(layer, 0, piece.len() as u64, 0);
             buf.extend_from_slice(&piece);
-            while let Some((chunk, _)) = pending.peek() {
+            while let Some((chunk, _)) = pending.front() {
+                if layer.deflate.is_some() {
+                    // A checkpoint's chunks go together, inflated in one pass.
+                    let start = chunk.blob_offset;
+                    let n = pending.iter().take_while(|(c, _)| c.blob_offset == start).count();
+                    let end = pending.iter().take(n).map(|(c, _)| c.blob_offset + c.blob_len).max();
+                    let end = end.expect("one at least") - buf_offset;
+                    if end > buf.len() as u64 {
+                        break;
+                    }
+                    let mut group: Vec<_> = pending.drain(..n).collect();
+                    group.sort_by_key(|(c, _)| c.inner_offset);
+                    let raw = bytes::Bytes::copy_from_slice(&buf[(start - buf_offset) as usize..end as usize]);
+                    let keep_from = pending
+                        .front()
+                        .map_or(end, |(c, _)| (c.blob_offset - buf_offset).min(end));
+                    let _ = buf.split_to(keep_from as usize);
+                    buf_offset += keep_from;
+                    let (me, layer) = (self.clone(), layer.clone());
+                    tokio::task::spawn_blocking(move || me.store_group(layer, group, raw));
+                    continue;
+                }
                 let (from, to) = (
                     chunk.blob_offset - buf_offset,
                     chunk.blob_offset + chunk.blob_len - buf_offset,
@@ -387,12 +421,23 @@ impl Fetcher {
                 if to > buf.len() as u64 {
                     break;
                 }
-                let (chunk, guard) = pending.next().expect("peeked");
-                // The gap before the chunk goes; the chunk's bytes are handed over without a
-                // copy (runs hold chunks in blob order, never overlapping).
-                let _ = buf.split_to(from as usize);
-                let raw = buf.split_to((to - from) as usize).freeze();
-                buf_offset += to;
+                let (chunk, guard) = pending.pop_front().expect("peeked");
+                let next_start = pending.front().map(|(c, _)| c.blob_offset);
+                let raw = if next_start.is_some_and(|n| n < chunk.blob_offset + chunk.blob_len) {
+                    // The next chunk needs some of these bytes too (a gzip index's chunks
+                    // share checkpoints): copy, and drop only what no later chunk needs.
+                    let raw = bytes::Bytes::copy_from_slice(&buf[from as usize..to as usize]);
+                    let keep_from = next_start.expect("checked") - buf_offset;
+                    let _ = buf.split_to(keep_from as usize);
+                    buf_offset += keep_from;
+                    raw
+                } else {
+                    // The gap before the chunk goes; its bytes are handed over without a copy.
+                    let _ = buf.split_to(from as usize);
+                    let raw = buf.split_to((to - from) as usize).freeze();
+                    buf_offset += to;
+                    raw
+                };
                 let (me, layer) = (self.clone(), layer.clone());
                 tokio::task::spawn_blocking(move || me.store_or_refetch(layer, chunk, guard, raw));
             }
@@ -508,7 +553,8 @@ impl Fetcher {
     ) -> Result<Result<(), FetchError>, ChunkError> {
         let failed = |e: String| FetchError::Failed(format!("layer {}: {e}", layer.digest));
         let stored = match self.store.put_from(&chunk.digest, |out| {
-            decode_chunk_from(layer.codec, &layer.checkpoints, chunk, raw, out)
+            let points = layer.deflate.as_ref().map(|d| d.points.as_slice()).unwrap_or(&[]);
+            decode_chunk_from(layer.codec, points, chunk, raw, out)
         }) {
             Err(e) => Err(failed(e.to_string())),
             Ok(Err(e)) if e.is_bad_bytes() => return Err(e),
@@ -588,6 +634,10 @@ mod tests {
             spans(merge_runs(input)),
             vec![vec![0, 100, 200 + MERGE_GAP_BYTES], vec![1 << 30], vec![50]]
         );
+        // Overlapping chunks (a gzip index's, sharing checkpoints) join one request.
+        let ends = |runs: Vec<Vec<(Chunk, ())>>| runs.iter().map(|r| r.len()).collect::<Vec<_>>();
+        let overlapping = vec![chunk(0, 100), chunk(0, 300), chunk(50, 100), chunk(300, 10)];
+        assert_eq!(ends(merge_runs(overlapping)), vec![4]);
         // The size cap splits a long run.
         let input = (0..6).map(|i| chunk(i * (1 << 20), 1 << 20)).collect();
         assert_eq!(

@@ -12,7 +12,9 @@
 //!   verify.rs   fetch and check every chunk of a layer (`inspect --verify`)
 //! ```
 
+pub mod deflate;
 pub mod fetcher;
+pub mod gzindex;
 pub mod health;
 pub mod locate;
 pub mod plain;

@@ -193,7 +193,7 @@ pub fn decode_chunk(codec: ChunkCodec, chunk: &Chunk, compressed: &[u8]) -> Resu
 
 /// Copy `input` to `out` in blocks, refusing more or fewer bytes than `chunk.len` and a
 /// sha256 other than the chunk's.
-fn copy_verified(chunk: &Chunk, mut input: impl Read, out: &mut dyn Write) -> Result<(), ChunkError> {
+pub fn copy_verified(chunk: &Chunk, mut input: impl Read, out: &mut dyn Write) -> Result<(), ChunkError> {
     let decode_err = |reason: String| ChunkError::Decode {
         blob_offset: chunk.blob_offset,
         reason,

@@ -39,7 +39,7 @@ pub const GZIP_INDEX_ARTIFACT_TYPE: &str = "application/vnd.lamina.gzip-index.v1
 /// Media type of its one layer: this file, zstd-compressed.
 pub const GZIP_INDEX_LAYER_MEDIA_TYPE: &str = "application/vnd.lamina.gzip-index.v1+zstd";
 /// Largest index file accepted (uncompressed).
-pub const MAX_INDEX_BYTES: u64 = 1 << 30;
+pub const MAX_INDEX_BYTES: u64 = 256 << 20;
 
 const MAGIC: &[u8; 8] = b"LAMGZI01";
 const VERSION: u32 = 1;
@@ -456,6 +456,28 @@ mod tests {
         let at = flipped.len() - 100;
         flipped[at] ^= 1;
         assert!(decode(&flipped, &layer, size).unwrap_err().contains("checksum"));
+    }
+
+    /// Hands out its bytes in pieces of varying sizes, as a network would.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.1 = (self.1 * 7 + 3) % 5000 + 1;
+            let n = self.1.min(buf.len()).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn the_same_layer_gives_the_same_index_however_its_bytes_arrive() {
+        let (tar, blob, _) = layer();
+        let (layer, diff) = (Digest::of(&blob), Digest::of(&tar));
+        let whole = build(blob.as_slice(), &layer, &diff, MIN_SPAN).unwrap();
+        let trickled = build(Trickle(&blob, 1), &layer, &diff, MIN_SPAN).unwrap();
+        assert!(encode(&whole) == encode(&trickled));
     }
 
     #[test]

@@ -149,7 +149,7 @@ pub async fn open(
             repo: image.repository.clone(),
             digest: digest.clone(),
             codec,
-            checkpoints: Arc::from(Vec::new()),
+            deflate: None,
         };
         let view = Arc::new(ImageView::new(Arc::new(live), vec![source.clone()], fetcher.clone()));
         let toc_digest = layer

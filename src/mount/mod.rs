@@ -146,9 +146,24 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
     }
     let store = ChunkStore::open(&options.cache_dir)
         .map_err(|e| MountError::Local(format!("chunk store {}: {e}", options.cache_dir.display())))?;
+    let gzip_indexes = crate::fetch::gzindex::for_mount(
+        &registry,
+        &reference.repository,
+        &image.manifest_digest,
+        &image.layers,
+        &cache,
+        options.pull != PullPolicy::Never,
+    )
+    .await;
+    let gzip_indexes = &gzip_indexes;
     let indexes = futures_util::future::join_all(image.layers.iter().map(|l| {
         let (registry, cache, store) = (registry.clone(), cache.clone(), &store);
         async move {
+            if let Some(gz) = gzip_indexes.get(&l.digest) {
+                let source = crate::fetch::deflate::DeflateSource::new(gz.points.clone(), &gz.index);
+                return Ok(Some((gz.index.clone(), Some(Arc::new(source)))));
+            }
+            let no_points = || None;
             let path = cache.index_path(&l.digest);
             let toc_digest = crate::fetch::locate::annotated_toc_digest(l);
             let cached = disk::load(&path)
@@ -163,7 +178,7 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
                         .iter()
                         .all(|c| c.kind == ChunkKind::Zeros || store.contains(&c.digest))
                 {
-                    return Ok(Some(index));
+                    return Ok(Some((index, no_points())));
                 }
                 if options.pull == PullPolicy::Never {
                     return Err(not_cached(l, "plain layer whose chunks left the cache"));
@@ -182,14 +197,20 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
                 tracing::warn!(error = %e, "could not keep the layer index");
             }
             cache.record_index_toc(&l.digest, toc_digest);
-            Ok(Some(index))
+            Ok(Some((index, no_points())))
         }
     }))
     .await;
     let found = indexes.into_iter().collect::<Result<Vec<_>, MountError>>()?;
     let mut streams = Vec::new();
     let mut layers = Vec::with_capacity(found.len());
+    let mut checkpoints = Vec::with_capacity(found.len());
     for (i, (index, l)) in found.into_iter().zip(&image.layers).enumerate() {
+        let (index, points) = match index {
+            Some((index, points)) => (Some(index), points),
+            None => (None, None),
+        };
+        checkpoints.push(points);
         layers.push(index.unwrap_or_else(|| {
             streams.push(stream::LayerStream {
                 index: i,
@@ -212,12 +233,13 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
         .layers
         .iter()
         .zip(&layers)
-        .map(|(l, ix)| LayerSource {
+        .zip(checkpoints)
+        .map(|((l, ix), deflate)| LayerSource {
             registry: registry.clone(),
             repo: reference.repository.clone(),
             digest: l.digest.clone(),
             codec: ix.codec,
-            checkpoints: Arc::from(Vec::new()),
+            deflate,
         })
         .collect();
     let profile = crate::profile::load(&options.cache_dir, &image.manifest_digest);

@@ -7,6 +7,7 @@ mod convert;
 mod durability;
 mod errors;
 mod fetching;
+mod gzindex;
 mod hostile;
 mod layerstore;
 mod limits;

@@ -1,0 +1,156 @@
+//! Serving a gzip layer through its index ([`ChunkCodec::Deflate`](crate::model::ChunkCodec)):
+//! the unit fetched is a checkpoint's span, not a chunk. Every chunk that starts at one
+//! checkpoint shares the compressed bytes before it, so a read of one of them brings the
+//! others along ([`DeflateSource::expand`]), they travel in one request, and they are inflated
+//! in one pass ([`Fetcher::store_group`]): each byte of the span is fetched and inflated once
+//! however many files it holds, as a peer's span-based index would.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::fetcher::{FetchError, Fetcher, FlightGuard, LayerSource};
+use crate::format::chunk::{check_limits, copy_verified, ChunkError};
+use crate::format::zran::{checkpoint_at, Checkpoint, Resume};
+use crate::index::LayerIndex;
+use crate::model::{Chunk, ChunkKind};
+
+/// A gzip layer's checkpoints, and its data chunks by the checkpoint they start at.
+#[derive(Debug, Default)]
+pub struct DeflateSource {
+    /// Checkpoints in stream order.
+    pub points: Vec<Checkpoint>,
+    by_point: HashMap<u64, Vec<Chunk>>,
+}
+
+impl DeflateSource {
+    /// For a layer whose index has codec Deflate.
+    pub fn new(points: Vec<Checkpoint>, index: &LayerIndex) -> DeflateSource {
+        let mut by_point: HashMap<u64, Vec<Chunk>> = HashMap::new();
+        for c in index.chunks.iter().filter(|c| c.kind == ChunkKind::Data) {
+            by_point.entry(c.blob_offset).or_default().push(c.clone());
+        }
+        DeflateSource { points, by_point }
+    }
+
+    /// `chunks` (the first `wait_for` needed) with, after the needed ones, every other chunk
+    /// of their checkpoints: their bytes come with the needed ones anyway.
+    pub fn expand(&self, chunks: &[Chunk], wait_for: usize) -> Vec<Chunk> {
+        let needed = &chunks[..wait_for.min(chunks.len())];
+        let mut seen: HashSet<[u8; 32]> = needed.iter().map(|c| c.digest).collect();
+        let mut out = needed.to_vec();
+        let starts: Vec<u64> = needed
+            .iter()
+            .filter(|c| c.kind == ChunkKind::Data)
+            .map(|c| c.blob_offset)
+            .collect();
+        for start in starts {
+            for c in self.by_point.get(&start).into_iter().flatten() {
+                if seen.insert(c.digest) {
+                    out.push(c.clone());
+                }
+            }
+        }
+        out.extend(chunks[needed.len()..].iter().filter(|c| seen.insert(c.digest)).cloned());
+        out
+    }
+}
+
+impl Fetcher {
+    /// On the blocking pool: inflate `group` (chunks of one checkpoint, sorted by inner
+    /// offset) in one pass from `raw` (the blob from the checkpoint's first byte), storing
+    /// each chunk as it passes and settling its flight. Chunks already stored are inflated past.
+    pub(super) fn store_group(
+        self: Arc<Self>,
+        layer: LayerSource,
+        group: Vec<(Chunk, FlightGuard)>,
+        raw: bytes::Bytes,
+    ) {
+        let failed = |e: String| FetchError::Failed(format!("layer {}: {e}", layer.digest));
+        let points = layer.deflate.as_ref().map(|d| d.points.as_slice()).unwrap_or(&[]);
+        let start = group.first().map(|(c, _)| c.blob_offset).unwrap_or(0);
+        let resumed = checkpoint_at(points, start)
+            .ok_or_else(|| "no checkpoint starts at this chunk's offset".to_string())
+            .and_then(|p| Resume::new(p.bits, &p.window, &raw).map_err(|e| e.to_string()));
+        let mut inflater = match resumed {
+            Ok(r) => Counting { inner: r, count: 0 },
+            Err(e) => {
+                for (_, guard) in group {
+                    guard.settle(Err(failed(e.clone())));
+                }
+                return;
+            }
+        };
+        let mut broken: Option<String> = None;
+        for (chunk, guard) in group {
+            if let Some(e) = &broken {
+                guard.settle(Err(failed(e.clone())));
+                continue;
+            }
+            let skip = chunk.inner_offset.checked_sub(inflater.count);
+            let outcome = match skip {
+                None => Err(failed("chunks of one checkpoint overlap".into())),
+                Some(skip) => match std::io::copy(&mut (&mut inflater).take(skip), &mut std::io::sink()) {
+                    Ok(n) if n == skip => self.store_next(&layer, &chunk, &mut inflater),
+                    Ok(_) => Err(failed("the stream ends before the chunk".into())),
+                    Err(e) => Err(failed(e.to_string())),
+                },
+            };
+            if let Err(FetchError::Failed(e)) = &outcome {
+                // The stream cannot be trusted past a failure: the rest fail with it and are
+                // fetched again by their readers.
+                broken = Some(e.clone());
+                layer.registry.distrust(&layer.digest);
+            }
+            guard.settle(outcome);
+        }
+    }
+
+    /// Store the next chunk of the inflater (or inflate past it if it is stored already).
+    fn store_next(
+        &self,
+        layer: &LayerSource,
+        chunk: &Chunk,
+        inflater: &mut Counting<Resume<'_>>,
+    ) -> Result<(), FetchError> {
+        let failed = |e: String| FetchError::Failed(format!("layer {}: {e}", layer.digest));
+        if let Err(e) = check_limits(chunk) {
+            return Err(FetchError::Refused(format!("layer {}: {e}", layer.digest)));
+        }
+        let before = inflater.count;
+        let stored = self.store.put_from(&chunk.digest, |out| {
+            copy_verified(chunk, (&mut *inflater).take(chunk.len), out)
+        });
+        // Already stored: put_from read nothing; inflate past it.
+        if inflater.count == before {
+            let _ = std::io::copy(&mut (&mut *inflater).take(chunk.len), &mut std::io::sink());
+        }
+        match stored {
+            Err(e) => Err(failed(e.to_string())),
+            Ok(Err(e @ ChunkError::TooLarge { .. })) => {
+                Err(FetchError::Refused(format!("layer {}: {e}", layer.digest)))
+            }
+            Ok(Err(e)) => Err(failed(e.to_string())),
+            Ok(Ok(())) => {
+                self.stats.fetched_chunks.fetch_add(1, Ordering::Relaxed);
+                self.count(layer, 0, 0, 1);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A reader that counts the bytes read through it.
+pub(super) struct Counting<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}

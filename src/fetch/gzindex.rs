@@ -1,0 +1,268 @@
+//! Gzip indexes between the registry, the cache and a mount: built by streaming a layer once
+//! (never stored whole: the bytes go from the response through the inflater and are gone),
+//! kept in `CACHE/gzindex/<layer>.lgzi`, shared as OCI 1.1 artifacts whose subject is the
+//! image manifest (one per layer, annotated with the layer's digest), and found again by a
+//! mount with an empty cache.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::cache::CacheDir;
+use crate::digest::Digest;
+use crate::format::gzip_index::{
+    self, GzipIndex, GZIP_INDEX_ARTIFACT_TYPE, GZIP_INDEX_LAYER_MEDIA_TYPE, MAX_INDEX_BYTES,
+};
+use crate::oci::media_types::Compression;
+use crate::registry::referrers::{find_artifacts, push_artifact, read_artifact, ArtifactError, Pushed};
+use crate::registry::resolve::Layer;
+use crate::registry::Registry;
+
+/// Annotation of an index artifact: the layer it indexes.
+pub const LAYER_ANNOTATION: &str = "dev.lamina.gzip-index.layer";
+/// Largest compressed index artifact read from a registry.
+const MAX_ARTIFACT_BYTES: u64 = 256 << 20;
+/// How many times a broken layer body is resumed while indexing.
+const MAX_RESUMES: u32 = 5;
+
+/// Whether lamina can index `layer`: gzip, with no TOC of its own (eStargz layers are lazy
+/// already).
+pub fn indexable(layer: &Layer) -> bool {
+    layer.compression == Compression::Gzip && crate::fetch::locate::annotated_toc_digest(layer).is_none()
+}
+
+/// The cached index of `layer`, if there is one and it checks out.
+pub fn load_cached(cache: &CacheDir, layer: &Layer) -> Option<GzipIndex> {
+    let path = cache.gzip_index_path(&layer.digest);
+    let data = std::fs::read(&path).ok()?;
+    match gzip_index::decode(&data, &layer.digest, layer.size) {
+        Ok(gz) => Some(gz),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring a damaged gzip index in the cache");
+            None
+        }
+    }
+}
+
+/// Keep `gz` in the cache (written aside, renamed into place).
+pub fn save(cache: &CacheDir, gz: &GzipIndex) -> io::Result<()> {
+    let path = cache.gzip_index_path(&gz.layer);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = cache.temp_path("gzindex");
+    if let Some(dir) = tmp.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&tmp, gzip_index::encode(gz))?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// Stream `layer` from the registry once and index it; `on_bytes(total)` reports progress.
+pub async fn build(
+    registry: Arc<Registry>,
+    repo: &str,
+    layer: &Layer,
+    span: u64,
+    on_bytes: impl Fn(u64) + Send + 'static,
+) -> Result<GzipIndex, String> {
+    let span = crate::format::zran::effective_span(span, layer.size);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(16);
+    let pump = tokio::spawn(pump(registry, repo.to_string(), layer.clone(), tx, on_bytes));
+    let (digest, diff_id) = (layer.digest.clone(), layer.diff_id.clone());
+    let built = tokio::task::spawn_blocking(move || {
+        let reader = ChannelReader {
+            rx,
+            piece: Bytes::new(),
+        };
+        gzip_index::build(reader, &digest, &diff_id, span)
+    })
+    .await
+    .map_err(|e| format!("indexer: {e}"))?;
+    pump.abort();
+    built.map_err(|e| format!("layer {}: {e}", layer.digest))
+}
+
+/// Send the blob's bytes down `tx`, resuming a broken body from where it stopped.
+async fn pump(
+    registry: Arc<Registry>,
+    repo: String,
+    layer: Layer,
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, String>>,
+    on_bytes: impl Fn(u64),
+) {
+    let mut offset = 0u64;
+    let mut resumes = 0u32;
+    while offset < layer.size {
+        let failure = match registry.blob_stream(&repo, &layer.digest, offset).await {
+            Err(e) => e.to_string(),
+            Ok(s) => {
+                let mut skip = if s.partial { 0 } else { offset };
+                let mut body = s.response.bytes_stream();
+                let mut failure = String::from("body ended early");
+                while let Some(piece) = body.next().await {
+                    match piece {
+                        Ok(mut piece) => {
+                            let k = skip.min(piece.len() as u64) as usize;
+                            skip -= k as u64;
+                            let piece = piece.split_off(k);
+                            let room = layer.size - offset;
+                            let piece = piece.slice(..(piece.len() as u64).min(room) as usize);
+                            offset += piece.len() as u64;
+                            on_bytes(offset);
+                            if !piece.is_empty() && tx.send(Ok(piece)).await.is_err() {
+                                return; // the indexer stopped
+                            }
+                            if offset == layer.size {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            failure = e.to_string();
+                            break;
+                        }
+                    }
+                }
+                failure
+            }
+        };
+        resumes += 1;
+        if resumes > MAX_RESUMES {
+            let _ = tx.send(Err(failure)).await;
+            return;
+        }
+        tracing::warn!(layer = %layer.digest, offset, error = %failure, "layer body broke; resuming");
+        tokio::time::sleep(Duration::from_millis(250 << resumes.min(4))).await;
+    }
+}
+
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
+    piece: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.piece.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(p)) => self.piece = p,
+                Some(Err(e)) => return Err(io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.piece.len());
+        buf[..n].copy_from_slice(&self.piece.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Push `gz` as a referrer of image `image` in `repo`.
+pub async fn push(registry: &Registry, repo: &str, image: &Digest, gz: &GzipIndex) -> Result<Pushed, ArtifactError> {
+    let blob = zstd::bulk::compress(&gzip_index::encode(gz), 3).map_err(|e| ArtifactError::Bad(e.to_string()))?;
+    let annotations = [(LAYER_ANNOTATION.to_string(), gz.layer.to_string())].into();
+    push_artifact(
+        registry,
+        repo,
+        image,
+        GZIP_INDEX_ARTIFACT_TYPE,
+        GZIP_INDEX_LAYER_MEDIA_TYPE,
+        Bytes::from(blob),
+        annotations,
+    )
+    .await
+}
+
+/// The registry's indexes of image `image`'s `layers`, checked and kept in the cache; an
+/// artifact that does not check out is skipped with a warning. Returns the layers found.
+pub async fn find(
+    registry: &Registry,
+    repo: &str,
+    image: &Digest,
+    layers: &[&Layer],
+    cache: &CacheDir,
+) -> Result<HashMap<Digest, GzipIndex>, ArtifactError> {
+    let listed = find_artifacts(registry, repo, image, GZIP_INDEX_ARTIFACT_TYPE).await?;
+    let mut found = HashMap::new();
+    for d in listed {
+        let named = d
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(LAYER_ANNOTATION))
+            .and_then(|l| l.parse::<Digest>().ok());
+        let Some(layer) = named.and_then(|n| layers.iter().find(|l| l.digest == n)) else {
+            continue;
+        };
+        if found.contains_key(&layer.digest) {
+            continue; // the newest comes first
+        }
+        match read_one(registry, repo, &d, layer).await {
+            Ok(gz) => {
+                if let Err(e) = save(cache, &gz) {
+                    tracing::warn!(error = %e, "could not keep a gzip index");
+                }
+                found.insert(layer.digest.clone(), gz);
+            }
+            Err(e) => {
+                tracing::warn!(artifact = %d.digest(), layer = %layer.digest, error = %e, "skipping a gzip index artifact")
+            }
+        }
+    }
+    Ok(found)
+}
+
+async fn read_one(
+    registry: &Registry,
+    repo: &str,
+    d: &oci_spec::image::Descriptor,
+    layer: &Layer,
+) -> Result<GzipIndex, String> {
+    let (_, blob) = read_artifact(registry, repo, d, GZIP_INDEX_LAYER_MEDIA_TYPE, MAX_ARTIFACT_BYTES)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut data = Vec::new();
+    zstd::stream::read::Decoder::new(blob.as_ref())
+        .map_err(|e| e.to_string())?
+        .take(MAX_INDEX_BYTES + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("not zstd: {e}"))?;
+    gzip_index::decode(&data, &layer.digest, layer.size)
+}
+
+/// How long a mount waits for the registry's list of indexes.
+const FIND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The gzip indexes a mount of `image` can use: the cache's, then (when `ask_registry`) the
+/// registry's for indexable layers the cache knows nothing of. Failures are warnings: such
+/// layers stream as before.
+pub async fn for_mount(
+    registry: &Registry,
+    repo: &str,
+    image: &Digest,
+    layers: &[Layer],
+    cache: &CacheDir,
+    ask_registry: bool,
+) -> HashMap<Digest, GzipIndex> {
+    let mut found = HashMap::new();
+    let mut unknown = Vec::new();
+    for l in layers.iter().filter(|l| indexable(l)) {
+        match load_cached(cache, l) {
+            Some(gz) => {
+                found.insert(l.digest.clone(), gz);
+            }
+            None if !cache.index_path(&l.digest).exists() => unknown.push(l),
+            None => {}
+        }
+    }
+    if ask_registry && !unknown.is_empty() {
+        match tokio::time::timeout(FIND_TIMEOUT, find(registry, repo, image, &unknown, cache)).await {
+            Ok(Ok(more)) => found.extend(more),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not look for gzip indexes in the registry"),
+            Err(_) => tracing::warn!("the registry did not list gzip indexes within {FIND_TIMEOUT:?}"),
+        }
+    }
+    found
+}
