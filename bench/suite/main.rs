@@ -20,7 +20,8 @@
 //! Modes per workload and link: `skopeo+umoci` (skopeo copy + umoci unpack + run), `pull`
 //! (lamina pull + run), `lazy-cold` (lamina mount + run, empty cache), `lazy-profile` (the
 //! same, with the access profile another cache recorded and pushed to the registry, found there
-//! by the mount), `lazy-warm` (the same, cache kept), `local` (run in an already extracted tree: the floor for warm runs). Per run:
+//! by the mount), `lazy-gzindex` (the gzip image as made, with the indexes `lamina index` pushed
+//! beside it, found by the mount; empty cache), `lazy-warm` (the same, cache kept), `local` (run in an already extracted tree: the floor for warm runs). Per run:
 //! time to ready, blob bytes and requests seen by the registry, peak RSS of lamina. The floor
 //! of a lazy run = bytes the program needs ÷ rate + 4 round trips (manifest, config, TOCs in
 //! parallel, data); "needs" = the compressed share of the files the program opened (strace on

@@ -12,7 +12,9 @@ use crate::stats::{stat_of, Sample};
 use crate::workloads::Workload;
 
 /// A colour per mode of [`MODES`].
-const COLORS: [&str; 6] = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#7f7f7f"];
+const COLORS: [&str; 7] = [
+    "#d62728", "#1f77b4", "#2ca02c", "#8c564b", "#ff7f0e", "#9467bd", "#7f7f7f",
+];
 /// Panel width and height, margin.
 const PW: f64 = 360.0;
 const PH: f64 = 260.0;

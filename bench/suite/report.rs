@@ -133,7 +133,7 @@ fn table_rows(md: &mut String, wl: &Workload, l: &Link, samples: &[Sample], floo
             .unwrap();
             continue;
         }
-        let cold = m == "lazy-cold" || m == "lazy-profile";
+        let cold = m == "lazy-cold" || m == "lazy-gzindex" || m == "lazy-profile";
         let vs_floor = if cold && l.rate_bps.is_none() {
             // No rate: the floor is a few RTTs, and the ratio would only say how
             // fast this machine's CPU is.

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use super::fetcher::{FetchError, Fetcher, FlightGuard, LayerSource};
@@ -22,7 +22,14 @@ pub struct DeflateSource {
     /// Checkpoints in stream order.
     pub points: Vec<Checkpoint>,
     by_point: HashMap<u64, Vec<Chunk>>,
+    /// Chunks inflated from these checkpoints that did not verify.
+    bad: AtomicU32,
 }
+
+/// Chunks of a layer that may fail to verify before its index is refused for later mounts
+/// (a mirror's wrong bytes are fetched again from the registry; an index whose windows are
+/// wrong fails every time).
+const BAD_CHUNKS_BEFORE_REFUSAL: u32 = 3;
 
 impl DeflateSource {
     /// For a layer whose index has codec Deflate.
@@ -31,7 +38,11 @@ impl DeflateSource {
         for c in index.chunks.iter().filter(|c| c.kind == ChunkKind::Data) {
             by_point.entry(c.blob_offset).or_default().push(c.clone());
         }
-        DeflateSource { points, by_point }
+        DeflateSource {
+            points,
+            by_point,
+            bad: AtomicU32::new(0),
+        }
     }
 
     /// `chunks` (the first `wait_for` needed) with, after the needed ones, every other chunk
@@ -131,11 +142,37 @@ impl Fetcher {
             Ok(Err(e @ ChunkError::TooLarge { .. })) => {
                 Err(FetchError::Refused(format!("layer {}: {e}", layer.digest)))
             }
-            Ok(Err(e)) => Err(failed(e.to_string())),
+            Ok(Err(e)) => {
+                if e.is_bad_bytes() {
+                    self.note_bad_chunk(layer, &e);
+                }
+                Err(failed(e.to_string()))
+            }
             Ok(Ok(())) => {
                 self.stats.fetched_chunks.fetch_add(1, Ordering::Relaxed);
                 self.count(layer, 0, 0, 1);
                 Ok(())
+            }
+        }
+    }
+}
+
+impl Fetcher {
+    /// A chunk inflated through the layer's index did not verify: after a few, the index is
+    /// refused for later mounts of this cache (the layer then streams, as without an index).
+    fn note_bad_chunk(&self, layer: &LayerSource, e: &ChunkError) {
+        let Some(d) = &layer.deflate else { return };
+        let n = d.bad.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(layer = %layer.digest, error = %e, "a chunk inflated through the gzip index did not verify");
+        if n == BAD_CHUNKS_BEFORE_REFUSAL {
+            let why = format!("{n} chunks did not verify (last: {e})");
+            match super::gzindex::refuse(&self.store.cache_root(), &layer.digest, &why) {
+                Ok(()) => {
+                    tracing::warn!(layer = %layer.digest, "{why}: the gzip index is refused; the next mount streams this layer")
+                }
+                Err(err) => {
+                    tracing::warn!(layer = %layer.digest, error = %err, "could not record the refused gzip index")
+                }
             }
         }
     }

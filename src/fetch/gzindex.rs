@@ -48,6 +48,26 @@ pub fn load_cached(cache: &CacheDir, layer: &Layer) -> Option<GzipIndex> {
     }
 }
 
+fn refusal_path(cache_root: &std::path::Path, layer: &Digest) -> std::path::PathBuf {
+    cache_root.join("gzindex").join(format!("{}.refused", layer.hex()))
+}
+
+/// Record that `layer`'s index served bytes that did not verify: mounts of this cache no
+/// longer use an index for it (neither the cache's nor the registry's) until `lamina index`
+/// builds a new one.
+pub fn refuse(cache_root: &std::path::Path, layer: &Digest, why: &str) -> io::Result<()> {
+    let path = refusal_path(cache_root, layer);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, why)
+}
+
+/// Why `layer`'s index was refused, if it was.
+pub fn refused(cache: &CacheDir, layer: &Digest) -> Option<String> {
+    std::fs::read_to_string(refusal_path(cache.root(), layer)).ok()
+}
+
 /// Keep `gz` in the cache (written aside, renamed into place).
 pub fn save(cache: &CacheDir, gz: &GzipIndex) -> io::Result<()> {
     let path = cache.gzip_index_path(&gz.layer);
@@ -59,7 +79,9 @@ pub fn save(cache: &CacheDir, gz: &GzipIndex) -> io::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&tmp, gzip_index::encode(gz))?;
-    std::fs::rename(&tmp, &path)
+    std::fs::rename(&tmp, &path)?;
+    let _ = std::fs::remove_file(refusal_path(cache.root(), &gz.layer));
+    Ok(())
 }
 
 /// Stream `layer` from the registry once and index it; `on_bytes(total)` reports progress.
@@ -249,6 +271,10 @@ pub async fn for_mount(
     let mut found = HashMap::new();
     let mut unknown = Vec::new();
     for l in layers.iter().filter(|l| indexable(l)) {
+        if let Some(why) = refused(cache, &l.digest) {
+            tracing::warn!(layer = %l.digest, why = %why.trim(), "not using the gzip index refused earlier: streaming the layer");
+            continue;
+        }
         match load_cached(cache, l) {
             Some(gz) => {
                 found.insert(l.digest.clone(), gz);

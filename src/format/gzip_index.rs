@@ -458,6 +458,40 @@ mod tests {
         assert!(decode(&flipped, &layer, size).unwrap_err().contains("checksum"));
     }
 
+    #[test]
+    fn a_flipped_window_byte_fails_the_chunk_not_the_reader() {
+        let (blob, mut gz, _) = built();
+        // The first data chunk that starts shortly after a checkpoint with a full window.
+        let chunk = gz
+            .index
+            .chunks
+            .iter()
+            .find(|c| {
+                c.kind == ChunkKind::Data
+                    && c.inner_offset < 1024
+                    && gz
+                        .checkpoint_at(c.blob_offset)
+                        .is_some_and(|p| p.window.len() == WINDOW_BYTES)
+            })
+            .cloned()
+            .expect("a chunk right after a checkpoint");
+        let raw = &blob[chunk.blob_offset as usize..(chunk.blob_offset + chunk.blob_len) as usize];
+        let at = gz
+            .points
+            .iter()
+            .position(|p| p.start_byte() == chunk.blob_offset)
+            .unwrap();
+        let mut out = Vec::new();
+        decode_chunk_from(ChunkCodec::Deflate, &gz.points, &chunk, raw, &mut out).unwrap();
+        // Every byte of the window flipped, one at a time would be as good: the output refers
+        // back into it, so the chunk's sha256 no longer matches.
+        for b in &mut gz.points[at].window {
+            *b = !*b;
+        }
+        let err = decode_chunk_from(ChunkCodec::Deflate, &gz.points, &chunk, raw, &mut Vec::new()).unwrap_err();
+        assert!(err.is_bad_bytes(), "{err}");
+    }
+
     /// Hands out its bytes in pieces of varying sizes, as a network would.
     struct Trickle<'a>(&'a [u8], usize);
 

@@ -7,7 +7,10 @@ use std::process::Command;
 
 use crate::fetching::python_and_more;
 use crate::support::layers::{build_layout, push_and_convert, Step};
-use crate::support::mount::{blob_gets_and_bytes, config_digest, fixture, have_python, require_fuse, Mounted};
+use crate::support::mount::{
+    blob_gets_and_bytes, config_digest, evict_all, fixture, have_python, require_fuse, Mounted,
+};
+use crate::support::poll;
 use crate::support::registry::TestRegistry;
 use crate::support::tree::assert_same_tree;
 use crate::support::{assert_ok, lamina, require_root, require_tools, run};
@@ -120,6 +123,83 @@ fn an_indexed_gzip_image_mounts_lazily_from_an_empty_cache_and_equals_umoci() {
         );
     }
     assert_same_tree(&m.point, &f.oracle);
+    m.unmount();
+    m.wait_daemon_gone("before gc");
+    drop(m);
+
+    // Wrong windows: every checkpoint's window flipped in the cache's indexes (their file
+    // tables and checksums intact, so they load). Reads inflated through them fail — never a
+    // wrong byte — and the indexes are refused: the next mount streams the layers, and is right.
+    evict_all(&cache2);
+    for e in std::fs::read_dir(cache2.join("gzindex")).unwrap() {
+        let path = e.unwrap().path();
+        let mut data = std::fs::read(&path).unwrap();
+        let points = u32::from_le_bytes(data[12..16].try_into().unwrap()) as usize;
+        let windows = u64::from_le_bytes(data[64..72].try_into().unwrap()) as usize;
+        let from = 80 + points * 32;
+        for b in &mut data[from..from + windows] {
+            *b = !*b;
+        }
+        std::fs::write(&path, data).unwrap();
+    }
+    let m = Mounted::new(&plain, &w.join("mnt3"), &cache2, &[]);
+    assert_eq!(layer_status(&m, &cache2), vec!["indexed".to_string(); layers]);
+    let (mut failed, mut right) = (0, 0);
+    for file in walk_files(&f.oracle) {
+        let rel = file.strip_prefix(&f.oracle).unwrap();
+        match std::fs::read(m.point.join(rel)) {
+            Ok(got) => {
+                assert!(
+                    got == std::fs::read(&file).unwrap(),
+                    "{}: wrong bytes served",
+                    rel.display()
+                );
+                right += 1;
+            }
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(5), "{}: {e} (expected EIO)", rel.display());
+                failed += 1;
+            }
+        }
+    }
+    assert!(
+        failed > 0,
+        "no read failed ({right} right): the flipped windows went unnoticed"
+    );
+    poll::until("an index to be refused", || {
+        std::fs::read_dir(cache2.join("gzindex"))
+            .unwrap()
+            .any(|e| e.unwrap().path().extension().is_some_and(|x| x == "refused"))
+            .then_some(())
+    });
+    m.unmount();
+    m.wait_daemon_gone("after the refusal");
+    drop(m);
+    let m = Mounted::new(&plain, &w.join("mnt4"), &cache2, &[]);
+    assert!(
+        layer_status(&m, &cache2).iter().any(|s| s == "streaming"),
+        "a refused index was used again"
+    );
+    assert_same_tree(&m.point, &f.oracle);
+}
+
+/// Regular files under `root`, recursively (symlinks not followed).
+fn walk_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                dirs.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 #[test]
