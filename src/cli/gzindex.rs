@@ -50,7 +50,7 @@ pub(super) async fn index(args: IndexArgs, show_progress: bool) -> anyhow::Resul
         for l in &wanted {
             let gz = gzindex::load_cached(&cache, l).context("the index just kept")?;
             let bar = progress.bytes(format!("verify {}", &l.digest.hex()[..12]), l.size);
-            let again = gzindex::build(registry.clone(), repo, l, gz.span, move |n| bar.set_position(n))
+            let (again, _) = gzindex::build(registry.clone(), repo, l, gz.span, move |n| bar.set_position(n))
                 .await
                 .map_err(anyhow::Error::msg)?;
             // Compared in their stored form (what a mount reads back).
@@ -76,33 +76,40 @@ pub(super) async fn index(args: IndexArgs, show_progress: bool) -> anyhow::Resul
     }
     for l in wanted {
         let started = Instant::now();
-        let gz = match gzindex::load_cached(&cache, l)
+        // The cache's index when it was built here with this span (its windows all there).
+        let cached = gzindex::load_cached(&cache, l)
             .filter(|gz| gz.span == crate::format::zran::effective_span(args.span, l.size))
-        {
-            Some(gz) => gz,
+            .and_then(|gz| {
+                let windows = std::fs::read(gzindex::windows_path(&cache, &l.digest)).ok()?;
+                (crate::digest::Digest::of(&windows) == gz.windows).then_some((gz, windows))
+            });
+        let (gz, windows) = match cached {
+            Some(built) => built,
             None => {
                 let bar = progress.bytes(format!("index {}", &l.digest.hex()[..12]), l.size);
-                let gz = gzindex::build(registry.clone(), repo, l, args.span, move |n| bar.set_position(n))
+                let (gz, windows) = gzindex::build(registry.clone(), repo, l, args.span, move |n| bar.set_position(n))
                     .await
                     .map_err(anyhow::Error::msg)?;
-                gzindex::save(&cache, &gz).context("keeping the index in the cache")?;
-                gz
+                gzindex::save(&cache, &gz, Some(&windows)).context("keeping the index in the cache")?;
+                (gz, windows)
             }
         };
-        let size = crate::format::gzip_index::encode(&gz).len() as u64;
+        let table = zstd::bulk::compress(&crate::format::gzip_index::encode(&gz), 19)?.len() as u64;
         outln!(
-            "layer     {} {:>10}: {} entries, {} checkpoints, index {} ({:.1} s)",
+            "layer     {} {:>10}: {} entries, {} checkpoints, index {} + windows {} = {:.1}% of the layer ({:.1} s)",
             l.digest,
             mb(l.size),
             gz.index.entries.len(),
             gz.points.len(),
-            mb(size),
+            mb(table),
+            mb(gz.windows_size),
+            100.0 * (table + gz.windows_size) as f64 / l.size.max(1) as f64,
             started.elapsed().as_secs_f64()
         )?;
         if args.no_push {
             continue;
         }
-        match gzindex::push(&registry, repo, &image.manifest_digest, &gz)
+        match gzindex::push(&registry, repo, &image.manifest_digest, &gz, windows.into())
             .await
             .with_context(|| format!("pushing the index of layer {}", l.digest))?
         {

@@ -7,23 +7,36 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use super::fetcher::{FetchError, Fetcher, FlightGuard, LayerSource};
+use crate::digest::Digest;
 use crate::format::chunk::{check_limits, copy_verified, ChunkError};
-use crate::format::zran::{checkpoint_at, Checkpoint, Resume};
+use crate::format::gzip_index::{open_window, point_at, Point};
+use crate::format::zran::{Checkpoint, Resume};
 use crate::index::LayerIndex;
 use crate::model::{Chunk, ChunkKind};
 
-/// A gzip layer's checkpoints, and its data chunks by the checkpoint they start at.
-#[derive(Debug, Default)]
+/// A gzip layer's checkpoints, its data chunks by the checkpoint they start at, and where the
+/// checkpoints' windows are: the cache's windows file (whole when this machine built the
+/// index, filled as windows are read when it came from the registry), else the registry's
+/// windows blob, one Range request per window, checked against the table's sha256.
+#[derive(Debug)]
 pub struct DeflateSource {
     /// Checkpoints in stream order.
-    pub points: Vec<Checkpoint>,
+    pub points: Vec<Point>,
     by_point: HashMap<u64, Vec<Chunk>>,
     /// Chunks inflated from these checkpoints that did not verify.
     bad: AtomicU32,
+    windows_file: PathBuf,
+    windows_blob: Digest,
+    /// Windows read so far (one lock per checkpoint: a window is fetched once).
+    windows: Vec<Mutex<Option<Arc<Vec<u8>>>>>,
 }
 
 /// Chunks of a layer that may fail to verify before its index is refused for later mounts
@@ -32,16 +45,21 @@ pub struct DeflateSource {
 const BAD_CHUNKS_BEFORE_REFUSAL: u32 = 3;
 
 impl DeflateSource {
-    /// For a layer whose index has codec Deflate.
-    pub fn new(points: Vec<Checkpoint>, index: &LayerIndex) -> DeflateSource {
+    /// For a layer whose index has codec Deflate, its windows in `windows_file` (the cache)
+    /// or the registry's blob `windows_blob`.
+    pub fn new(points: Vec<Point>, index: &LayerIndex, windows_file: PathBuf, windows_blob: Digest) -> DeflateSource {
         let mut by_point: HashMap<u64, Vec<Chunk>> = HashMap::new();
         for c in index.chunks.iter().filter(|c| c.kind == ChunkKind::Data) {
             by_point.entry(c.blob_offset).or_default().push(c.clone());
         }
+        let windows = points.iter().map(|_| Mutex::new(None)).collect();
         DeflateSource {
             points,
             by_point,
             bad: AtomicU32::new(0),
+            windows_file,
+            windows_blob,
+            windows,
         }
     }
 
@@ -69,6 +87,76 @@ impl DeflateSource {
 }
 
 impl Fetcher {
+    /// The checkpoint whose first byte is `start_byte`, with its window: from memory, the
+    /// cache's windows file, else the registry (kept in the file). Blocks the calling
+    /// (non-async) thread up to the read deadline.
+    pub(super) fn checkpoint(&self, layer: &LayerSource, start_byte: u64) -> Result<Checkpoint, String> {
+        let d = layer.deflate.as_ref().ok_or("not a gzip-index layer")?;
+        let i = point_at(&d.points, start_byte).ok_or("no checkpoint starts at this chunk's offset")?;
+        let point = &d.points[i];
+        let mut slot = d.windows[i].lock();
+        if let Some(w) = slot.as_ref() {
+            return Ok(point.with_window(w.to_vec()));
+        }
+        let mut frame = vec![0u8; point.window_zlen as usize];
+        let local = std::fs::File::open(&d.windows_file)
+            .and_then(|f| f.read_exact_at(&mut frame, point.window_at))
+            .ok()
+            .and_then(|()| open_window(point, &frame).ok());
+        let window = match local {
+            Some(w) => w,
+            None => {
+                let request = layer.registry.blob_range(
+                    &layer.repo,
+                    &d.windows_blob,
+                    point.window_at,
+                    u64::from(point.window_zlen),
+                );
+                self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                let frame = self
+                    .runtime
+                    .block_on(tokio::time::timeout(self.timeout, request))
+                    .map_err(|_| format!("the window was not fetched within {:?}", self.timeout))?
+                    .map_err(|e| format!("fetching a window: {e}"))?;
+                self.stats
+                    .fetched_bytes
+                    .fetch_add(frame.len() as u64, Ordering::Relaxed);
+                let window = open_window(point, &frame)?;
+                let kept = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&d.windows_file)
+                    .and_then(|f| f.write_all_at(&frame, point.window_at));
+                if let Err(e) = kept {
+                    tracing::debug!(error = %e, "could not keep a window in the cache");
+                }
+                window
+            }
+        };
+        let window = Arc::new(window);
+        *slot = Some(window.clone());
+        Ok(point.with_window(window.to_vec()))
+    }
+
+    /// Start reading the windows of the checkpoints at `starts` (on the blocking pool), so
+    /// they are there when the chunks' bytes are.
+    pub(super) fn warm_windows(self: &Arc<Self>, layer: &LayerSource, starts: impl Iterator<Item = u64>) {
+        let Some(d) = &layer.deflate else { return };
+        let mut seen = HashSet::new();
+        for start in starts.filter(|s| seen.insert(*s)) {
+            let cold = point_at(&d.points, start).is_some_and(|i| d.windows[i].try_lock().is_some_and(|w| w.is_none()));
+            if cold {
+                let (me, layer) = (self.clone(), layer.clone());
+                tokio::task::spawn_blocking(move || {
+                    let _ = me.checkpoint(&layer, start);
+                });
+            }
+        }
+    }
+}
+
+impl Fetcher {
     /// On the blocking pool: inflate `group` (chunks of one checkpoint, sorted by inner
     /// offset) in one pass from `raw` (the blob from the checkpoint's first byte), storing
     /// each chunk as it passes and settling its flight. Chunks already stored are inflated past.
@@ -79,10 +167,9 @@ impl Fetcher {
         raw: bytes::Bytes,
     ) {
         let failed = |e: String| FetchError::Failed(format!("layer {}: {e}", layer.digest));
-        let points = layer.deflate.as_ref().map(|d| d.points.as_slice()).unwrap_or(&[]);
         let start = group.first().map(|(c, _)| c.blob_offset).unwrap_or(0);
-        let resumed = checkpoint_at(points, start)
-            .ok_or_else(|| "no checkpoint starts at this chunk's offset".to_string())
+        let resumed = self
+            .checkpoint(&layer, start)
             .and_then(|p| Resume::new(p.bits, &p.window, &raw).map_err(|e| e.to_string()));
         let mut inflater = match resumed {
             Ok(r) => Counting { inner: r, count: 0 },

@@ -130,7 +130,7 @@ pub struct Fetcher {
     pub(super) store: ChunkStore,
     pub(super) locks: ChunkLocks,
     pub(super) inflight: Mutex<HashMap<[u8; 32], Arc<Flight>>>,
-    timeout: Duration,
+    pub(super) timeout: Duration,
     /// Counters.
     pub stats: FetchStats,
     /// Prefetch: permits and used / wasted bytes.
@@ -348,6 +348,7 @@ impl Fetcher {
             .map(|(c, _)| c.blob_offset + c.blob_len)
             .max()
             .expect("runs are not empty");
+        self.warm_windows(&layer, guarded.iter().map(|(c, _)| c.blob_offset));
         let mut pending: std::collections::VecDeque<_> = guarded.into();
         let outcome = self.stream_run(&layer, start, end, &mut pending).await;
         for (_, guard) in pending {
@@ -552,9 +553,16 @@ impl Fetcher {
         raw: &[u8],
     ) -> Result<Result<(), FetchError>, ChunkError> {
         let failed = |e: String| FetchError::Failed(format!("layer {}: {e}", layer.digest));
+        // A gzip-index chunk inflates from its checkpoint, whose window may need fetching.
+        let checkpoint = match &layer.deflate {
+            Some(_) => match self.checkpoint(layer, chunk.blob_offset) {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(failed(e))),
+            },
+            None => crate::format::zran::Checkpoint::default(),
+        };
         let stored = match self.store.put_from(&chunk.digest, |out| {
-            let points = layer.deflate.as_ref().map(|d| d.points.as_slice()).unwrap_or(&[]);
-            decode_chunk_from(layer.codec, points, chunk, raw, out)
+            decode_chunk_from(layer.codec, std::slice::from_ref(&checkpoint), chunk, raw, out)
         }) {
             Err(e) => Err(failed(e.to_string())),
             Ok(Err(e)) if e.is_bad_bytes() => return Err(e),

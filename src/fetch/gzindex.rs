@@ -1,8 +1,10 @@
 //! Gzip indexes between the registry, the cache and a mount: built by streaming a layer once
 //! (never stored whole: the bytes go from the response through the inflater and are gone),
-//! kept in `CACHE/gzindex/<layer>.lgzi`, shared as OCI 1.1 artifacts whose subject is the
-//! image manifest (one per layer, annotated with the layer's digest), and found again by a
-//! mount with an empty cache.
+//! kept in `CACHE/gzindex/<layer>.lgzi` (the table) and `.lgzw` (the windows: whole when built
+//! here, filled window by window when read from the registry), shared as OCI 1.1 artifacts
+//! whose subject is the image manifest (one per layer, annotated with the layer's digest; two
+//! blobs: the table, zstd-compressed, and the windows), and found again by a mount with an
+//! empty cache, which fetches the table and then only the windows its reads need.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -15,7 +17,8 @@ use futures_util::StreamExt;
 use crate::cache::CacheDir;
 use crate::digest::Digest;
 use crate::format::gzip_index::{
-    self, GzipIndex, GZIP_INDEX_ARTIFACT_TYPE, GZIP_INDEX_LAYER_MEDIA_TYPE, MAX_INDEX_BYTES,
+    self, GzipIndex, GZIP_INDEX_ARTIFACT_TYPE, GZIP_INDEX_LAYER_MEDIA_TYPE, GZIP_INDEX_WINDOWS_MEDIA_TYPE,
+    MAX_INDEX_BYTES,
 };
 use crate::oci::media_types::Compression;
 use crate::registry::referrers::{find_artifacts, push_artifact, read_artifact, ArtifactError, Pushed};
@@ -37,9 +40,13 @@ pub fn indexable(layer: &Layer) -> bool {
 
 /// The cached index of `layer`, if there is one and it checks out.
 pub fn load_cached(cache: &CacheDir, layer: &Layer) -> Option<GzipIndex> {
-    let path = cache.gzip_index_path(&layer.digest);
+    load_table(cache, &layer.digest, layer.size)
+}
+
+fn load_table(cache: &CacheDir, layer: &Digest, size: u64) -> Option<GzipIndex> {
+    let path = cache.gzip_index_path(layer);
     let data = std::fs::read(&path).ok()?;
-    match gzip_index::decode(&data, &layer.digest, layer.size) {
+    match gzip_index::decode(&data, layer, size) {
         Ok(gz) => Some(gz),
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "ignoring a damaged gzip index in the cache");
@@ -68,30 +75,50 @@ pub fn refused(cache: &CacheDir, layer: &Digest) -> Option<String> {
     std::fs::read_to_string(refusal_path(cache.root(), layer)).ok()
 }
 
-/// Keep `gz` in the cache (written aside, renamed into place).
-pub fn save(cache: &CacheDir, gz: &GzipIndex) -> io::Result<()> {
+/// Where the windows of `layer`'s index are kept.
+pub fn windows_path(cache: &CacheDir, layer: &Digest) -> std::path::PathBuf {
+    cache.gzip_index_path(layer).with_extension("lgzw")
+}
+
+/// Keep `gz` in the cache (written aside, renamed into place), with its whole windows blob
+/// when there is one (built here); otherwise windows are kept as mounts read them.
+pub fn save(cache: &CacheDir, gz: &GzipIndex, windows: Option<&[u8]>) -> io::Result<()> {
     let path = cache.gzip_index_path(&gz.layer);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = cache.temp_path("gzindex");
-    if let Some(dir) = tmp.parent() {
-        std::fs::create_dir_all(dir)?;
+    let put = |data: &[u8], dest: &std::path::Path| -> io::Result<()> {
+        let tmp = cache.temp_path("gzindex");
+        if let Some(dir) = tmp.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&tmp, data)?;
+        std::fs::rename(&tmp, dest)
+    };
+    match windows {
+        Some(w) => put(w, &windows_path(cache, &gz.layer))?,
+        // Windows of another table (an older index of this layer) must not be read as these:
+        // each is checked against its sha256, but a stale file would only cost refetches.
+        None => {
+            if load_table(cache, &gz.layer, gz.blob_size).is_none_or(|old| old.windows != gz.windows) {
+                let _ = std::fs::remove_file(windows_path(cache, &gz.layer));
+            }
+        }
     }
-    std::fs::write(&tmp, gzip_index::encode(gz))?;
-    std::fs::rename(&tmp, &path)?;
+    put(&gzip_index::encode(gz), &path)?;
     let _ = std::fs::remove_file(refusal_path(cache.root(), &gz.layer));
     Ok(())
 }
 
 /// Stream `layer` from the registry once and index it; `on_bytes(total)` reports progress.
+/// Gives the index and its windows blob.
 pub async fn build(
     registry: Arc<Registry>,
     repo: &str,
     layer: &Layer,
     span: u64,
     on_bytes: impl Fn(u64) + Send + 'static,
-) -> Result<GzipIndex, String> {
+) -> Result<(GzipIndex, Vec<u8>), String> {
     let span = crate::format::zran::effective_span(span, layer.size);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(16);
     let pump = tokio::spawn(pump(registry, repo.to_string(), layer.clone(), tx, on_bytes));
@@ -182,17 +209,25 @@ impl Read for ChannelReader {
     }
 }
 
-/// Push `gz` as a referrer of image `image` in `repo`.
-pub async fn push(registry: &Registry, repo: &str, image: &Digest, gz: &GzipIndex) -> Result<Pushed, ArtifactError> {
-    let blob = zstd::bulk::compress(&gzip_index::encode(gz), 3).map_err(|e| ArtifactError::Bad(e.to_string()))?;
+/// Push `gz` and its `windows` as a referrer of image `image` in `repo`.
+pub async fn push(
+    registry: &Registry,
+    repo: &str,
+    image: &Digest,
+    gz: &GzipIndex,
+    windows: Bytes,
+) -> Result<Pushed, ArtifactError> {
+    let table = zstd::bulk::compress(&gzip_index::encode(gz), 19).map_err(|e| ArtifactError::Bad(e.to_string()))?;
     let annotations = [(LAYER_ANNOTATION.to_string(), gz.layer.to_string())].into();
     push_artifact(
         registry,
         repo,
         image,
         GZIP_INDEX_ARTIFACT_TYPE,
-        GZIP_INDEX_LAYER_MEDIA_TYPE,
-        Bytes::from(blob),
+        vec![
+            (GZIP_INDEX_LAYER_MEDIA_TYPE, Bytes::from(table)),
+            (GZIP_INDEX_WINDOWS_MEDIA_TYPE, windows),
+        ],
         annotations,
     )
     .await
@@ -223,7 +258,7 @@ pub async fn find(
         }
         match read_one(registry, repo, &d, layer).await {
             Ok(gz) => {
-                if let Err(e) = save(cache, &gz) {
+                if let Err(e) = save(cache, &gz, None) {
                     tracing::warn!(error = %e, "could not keep a gzip index");
                 }
                 found.insert(layer.digest.clone(), gz);

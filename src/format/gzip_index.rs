@@ -1,22 +1,29 @@
 //! A seekable index of an unchanged gzip layer: the layer's file table (a [`LayerIndex`] with
-//! codec [`ChunkCodec::Deflate`]) plus the [`Checkpoint`]s its chunks are inflated from.
-//! Built by streaming the layer once ([`build`]); kept in the cache and shared through the
-//! registry as one file ([`encode`]); untrusted when read back ([`decode`] checks everything a
-//! read relies on: bounds, order, caps).
+//! codec [`ChunkCodec::Deflate`]) plus the checkpoints its chunks are inflated from. Built by
+//! streaming the layer once ([`build`]). Two parts, so that a mount fetches only what it uses:
+//!
+//! - the **table** ([`encode`] / [`decode`]): the checkpoints' positions and the file table;
+//!   fetched whole when a mount starts, kept in the cache, untrusted when read back
+//!   ([`decode`] checks everything a read relies on: bounds, order, caps);
+//! - the **windows**: each checkpoint's 32 KiB window as its own zstd frame, one after the
+//!   other; a window is read (a Range request, or the cache) only when a chunk of its
+//!   checkpoint is, and checked against the sha256 the table gives ([`open_window`]).
 //!
 //! ```text
+//! table:
 //! offset  size      field
-//! 0       8         magic "LAMGZI01"
-//! 8       4         version (1)
+//! 0       8         magic "LAMGZI02"
+//! 8       4         version (2)
 //! 12      4         checkpoint count P
 //! 16      32        layer digest (sha256, raw)
 //! 48      8         layer blob size
 //! 56      8         span
-//! 64      8         windows length W
-//! 72      8         file table length I
-//! 80      P × 32    checkpoints: in_offset u64, out_offset u64, window_offset u64 (in the
-//!                   windows area), window_len u32, bits u8, pad [3]
-//! …       W         windows
+//! 64      32        windows blob digest (sha256, raw)
+//! 96      8         windows blob size
+//! 104     8         file table length I
+//! 112     P × 72    checkpoints: in_offset u64, out_offset u64, window_at u64 (in the windows
+//!                   blob), window_zlen u32 (compressed), window_len u32, bits u8, pad [7],
+//!                   window sha256 [32]
 //! …       I         file table: the layer index's own on-disk form (`index::disk`)
 //! ```
 //!
@@ -36,19 +43,61 @@ use crate::model::{ChunkCodec, ChunkKind, EntryKind};
 
 /// `artifactType` of a gzip index artifact in the registry.
 pub const GZIP_INDEX_ARTIFACT_TYPE: &str = "application/vnd.lamina.gzip-index.v1";
-/// Media type of its one layer: this file, zstd-compressed.
+/// Media type of its table layer: the table, zstd-compressed.
 pub const GZIP_INDEX_LAYER_MEDIA_TYPE: &str = "application/vnd.lamina.gzip-index.v1+zstd";
-/// Largest index file accepted (uncompressed).
+/// Media type of its windows layer (zstd frames, read by range).
+pub const GZIP_INDEX_WINDOWS_MEDIA_TYPE: &str = "application/vnd.lamina.gzip-index.windows.v1";
+/// Largest table accepted (uncompressed).
 pub const MAX_INDEX_BYTES: u64 = 256 << 20;
+/// Largest compressed window accepted.
+pub const MAX_WINDOW_ZLEN: u32 = 64 << 10;
 
-const MAGIC: &[u8; 8] = b"LAMGZI01";
-const VERSION: u32 = 1;
-const HEADER_BYTES: usize = 80;
-const POINT_BYTES: usize = 32;
+const MAGIC: &[u8; 8] = b"LAMGZI02";
+const VERSION: u32 = 2;
+const HEADER_BYTES: usize = 112;
+const POINT_BYTES: usize = 72;
 /// Input past a chunk's recorded end that is fetched too (inflate may look ahead a little).
 const END_SLACK: u64 = 64;
+/// zstd level of the windows: built once, read by every mount.
+const WINDOW_LEVEL: i32 = 12;
 
-/// A gzip layer's file table and checkpoints.
+/// A checkpoint as the table gives it: where inflating resumes, and where its window is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Point {
+    /// Blob offset of the first whole byte after the checkpoint.
+    pub in_offset: u64,
+    /// Bits of the byte before `in_offset` that belong to the next block (0–7).
+    pub bits: u8,
+    /// Uncompressed offset of the checkpoint.
+    pub out_offset: u64,
+    /// Offset of the window's zstd frame in the windows blob.
+    pub window_at: u64,
+    /// Length of that frame.
+    pub window_zlen: u32,
+    /// Length of the window (32 KiB, less near the stream's start).
+    pub window_len: u32,
+    /// sha256 of the window.
+    pub window_sha256: [u8; 32],
+}
+
+impl Point {
+    /// Blob offset of the first byte inflating from here reads.
+    pub fn start_byte(&self) -> u64 {
+        self.in_offset - u64::from(self.bits > 0)
+    }
+
+    /// The zran checkpoint, given its window.
+    pub fn with_window(&self, window: Vec<u8>) -> Checkpoint {
+        Checkpoint {
+            in_offset: self.in_offset,
+            bits: self.bits,
+            out_offset: self.out_offset,
+            window,
+        }
+    }
+}
+
+/// A gzip layer's checkpoints and file table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GzipIndex {
     /// The gzip layer's digest.
@@ -57,22 +106,39 @@ pub struct GzipIndex {
     pub blob_size: u64,
     /// Compressed bytes between checkpoints it was built with.
     pub span: u64,
+    /// Digest of the windows blob.
+    pub windows: Digest,
+    /// Size of the windows blob.
+    pub windows_size: u64,
     /// Checkpoints in stream order (strictly increasing first bytes).
-    pub points: Vec<Checkpoint>,
+    pub points: Vec<Point>,
     /// The file table; every data chunk starts at a checkpoint's first byte.
     pub index: LayerIndex,
 }
 
 impl GzipIndex {
-    /// The checkpoint whose first byte is `start_byte`.
-    pub fn checkpoint_at(&self, start_byte: u64) -> Option<&Checkpoint> {
-        crate::format::zran::checkpoint_at(&self.points, start_byte)
+    /// The position in `points` of the checkpoint whose first byte is `start_byte`.
+    pub fn point_at(&self, start_byte: u64) -> Option<usize> {
+        point_at(&self.points, start_byte)
     }
+}
 
-    /// Bytes of the windows together.
-    pub fn window_bytes(&self) -> u64 {
-        self.points.iter().map(|p| p.window.len() as u64).sum()
+/// The position in `points` (stream order) of the checkpoint whose first byte is `start_byte`.
+pub fn point_at(points: &[Point], start_byte: u64) -> Option<usize> {
+    let i = points.partition_point(|p| p.start_byte() < start_byte);
+    points.get(i).filter(|p| p.start_byte() == start_byte).map(|_| i)
+}
+
+/// The window of `point` from its zstd frame `frame`, checked against the table's sha256.
+pub fn open_window(point: &Point, frame: &[u8]) -> Result<Vec<u8>, String> {
+    let window = zstd::bulk::decompress(frame, WINDOW_BYTES).map_err(|e| format!("window: {e}"))?;
+    if window.len() != point.window_len as usize || raw_digest(&Digest::of(&window)) != point.window_sha256 {
+        return Err(format!(
+            "the window of the checkpoint at byte {} does not match its sha256",
+            point.in_offset
+        ));
     }
+    Ok(window)
 }
 
 fn bad(msg: impl Into<String>) -> io::Error {
@@ -81,8 +147,8 @@ fn bad(msg: impl Into<String>) -> io::Error {
 
 /// Stream the gzip layer `blob` once and index it: checkpoints every `span` compressed bytes
 /// and every file's pieces with their digests. The blob must be `layer` (digest and size) and
-/// inflate to `diff_id`, else nothing is returned.
-pub fn build<R: Read>(blob: R, layer: &Digest, diff_id: &Digest, span: u64) -> io::Result<GzipIndex> {
+/// inflate to `diff_id`, else nothing is returned. Gives the index and its windows blob.
+pub fn build<R: Read>(blob: R, layer: &Digest, diff_id: &Digest, span: u64) -> io::Result<(GzipIndex, Vec<u8>)> {
     let hashing = HashingReader::new(blob);
     let zran = ZranReader::new(hashing, span.clamp(MIN_SPAN, MAX_SPAN))?;
     let uncompressed = HashingReader::new(zran);
@@ -105,12 +171,11 @@ pub fn build<R: Read>(blob: R, layer: &Digest, diff_id: &Digest, span: u64) -> i
             "layer {layer} inflates to {got_diff}, not its diff_id {diff_id}"
         )));
     }
-    let (points, progress, hashing) = zran.into_parts();
+    let (checkpoints, progress, hashing) = zran.into_parts();
     // Whatever follows the gzip member (nothing, in any layer seen so far) is part of the blob.
     let mut hashing = hashing;
     io::copy(&mut hashing, &mut io::sink())?;
-    let (got_layer, size) = hashing.finish();
-    let blob_size = size;
+    let (got_layer, blob_size) = hashing.finish();
     if got_layer != *layer {
         return Err(bad(format!("layer {layer}: the bytes read are {got_layer}")));
     }
@@ -124,7 +189,7 @@ pub fn build<R: Read>(blob: R, layer: &Digest, diff_id: &Digest, span: u64) -> i
             continue;
         }
         let at = c.blob_offset;
-        let p = &points[points.partition_point(|p| p.out_offset <= at) - 1];
+        let p = &checkpoints[checkpoints.partition_point(|p| p.out_offset <= at) - 1];
         c.inner_offset = at - p.out_offset;
         c.blob_offset = p.start_byte();
         let end = (input_end_for(at + c.len) + END_SLACK).min(blob_size);
@@ -135,38 +200,54 @@ pub fn build<R: Read>(blob: R, layer: &Digest, diff_id: &Digest, span: u64) -> i
             ))
         })?;
     }
-    Ok(GzipIndex {
+    let mut windows = Vec::new();
+    let mut points = Vec::with_capacity(checkpoints.len());
+    for c in &checkpoints {
+        let frame = zstd::bulk::compress(&c.window, WINDOW_LEVEL)?;
+        points.push(Point {
+            in_offset: c.in_offset,
+            bits: c.bits,
+            out_offset: c.out_offset,
+            window_at: windows.len() as u64,
+            window_zlen: frame.len() as u32,
+            window_len: c.window.len() as u32,
+            window_sha256: raw_digest(&Digest::of(&c.window)),
+        });
+        windows.extend_from_slice(&frame);
+    }
+    let gz = GzipIndex {
         layer: layer.clone(),
         blob_size,
         span: span.clamp(MIN_SPAN, MAX_SPAN),
+        windows: Digest::of(&windows),
+        windows_size: windows.len() as u64,
         points,
         index,
-    })
+    };
+    Ok((gz, windows))
 }
 
-/// The index as one file (see the module's table).
+/// The table as one file (see the module's table).
 pub fn encode(gz: &GzipIndex) -> Vec<u8> {
     let table = disk::encode(&gz.index);
-    let windows = gz.window_bytes();
-    let mut out = Vec::with_capacity(HEADER_BYTES + gz.points.len() * POINT_BYTES + windows as usize + table.len());
+    let mut out = Vec::with_capacity(HEADER_BYTES + gz.points.len() * POINT_BYTES + table.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&(gz.points.len() as u32).to_le_bytes());
     out.extend_from_slice(&raw_digest(&gz.layer));
-    for v in [gz.blob_size, gz.span, windows, table.len() as u64] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    let mut window_at = 0u64;
+    out.extend_from_slice(&gz.blob_size.to_le_bytes());
+    out.extend_from_slice(&gz.span.to_le_bytes());
+    out.extend_from_slice(&raw_digest(&gz.windows));
+    out.extend_from_slice(&gz.windows_size.to_le_bytes());
+    out.extend_from_slice(&(table.len() as u64).to_le_bytes());
     for p in &gz.points {
         out.extend_from_slice(&p.in_offset.to_le_bytes());
         out.extend_from_slice(&p.out_offset.to_le_bytes());
-        out.extend_from_slice(&window_at.to_le_bytes());
-        out.extend_from_slice(&(p.window.len() as u32).to_le_bytes());
-        out.extend_from_slice(&[p.bits, 0, 0, 0]);
-        window_at += p.window.len() as u64;
-    }
-    for p in &gz.points {
-        out.extend_from_slice(&p.window);
+        out.extend_from_slice(&p.window_at.to_le_bytes());
+        out.extend_from_slice(&p.window_zlen.to_le_bytes());
+        out.extend_from_slice(&p.window_len.to_le_bytes());
+        out.extend_from_slice(&[p.bits, 0, 0, 0, 0, 0, 0, 0]);
+        out.extend_from_slice(&p.window_sha256);
     }
     out.extend_from_slice(&table);
     out
@@ -178,8 +259,8 @@ fn raw_digest(d: &Digest) -> [u8; 32] {
     out
 }
 
-/// Read and check an index file for layer `layer` of `blob_size` bytes. Untrusted input:
-/// every count, offset and length is checked before it is used, and against the layer.
+/// Read and check a table for layer `layer` of `blob_size` bytes. Untrusted input: every
+/// count, offset and length is checked before it is used, and against the layer.
 pub fn decode(data: &[u8], layer: &Digest, blob_size: u64) -> Result<GzipIndex, String> {
     if data.len() as u64 > MAX_INDEX_BYTES {
         return Err(format!(
@@ -191,7 +272,7 @@ pub fn decode(data: &[u8], layer: &Digest, blob_size: u64) -> Result<GzipIndex, 
     let u32_at = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
     let u64_at = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
     if &header[..8] != MAGIC || u32_at(8) != VERSION {
-        return Err("not a lamina gzip index of version 1".into());
+        return Err("not a lamina gzip index of version 2".into());
     }
     let count = u32_at(12) as usize;
     if count == 0 || count > MAX_CHECKPOINTS {
@@ -209,53 +290,59 @@ pub fn decode(data: &[u8], layer: &Digest, blob_size: u64) -> Result<GzipIndex, 
         ));
     }
     let span = u64_at(56);
-    let (windows_len, table_len) = (u64_at(64), u64_at(72));
+    let windows: Digest = format!("sha256:{}", hex::encode(&header[64..96]))
+        .parse()
+        .map_err(|e| format!("gzip index: windows digest: {e}"))?;
+    let (windows_size, table_len) = (u64_at(96), u64_at(104));
     let points_end = HEADER_BYTES + count * POINT_BYTES;
-    let windows_end = (points_end as u64).checked_add(windows_len);
-    let total = windows_end.and_then(|w| w.checked_add(table_len));
-    if total != Some(data.len() as u64) {
+    if (points_end as u64).checked_add(table_len) != Some(data.len() as u64) {
         return Err("gzip index: section sizes do not add up to the file size".into());
     }
-    let windows = &data[points_end..points_end + windows_len as usize];
-    let mut points: Vec<Checkpoint> = Vec::with_capacity(count);
+    let mut points: Vec<Point> = Vec::with_capacity(count);
     for i in 0..count {
         let r = &data[HEADER_BYTES + i * POINT_BYTES..HEADER_BYTES + (i + 1) * POINT_BYTES];
         let u64_of = |at: usize| u64::from_le_bytes(r[at..at + 8].try_into().expect("8 bytes"));
-        let (in_offset, out_offset, window_at) = (u64_of(0), u64_of(8), u64_of(16));
-        let window_len = u32::from_le_bytes(r[24..28].try_into().expect("4 bytes")) as u64;
-        let bits = r[28];
+        let u32_of = |at: usize| u32::from_le_bytes(r[at..at + 4].try_into().expect("4 bytes"));
+        let point = Point {
+            in_offset: u64_of(0),
+            out_offset: u64_of(8),
+            window_at: u64_of(16),
+            window_zlen: u32_of(24),
+            window_len: u32_of(28),
+            bits: r[32],
+            window_sha256: r[40..72].try_into().expect("32 bytes"),
+        };
         let fail = |why: &str| format!("gzip index: checkpoint {i}: {why}");
-        if bits > 7 || (bits > 0 && in_offset == 0) || in_offset > blob_size {
+        if point.bits > 7 || (point.bits > 0 && point.in_offset == 0) || point.in_offset > blob_size {
             return Err(fail("position outside the layer"));
         }
-        if window_len != out_offset.min(WINDOW_BYTES as u64) {
+        if u64::from(point.window_len) != point.out_offset.min(WINDOW_BYTES as u64) {
             return Err(fail("window of the wrong length"));
         }
-        let window = window_at
-            .checked_add(window_len)
-            .filter(|end| *end <= windows_len)
-            .map(|end| &windows[window_at as usize..end as usize])
-            .ok_or_else(|| fail("window outside the windows area"))?;
-        let point = Checkpoint {
-            in_offset,
-            bits,
-            out_offset,
-            window: window.to_vec(),
-        };
+        if point.window_zlen > MAX_WINDOW_ZLEN
+            || point
+                .window_at
+                .checked_add(u64::from(point.window_zlen))
+                .is_none_or(|end| end > windows_size)
+        {
+            return Err(fail("window outside the windows blob"));
+        }
         if let Some(prev) = points.last() {
             if point.start_byte() <= prev.start_byte() || point.out_offset < prev.out_offset {
                 return Err(fail("out of order"));
             }
-        } else if out_offset != 0 {
+        } else if point.out_offset != 0 {
             return Err(fail("the first checkpoint is not the stream's start"));
         }
         points.push(point);
     }
-    let index = disk::decode(&data[data.len() - table_len as usize..]).map_err(|e| format!("gzip index: {e}"))?;
+    let index = disk::decode(&data[points_end..]).map_err(|e| format!("gzip index: {e}"))?;
     let gz = GzipIndex {
         layer: layer.clone(),
         blob_size,
         span,
+        windows,
+        windows_size,
         points,
         index,
     };
@@ -296,7 +383,7 @@ fn check_table(gz: &GzipIndex) -> Result<(), String> {
                 continue;
             }
             check_limits(c).map_err(|err| fail(err.to_string()))?;
-            if gz.checkpoint_at(c.blob_offset).is_none() {
+            if gz.point_at(c.blob_offset).is_none() {
                 return Err(fail(format!("chunk at {} names no checkpoint", c.file_offset)));
             }
             if c.blob_offset
@@ -372,14 +459,32 @@ mod tests {
     }
 
     fn built() -> (Vec<u8>, GzipIndex, Files) {
-        let (tar, blob, files) = layer();
-        let gz = build(blob.as_slice(), &Digest::of(&blob), &Digest::of(&tar), MIN_SPAN).unwrap();
+        let (blob, gz, _, files) = built_with_windows();
         (blob, gz, files)
+    }
+
+    fn built_with_windows() -> (Vec<u8>, GzipIndex, Vec<u8>, Files) {
+        let (tar, blob, files) = layer();
+        let (gz, windows) = build(blob.as_slice(), &Digest::of(&blob), &Digest::of(&tar), MIN_SPAN).unwrap();
+        (blob, gz, windows, files)
+    }
+
+    /// Every checkpoint with its window, read from the windows blob.
+    fn checkpoints(gz: &GzipIndex, windows: &[u8]) -> Vec<Checkpoint> {
+        gz.points
+            .iter()
+            .map(|p| {
+                let frame = &windows[p.window_at as usize..(p.window_at + u64::from(p.window_zlen)) as usize];
+                p.with_window(open_window(p, frame).unwrap())
+            })
+            .collect()
     }
 
     #[test]
     fn every_file_reads_back_from_its_checkpoints() {
-        let (blob, gz, files) = built();
+        let (blob, gz, windows, files) = built_with_windows();
+        let points = checkpoints(&gz, &windows);
+        assert_eq!(Digest::of(&windows), gz.windows);
         assert!(gz.points.len() > 4, "{} checkpoints", gz.points.len());
         assert_eq!(gz.index.entries.len(), files.len() + 1);
         for (name, data) in &files {
@@ -392,7 +497,7 @@ mod tests {
             let mut got = Vec::new();
             for c in gz.index.chunks_of(e) {
                 let raw = &blob[c.blob_offset as usize..(c.blob_offset + c.blob_len) as usize];
-                decode_chunk_from(ChunkCodec::Deflate, &gz.points, c, raw, &mut got).unwrap();
+                decode_chunk_from(ChunkCodec::Deflate, &points, c, raw, &mut got).unwrap();
             }
             assert_eq!(&got, data, "{name}");
         }
@@ -434,9 +539,10 @@ mod tests {
         let cases: Vec<(Damage, &str)> = vec![
             (Box::new(|g| g.points.swap(1, 2)), "out of order"),
             (Box::new(|g| g.points[1].bits = 9), "outside the layer"),
+            (Box::new(|g| g.points[2].window_len -= 1), "wrong length"),
             (
-                Box::new(|g| g.points[2].window.pop().map(|_| ()).unwrap()),
-                "wrong length",
+                Box::new(|g| g.points[2].window_at = g.windows_size),
+                "outside the windows blob",
             ),
             (Box::new(|g| g.index.chunks[3].blob_offset += 1), "names no checkpoint"),
             (Box::new(|g| g.index.chunks[3].blob_len = u64::MAX - 5), "over the"),
@@ -460,7 +566,8 @@ mod tests {
 
     #[test]
     fn a_flipped_window_byte_fails_the_chunk_not_the_reader() {
-        let (blob, mut gz, _) = built();
+        let (blob, gz, mut windows, _) = built_with_windows();
+        let mut points = checkpoints(&gz, &windows);
         // The first data chunk that starts shortly after a checkpoint with a full window.
         let chunk = gz
             .index
@@ -470,25 +577,25 @@ mod tests {
                 c.kind == ChunkKind::Data
                     && c.inner_offset < 1024
                     && gz
-                        .checkpoint_at(c.blob_offset)
-                        .is_some_and(|p| p.window.len() == WINDOW_BYTES)
+                        .point_at(c.blob_offset)
+                        .is_some_and(|i| points[i].window.len() == WINDOW_BYTES)
             })
             .cloned()
             .expect("a chunk right after a checkpoint");
         let raw = &blob[chunk.blob_offset as usize..(chunk.blob_offset + chunk.blob_len) as usize];
-        let at = gz
-            .points
-            .iter()
-            .position(|p| p.start_byte() == chunk.blob_offset)
-            .unwrap();
-        let mut out = Vec::new();
-        decode_chunk_from(ChunkCodec::Deflate, &gz.points, &chunk, raw, &mut out).unwrap();
-        // Every byte of the window flipped, one at a time would be as good: the output refers
-        // back into it, so the chunk's sha256 no longer matches.
-        for b in &mut gz.points[at].window {
+        let at = gz.point_at(chunk.blob_offset).unwrap();
+        decode_chunk_from(ChunkCodec::Deflate, &points, &chunk, raw, &mut Vec::new()).unwrap();
+        // A flipped byte in the windows blob: the window no longer matches its sha256.
+        let p = &gz.points[at];
+        windows[p.window_at as usize + p.window_zlen as usize / 2] ^= 0x10;
+        let frame = &windows[p.window_at as usize..(p.window_at + u64::from(p.window_zlen)) as usize];
+        assert!(open_window(p, frame).is_err());
+        // A window that is wrong but got past that (a table made to match it): the output
+        // refers back into it, so the chunk's sha256 no longer matches.
+        for b in &mut points[at].window {
             *b = !*b;
         }
-        let err = decode_chunk_from(ChunkCodec::Deflate, &gz.points, &chunk, raw, &mut Vec::new()).unwrap_err();
+        let err = decode_chunk_from(ChunkCodec::Deflate, &points, &chunk, raw, &mut Vec::new()).unwrap_err();
         assert!(err.is_bad_bytes(), "{err}");
     }
 
@@ -509,9 +616,9 @@ mod tests {
     fn the_same_layer_gives_the_same_index_however_its_bytes_arrive() {
         let (tar, blob, _) = layer();
         let (layer, diff) = (Digest::of(&blob), Digest::of(&tar));
-        let whole = build(blob.as_slice(), &layer, &diff, MIN_SPAN).unwrap();
-        let trickled = build(Trickle(&blob, 1), &layer, &diff, MIN_SPAN).unwrap();
-        assert!(encode(&whole) == encode(&trickled));
+        let (whole, w1) = build(blob.as_slice(), &layer, &diff, MIN_SPAN).unwrap();
+        let (trickled, w2) = build(Trickle(&blob, 1), &layer, &diff, MIN_SPAN).unwrap();
+        assert!(encode(&whole) == encode(&trickled) && w1 == w2);
     }
 
     #[test]

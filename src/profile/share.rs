@@ -26,8 +26,7 @@ pub async fn push(registry: &Registry, repo: &str, image: &Digest, profile: &Pro
         repo,
         image,
         PROFILE_MEDIA_TYPE,
-        PROFILE_MEDIA_TYPE,
-        blob,
+        vec![(PROFILE_MEDIA_TYPE, blob)],
         Default::default(),
     )
     .await

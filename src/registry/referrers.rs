@@ -84,22 +84,24 @@ async fn subject(registry: &Registry, repo: &str, image: &Digest) -> std::result
     Ok(document::descriptor(&media_type, &digest, body.len() as u64, None))
 }
 
-/// Push `blob` (of `media_type`) as an OCI 1.1 artifact of `artifact_type` whose subject is
-/// image `image` of `repo`: the empty config, one layer, `annotations` plus its creation time.
-/// Registries without the referrers API get it listed in the fallback tag's index.
+/// Push `layers` (media type, bytes) as an OCI 1.1 artifact of `artifact_type` whose subject
+/// is image `image` of `repo`: the empty config, the layers, `annotations` plus its creation
+/// time. Registries without the referrers API get it listed in the fallback tag's index.
 pub async fn push_artifact(
     registry: &Registry,
     repo: &str,
     image: &Digest,
     artifact_type: &str,
-    media_type: &str,
-    blob: Bytes,
+    layers: Vec<(&str, Bytes)>,
     mut annotations: Annotations,
 ) -> std::result::Result<Pushed, ArtifactError> {
     let subject = subject(registry, repo, image).await?;
-    let blob_digest = Digest::of(&blob);
-    let blob_size = blob.len() as u64;
-    registry.upload_blob(repo, &blob_digest, Body::Bytes(blob)).await?;
+    let mut descriptors = Vec::with_capacity(layers.len());
+    for (media_type, blob) in layers {
+        let blob_digest = Digest::of(&blob);
+        descriptors.push(document::descriptor(media_type, &blob_digest, blob.len() as u64, None));
+        registry.upload_blob(repo, &blob_digest, Body::Bytes(blob)).await?;
+    }
     let empty = Bytes::from_static(b"{}");
     let empty_digest = Digest::of(&empty);
     registry
@@ -109,11 +111,10 @@ pub async fn push_artifact(
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
     annotations.insert(CREATED.to_string(), now);
-    let layer = document::descriptor(media_type, &blob_digest, blob_size, None);
     let config = document::descriptor(OCI_EMPTY, &empty_digest, empty.len() as u64, None);
     let manifest = document::image_manifest(
         config,
-        vec![layer],
+        descriptors,
         Some(annotations.clone()),
         Some(artifact_type),
         Some(subject),
