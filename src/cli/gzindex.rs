@@ -50,9 +50,13 @@ pub(super) async fn index(args: IndexArgs, show_progress: bool) -> anyhow::Resul
         for l in &wanted {
             let gz = gzindex::load_cached(&cache, l).context("the index just kept")?;
             let bar = progress.bytes(format!("verify {}", &l.digest.hex()[..12]), l.size);
-            let (again, _) = gzindex::build(registry.clone(), repo, l, gz.span, move |n| bar.set_position(n))
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let scratch = cache.temp_path("gzwindows");
+            let again = gzindex::build(registry.clone(), repo, l, gz.span, scratch.clone(), move |n| {
+                bar.set_position(n)
+            })
+            .await;
+            let _ = std::fs::remove_file(&scratch);
+            let again = again.map_err(anyhow::Error::msg)?;
             // Compared in their stored form (what a mount reads back).
             if crate::format::gzip_index::encode(&again) != crate::format::gzip_index::encode(&gz) {
                 anyhow::bail!(
@@ -79,22 +83,25 @@ pub(super) async fn index(args: IndexArgs, show_progress: bool) -> anyhow::Resul
         // The cache's index when it was built here with this span (its windows all there).
         let cached = gzindex::load_cached(&cache, l)
             .filter(|gz| gz.span == crate::format::zran::effective_span(args.span, l.size))
-            .and_then(|gz| {
-                let windows = std::fs::read(gzindex::windows_path(&cache, &l.digest)).ok()?;
-                (crate::digest::Digest::of(&windows) == gz.windows).then_some((gz, windows))
-            });
-        let (gz, windows) = match cached {
-            Some(built) => built,
+            .filter(|gz| gzindex::has_all_windows(&cache, gz));
+        let gz = match cached {
+            Some(gz) => gz,
             None => {
                 let bar = progress.bytes(format!("index {}", &l.digest.hex()[..12]), l.size);
-                let (gz, windows) = gzindex::build(registry.clone(), repo, l, args.span, move |n| bar.set_position(n))
-                    .await
-                    .map_err(anyhow::Error::msg)?;
-                gzindex::save(&cache, &gz, Some(&windows)).context("keeping the index in the cache")?;
-                (gz, windows)
+                let scratch = cache.temp_path("gzwindows");
+                let gz = gzindex::build(registry.clone(), repo, l, args.span, scratch.clone(), move |n| {
+                    bar.set_position(n)
+                })
+                .await
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(&scratch);
+                    anyhow::Error::msg(e)
+                })?;
+                gzindex::save(&cache, &gz, Some(&scratch)).context("keeping the index in the cache")?;
+                gz
             }
         };
-        let table = zstd::bulk::compress(&crate::format::gzip_index::encode(&gz), 19)?.len() as u64;
+        let table = crate::format::gzip_index::compressed_table(&gz)?.len() as u64;
         outln!(
             "layer     {} {:>10}: {} entries, {} checkpoints, index {} + windows {} = {:.1}% of the layer ({:.1} s)",
             l.digest,
@@ -109,7 +116,8 @@ pub(super) async fn index(args: IndexArgs, show_progress: bool) -> anyhow::Resul
         if args.no_push {
             continue;
         }
-        match gzindex::push(&registry, repo, &image.manifest_digest, &gz, windows.into())
+        let windows = gzindex::windows_path(&cache, &l.digest);
+        match gzindex::push(&registry, repo, &image.manifest_digest, &gz, windows)
             .await
             .with_context(|| format!("pushing the index of layer {}", l.digest))?
         {

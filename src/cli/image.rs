@@ -105,6 +105,20 @@ pub(super) async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     .await;
     // Indexes are derived data: keep them for later mounts (best effort).
     let cache = crate::cache::CacheDir::open(&crate::cache::default_cache_dir()).ok();
+    let gzip_indexes = match &cache {
+        Some(c) => {
+            crate::fetch::gzindex::for_mount(
+                &registry,
+                &args.image.repository,
+                &image.manifest_digest,
+                &image.layers,
+                c,
+                true,
+            )
+            .await
+        }
+        None => Default::default(),
+    };
     let mut lazy = 0;
     for (l, toc) in image.layers.iter().zip(tocs) {
         if let (Some(c), Ok(crate::fetch::locate::LayerToc { index: Some(ix), .. })) = (&cache, &toc) {
@@ -128,7 +142,24 @@ pub(super) async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
                             if t.by_annotation { "annotation" } else { "footer" }
                         )
                     }
-                    None => "whole blob must be streamed".into(),
+                    None => match gzip_indexes.get(&l.digest) {
+                        Some(gz) => {
+                            lazy += 1;
+                            format!(
+                                "gzip index: {} entries, {} checkpoints every {} KiB, table {} + windows {} ({:.1}% of the layer)",
+                                gz.index.entries.len(),
+                                gz.points.len(),
+                                gz.span >> 10,
+                                mb(gz.index_table_bytes()),
+                                mb(gz.windows_size),
+                                100.0 * (gz.index_table_bytes() + gz.windows_size) as f64 / l.size.max(1) as f64
+                            )
+                        }
+                        None if crate::fetch::gzindex::indexable(l) => {
+                            "whole blob must be streamed (no gzip index: `lamina index` makes one)".into()
+                        }
+                        None => "whole blob must be streamed".into(),
+                    },
                 };
                 outln!(
                     "layer     {} {:>10} {media:<14} {:<28} {summary}",

@@ -23,7 +23,7 @@ use crate::format::gzip_index::{
 use crate::oci::media_types::Compression;
 use crate::registry::referrers::{find_artifacts, push_artifact, read_artifact, ArtifactError, Pushed};
 use crate::registry::resolve::Layer;
-use crate::registry::Registry;
+use crate::registry::{Body, Registry};
 
 /// Annotation of an index artifact: the layer it indexes.
 pub const LAYER_ANNOTATION: &str = "dev.lamina.gzip-index.layer";
@@ -81,22 +81,15 @@ pub fn windows_path(cache: &CacheDir, layer: &Digest) -> std::path::PathBuf {
 }
 
 /// Keep `gz` in the cache (written aside, renamed into place), with its whole windows blob
-/// when there is one (built here); otherwise windows are kept as mounts read them.
-pub fn save(cache: &CacheDir, gz: &GzipIndex, windows: Option<&[u8]>) -> io::Result<()> {
+/// `windows` (a file, moved into the cache) when there is one (built here); otherwise
+/// windows are kept as mounts read them.
+pub fn save(cache: &CacheDir, gz: &GzipIndex, windows: Option<&std::path::Path>) -> io::Result<()> {
     let path = cache.gzip_index_path(&gz.layer);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let put = |data: &[u8], dest: &std::path::Path| -> io::Result<()> {
-        let tmp = cache.temp_path("gzindex");
-        if let Some(dir) = tmp.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(&tmp, data)?;
-        std::fs::rename(&tmp, dest)
-    };
     match windows {
-        Some(w) => put(w, &windows_path(cache, &gz.layer))?,
+        Some(w) => std::fs::rename(w, windows_path(cache, &gz.layer))?,
         // Windows of another table (an older index of this layer) must not be read as these:
         // each is checked against its sha256, but a stale file would only cost refetches.
         None => {
@@ -105,20 +98,37 @@ pub fn save(cache: &CacheDir, gz: &GzipIndex, windows: Option<&[u8]>) -> io::Res
             }
         }
     }
-    put(&gzip_index::encode(gz), &path)?;
+    let tmp = cache.temp_path("gzindex");
+    if let Some(dir) = tmp.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&tmp, gzip_index::encode(gz))?;
+    std::fs::rename(&tmp, &path)?;
     let _ = std::fs::remove_file(refusal_path(cache.root(), &gz.layer));
     Ok(())
 }
 
-/// Stream `layer` from the registry once and index it; `on_bytes(total)` reports progress.
-/// Gives the index and its windows blob.
+/// Whether the cache holds `gz`'s whole windows blob (it was built here).
+pub fn has_all_windows(cache: &CacheDir, gz: &GzipIndex) -> bool {
+    std::fs::File::open(windows_path(cache, &gz.layer))
+        .and_then(|f| {
+            let mut h = crate::digest::HashingReader::new(f);
+            io::copy(&mut h, &mut io::sink())?;
+            Ok(h.finish())
+        })
+        .is_ok_and(|(d, n)| d == gz.windows && n == gz.windows_size)
+}
+
+/// Stream `layer` from the registry once and index it, its windows blob written to
+/// `windows_file`; `on_bytes(total)` reports progress.
 pub async fn build(
     registry: Arc<Registry>,
     repo: &str,
     layer: &Layer,
     span: u64,
+    windows_file: std::path::PathBuf,
     on_bytes: impl Fn(u64) + Send + 'static,
-) -> Result<(GzipIndex, Vec<u8>), String> {
+) -> Result<GzipIndex, String> {
     let span = crate::format::zran::effective_span(span, layer.size);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(16);
     let pump = tokio::spawn(pump(registry, repo.to_string(), layer.clone(), tx, on_bytes));
@@ -128,7 +138,13 @@ pub async fn build(
             rx,
             piece: Bytes::new(),
         };
-        gzip_index::build(reader, &digest, &diff_id, span)
+        if let Some(dir) = windows_file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut out = io::BufWriter::new(std::fs::File::create(&windows_file)?);
+        let gz = gzip_index::build(reader, &digest, &diff_id, span, &mut out)?;
+        io::Write::flush(&mut out)?;
+        Ok::<_, io::Error>(gz)
     })
     .await
     .map_err(|e| format!("indexer: {e}"))?;
@@ -209,15 +225,15 @@ impl Read for ChannelReader {
     }
 }
 
-/// Push `gz` and its `windows` as a referrer of image `image` in `repo`.
+/// Push `gz` and its windows blob (the file `windows`) as a referrer of image `image` in `repo`.
 pub async fn push(
     registry: &Registry,
     repo: &str,
     image: &Digest,
     gz: &GzipIndex,
-    windows: Bytes,
+    windows: std::path::PathBuf,
 ) -> Result<Pushed, ArtifactError> {
-    let table = zstd::bulk::compress(&gzip_index::encode(gz), 19).map_err(|e| ArtifactError::Bad(e.to_string()))?;
+    let table = gzip_index::compressed_table(gz).map_err(|e| ArtifactError::Bad(e.to_string()))?;
     let annotations = [(LAYER_ANNOTATION.to_string(), gz.layer.to_string())].into();
     push_artifact(
         registry,
@@ -225,8 +241,14 @@ pub async fn push(
         image,
         GZIP_INDEX_ARTIFACT_TYPE,
         vec![
-            (GZIP_INDEX_LAYER_MEDIA_TYPE, Bytes::from(table)),
-            (GZIP_INDEX_WINDOWS_MEDIA_TYPE, windows),
+            (GZIP_INDEX_LAYER_MEDIA_TYPE, Body::Bytes(Bytes::from(table))),
+            (
+                GZIP_INDEX_WINDOWS_MEDIA_TYPE,
+                Body::File {
+                    path: windows,
+                    len_bytes: gz.windows_size,
+                },
+            ),
         ],
         annotations,
     )

@@ -217,9 +217,14 @@ pub fn gzip_header_len(data: &[u8]) -> io::Result<Option<usize>> {
 /// Longest gzip header accepted (its name and comment fields are unbounded in the format).
 const MAX_HEADER_BYTES: usize = 64 << 10;
 
+/// Where a [`ZranReader`] hands each checkpoint's window, instead of keeping it.
+pub type WindowSink<'a> = Box<dyn FnMut(&[u8]) -> io::Result<()> + 'a>;
+
 /// Reads the uncompressed bytes of a gzip stream, keeping checkpoints as it goes.
-pub struct ZranReader<R> {
+pub struct ZranReader<'a, R> {
     input: R,
+    /// Where windows go (then the checkpoints keep none), so memory does not grow with them.
+    sink: Option<WindowSink<'a>>,
     inflater: Inflater,
     span: u64,
     inbuf: Vec<u8>,
@@ -240,10 +245,16 @@ pub struct ZranReader<R> {
     progress: Vec<(u64, u64)>,
 }
 
-impl<R: Read> ZranReader<R> {
+impl<'a, R: Read> ZranReader<'a, R> {
     /// Start reading a gzip stream; checkpoints every `span` compressed bytes (clamped to
     /// [`MIN_SPAN`]..=[`MAX_SPAN`]).
-    pub fn new(mut input: R, span: u64) -> io::Result<ZranReader<R>> {
+    pub fn new(input: R, span: u64) -> io::Result<ZranReader<'a, R>> {
+        Self::with_sink(input, span, None)
+    }
+
+    /// [`new`](Self::new), each checkpoint's window handed to `sink` (the first one's, empty,
+    /// too) and not kept.
+    pub fn with_sink(mut input: R, span: u64, sink: Option<WindowSink<'a>>) -> io::Result<ZranReader<'a, R>> {
         // A whole first block, however the input arrives (see `fill`).
         let mut inbuf = vec![0u8; IN_BLOCK.max(MAX_HEADER_BYTES)];
         let mut len = 0usize;
@@ -266,8 +277,13 @@ impl<R: Read> ZranReader<R> {
             out_offset: 0,
             window: Vec::new(),
         };
+        let mut sink = sink;
+        if let Some(sink) = sink.as_mut() {
+            sink(&[])?;
+        }
         Ok(ZranReader {
             input,
+            sink,
             inflater: Inflater::raw()?,
             span: span.clamp(MIN_SPAN, MAX_SPAN),
             inbuf,
@@ -407,17 +423,24 @@ impl<R: Read> ZranReader<R> {
             )));
         }
         let from = self.filled.saturating_sub(WINDOW_BYTES);
+        let window = match self.sink.as_mut() {
+            Some(sink) => {
+                sink(&self.out[from..self.filled])?;
+                Vec::new()
+            }
+            None => self.out[from..self.filled].to_vec(),
+        };
         self.points.push(Checkpoint {
             in_offset: self.in_abs,
             bits,
             out_offset: self.total_out,
-            window: self.out[from..self.filled].to_vec(),
+            window,
         });
         Ok(())
     }
 }
 
-impl<R: Read> Read for ZranReader<R> {
+impl<R: Read> Read for ZranReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.read_pos == self.filled {
             if self.ended || buf.is_empty() {

@@ -26,7 +26,7 @@ pub async fn push(registry: &Registry, repo: &str, image: &Digest, profile: &Pro
         repo,
         image,
         PROFILE_MEDIA_TYPE,
-        vec![(PROFILE_MEDIA_TYPE, blob)],
+        vec![(PROFILE_MEDIA_TYPE, crate::registry::Body::Bytes(blob))],
         Default::default(),
     )
     .await

@@ -92,15 +92,25 @@ pub async fn push_artifact(
     repo: &str,
     image: &Digest,
     artifact_type: &str,
-    layers: Vec<(&str, Bytes)>,
+    layers: Vec<(&str, Body)>,
     mut annotations: Annotations,
 ) -> std::result::Result<Pushed, ArtifactError> {
     let subject = subject(registry, repo, image).await?;
     let mut descriptors = Vec::with_capacity(layers.len());
-    for (media_type, blob) in layers {
-        let blob_digest = Digest::of(&blob);
-        descriptors.push(document::descriptor(media_type, &blob_digest, blob.len() as u64, None));
-        registry.upload_blob(repo, &blob_digest, Body::Bytes(blob)).await?;
+    for (media_type, body) in layers {
+        let (blob_digest, size) = match &body {
+            Body::Bytes(b) => (Digest::of(b), b.len() as u64),
+            Body::File { path, len_bytes } => {
+                let file =
+                    std::fs::File::open(path).map_err(|e| ArtifactError::Bad(format!("{}: {e}", path.display())))?;
+                let mut h = crate::digest::HashingReader::new(file);
+                std::io::copy(&mut h, &mut std::io::sink())
+                    .map_err(|e| ArtifactError::Bad(format!("{}: {e}", path.display())))?;
+                (h.finish().0, *len_bytes)
+            }
+        };
+        descriptors.push(document::descriptor(media_type, &blob_digest, size, None));
+        registry.upload_blob(repo, &blob_digest, body).await?;
     }
     let empty = Bytes::from_static(b"{}");
     let empty_digest = Digest::of(&empty);

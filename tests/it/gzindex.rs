@@ -90,6 +90,20 @@ fn an_indexed_gzip_image_mounts_lazily_from_an_empty_cache_and_equals_umoci() {
     assert_eq!(out.matches("pushed ").count(), layers, "{out}");
     assert!(out.contains("no referrers API here"), "{out}");
     assert_eq!(raw_manifest(&plain), before, "indexing changed the image");
+    // `inspect` finds the indexes in the registry and says so per layer.
+    let out = lamina()
+        .arg("inspect")
+        .arg(&plain)
+        .env("LAMINA_CACHE_DIR", w.join("inspect-cache"))
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("gzip index: ").count(), layers, "{text}");
+    assert!(
+        text.contains(&format!("{layers} of {layers} layers can be mounted lazily")),
+        "{text}"
+    );
 
     // An empty cache: the indexes come from the registry, every layer is served lazily.
     let cache = w.join("cache");
@@ -232,8 +246,9 @@ fn python_starts_from_an_indexed_gzip_image_fetching_a_small_share_of_it() {
     let config = config_digest(&src);
     let (_, before) = blob_gets_and_bytes(&registry, "pygz", &config);
     let started = std::time::Instant::now();
-    index(&src, &w.join("index-cache"), &[]);
+    let indexed = index(&src, &w.join("index-cache"), &[]);
     let indexing = started.elapsed();
+    eprint!("{indexed}");
     let (_, after_index) = blob_gets_and_bytes(&registry, "pygz", &config);
     let log_at = registry.log().len();
 
