@@ -11,6 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 
@@ -35,9 +36,15 @@ pub struct DeflateSource {
     bad: AtomicU32,
     windows_file: PathBuf,
     windows_blob: Digest,
-    /// Windows read so far (one lock per checkpoint: a window is fetched once).
-    windows: Vec<Mutex<Option<Arc<Vec<u8>>>>>,
+    /// Windows read so far (one lock per checkpoint: a window is fetched once), or the last
+    /// failure and when it came.
+    windows: Vec<Mutex<Option<WindowSlot>>>,
 }
+
+type WindowSlot = Result<Arc<Vec<u8>>, (String, Instant)>;
+
+/// How long a failed window fetch is answered from memory before it is tried again.
+const WINDOW_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Chunks of a layer that may fail to verify before its index is refused for later mounts
 /// (a mirror's wrong bytes are fetched again from the registry; an index whose windows are
@@ -49,7 +56,8 @@ impl DeflateSource {
     /// or the registry's blob `windows_blob`.
     pub fn new(points: Vec<Point>, index: &LayerIndex, windows_file: PathBuf, windows_blob: Digest) -> DeflateSource {
         let mut by_point: HashMap<u64, Vec<Chunk>> = HashMap::new();
-        for c in index.chunks.iter().filter(|c| c.kind == ChunkKind::Data) {
+        let files = index.entries.iter().flat_map(|e| index.chunks_of(e));
+        for c in files.filter(|c| c.kind == ChunkKind::Data) {
             by_point.entry(c.blob_offset).or_default().push(c.clone());
         }
         let windows = points.iter().map(|_| Mutex::new(None)).collect();
@@ -64,16 +72,18 @@ impl DeflateSource {
     }
 
     /// `chunks` (the first `wait_for` needed) with, after the needed ones, every other chunk
-    /// of their checkpoints: their bytes come with the needed ones anyway.
-    pub fn expand(&self, chunks: &[Chunk], wait_for: usize) -> Vec<Chunk> {
+    /// of the checkpoints of the needed ones that are `missing`: their bytes come with those
+    /// anyway.
+    pub fn expand(&self, chunks: &[Chunk], wait_for: usize, missing: impl Fn(&Chunk) -> bool) -> Vec<Chunk> {
         let needed = &chunks[..wait_for.min(chunks.len())];
         let mut seen: HashSet<[u8; 32]> = needed.iter().map(|c| c.digest).collect();
         let mut out = needed.to_vec();
-        let starts: Vec<u64> = needed
+        let mut starts: Vec<u64> = needed
             .iter()
-            .filter(|c| c.kind == ChunkKind::Data)
+            .filter(|c| c.kind == ChunkKind::Data && missing(c))
             .map(|c| c.blob_offset)
             .collect();
+        starts.dedup();
         for start in starts {
             for c in self.by_point.get(&start).into_iter().flatten() {
                 if seen.insert(c.digest) {
@@ -89,54 +99,70 @@ impl DeflateSource {
 impl Fetcher {
     /// The checkpoint whose first byte is `start_byte`, with its window: from memory, the
     /// cache's windows file, else the registry (kept in the file). Blocks the calling
-    /// (non-async) thread up to the read deadline.
+    /// (non-async) thread up to the read deadline. A fetch that failed is answered from memory
+    /// for a second, so the readers queued on it do not each wait a deadline in turn.
     pub(super) fn checkpoint(&self, layer: &LayerSource, start_byte: u64) -> Result<Checkpoint, String> {
         let d = layer.deflate.as_ref().ok_or("not a gzip-index layer")?;
         let i = point_at(&d.points, start_byte).ok_or("no checkpoint starts at this chunk's offset")?;
         let point = &d.points[i];
-        let mut slot = d.windows[i].lock();
-        if let Some(w) = slot.as_ref() {
-            return Ok(point.with_window(w.to_vec()));
+        if point.window_len == 0 {
+            return Ok(point.with_window(Vec::new()));
         }
+        let mut slot = d.windows[i].lock();
+        match slot.as_ref() {
+            Some(Ok(w)) => return Ok(point.with_window(w.to_vec())),
+            Some(Err((e, at))) if at.elapsed() < WINDOW_RETRY_AFTER => return Err(e.clone()),
+            _ => {}
+        }
+        match self.read_window(layer, d, point) {
+            Ok(window) => {
+                let window = Arc::new(window);
+                *slot = Some(Ok(window.clone()));
+                Ok(point.with_window(window.to_vec()))
+            }
+            Err(e) => {
+                *slot = Some(Err((e.clone(), Instant::now())));
+                Err(e)
+            }
+        }
+    }
+
+    /// A window from the cache's windows file, else from the registry (then kept in the file).
+    fn read_window(&self, layer: &LayerSource, d: &DeflateSource, point: &Point) -> Result<Vec<u8>, String> {
         let mut frame = vec![0u8; point.window_zlen as usize];
         let local = std::fs::File::open(&d.windows_file)
             .and_then(|f| f.read_exact_at(&mut frame, point.window_at))
             .ok()
             .and_then(|()| open_window(point, &frame).ok());
-        let window = match local {
-            Some(w) => w,
-            None => {
-                let request = layer.registry.blob_range(
-                    &layer.repo,
-                    &d.windows_blob,
-                    point.window_at,
-                    u64::from(point.window_zlen),
-                );
-                self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                let frame = self
-                    .runtime
-                    .block_on(tokio::time::timeout(self.timeout, request))
-                    .map_err(|_| format!("the window was not fetched within {:?}", self.timeout))?
-                    .map_err(|e| format!("fetching a window: {e}"))?;
-                self.stats
-                    .fetched_bytes
-                    .fetch_add(frame.len() as u64, Ordering::Relaxed);
-                let window = open_window(point, &frame)?;
-                let kept = std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&d.windows_file)
-                    .and_then(|f| f.write_all_at(&frame, point.window_at));
-                if let Err(e) = kept {
-                    tracing::debug!(error = %e, "could not keep a window in the cache");
-                }
-                window
-            }
-        };
-        let window = Arc::new(window);
-        *slot = Some(window.clone());
-        Ok(point.with_window(window.to_vec()))
+        if let Some(w) = local {
+            return Ok(w);
+        }
+        let request = layer.registry.blob_range(
+            &layer.repo,
+            &d.windows_blob,
+            point.window_at,
+            u64::from(point.window_zlen),
+        );
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let frame = self
+            .runtime
+            .block_on(tokio::time::timeout(self.timeout, request))
+            .map_err(|_| format!("the window was not fetched within {:?}", self.timeout))?
+            .map_err(|e| format!("fetching a window: {e}"))?;
+        self.stats
+            .fetched_bytes
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        let window = open_window(point, &frame)?;
+        let kept = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&d.windows_file)
+            .and_then(|f| f.write_all_at(&frame, point.window_at));
+        if let Err(e) = kept {
+            tracing::debug!(error = %e, "could not keep a window in the cache");
+        }
+        Ok(window)
     }
 
     /// Start reading the windows of the checkpoints at `starts` (on the blocking pool), so
@@ -145,7 +171,8 @@ impl Fetcher {
         let Some(d) = &layer.deflate else { return };
         let mut seen = HashSet::new();
         for start in starts.filter(|s| seen.insert(*s)) {
-            let cold = point_at(&d.points, start).is_some_and(|i| d.windows[i].try_lock().is_some_and(|w| w.is_none()));
+            let cold = point_at(&d.points, start)
+                .is_some_and(|i| d.points[i].window_len > 0 && d.windows[i].try_lock().is_some_and(|w| w.is_none()));
             if cold {
                 let (me, layer) = (self.clone(), layer.clone());
                 tokio::task::spawn_blocking(move || {

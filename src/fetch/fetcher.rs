@@ -142,23 +142,25 @@ pub struct Fetcher {
 /// Group chunks (in blob order) into runs that one Range request can fetch.
 pub(super) fn merge_runs<T>(chunks: Vec<(Chunk, T)>) -> Vec<Vec<(Chunk, T)>> {
     let mut runs: Vec<Vec<(Chunk, T)>> = Vec::new();
+    // The end of the last run's bytes (chunks of a gzip index overlap: the furthest end).
+    let mut end = 0u64;
     for (chunk, t) in chunks {
-        // Chunks of a gzip index overlap (several start at one checkpoint): they join too.
+        let chunk_end = chunk.blob_offset + chunk.blob_len;
         let joins = runs.last().is_some_and(|run| {
             let first = run[0].0.blob_offset;
-            let end = run
-                .iter()
-                .map(|(c, _)| c.blob_offset + c.blob_len)
-                .max()
-                .unwrap_or(first);
-            chunk.blob_offset >= run[run.len() - 1].0.blob_offset
-                && chunk.blob_offset <= end + MERGE_GAP_BYTES
-                && (chunk.blob_offset + chunk.blob_len).max(end) - first <= MAX_MERGE_BYTES
+            let last = run[run.len() - 1].0.blob_offset;
+            // A chunk of the same checkpoint always joins: its bytes are those of the run.
+            chunk.blob_offset == last
+                || (chunk.blob_offset > last
+                    && chunk.blob_offset <= end + MERGE_GAP_BYTES
+                    && chunk_end.max(end) - first <= MAX_MERGE_BYTES)
         });
         if joins {
             runs.last_mut().expect("checked").push((chunk, t));
+            end = end.max(chunk_end);
         } else {
             runs.push(vec![(chunk, t)]);
+            end = chunk_end;
         }
     }
     runs
@@ -234,7 +236,7 @@ impl Fetcher {
         let expanded;
         let chunks = match &layer.deflate {
             Some(d) => {
-                expanded = d.expand(chunks, wait_for);
+                expanded = d.expand(chunks, wait_for, |c| !self.store.contains(&c.digest));
                 &expanded[..]
             }
             None => chunks,
@@ -646,6 +648,12 @@ mod tests {
         let ends = |runs: Vec<Vec<(Chunk, ())>>| runs.iter().map(|r| r.len()).collect::<Vec<_>>();
         let overlapping = vec![chunk(0, 100), chunk(0, 300), chunk(50, 100), chunk(300, 10)];
         assert_eq!(ends(merge_runs(overlapping)), vec![4]);
+        // Chunks of one checkpoint join however long their ranges: their bytes are the same.
+        let long = MAX_MERGE_BYTES + 10;
+        assert_eq!(
+            ends(merge_runs(vec![chunk(0, long), chunk(0, long + 1), chunk(0, 5)])),
+            vec![3]
+        );
         // The size cap splits a long run.
         let input = (0..6).map(|i| chunk(i * (1 << 20), 1 << 20)).collect();
         assert_eq!(

@@ -56,6 +56,9 @@ const MAGIC: &[u8; 8] = b"LAMGZI02";
 const VERSION: u32 = 2;
 const HEADER_BYTES: usize = 112;
 const POINT_BYTES: usize = 72;
+/// Most chunks that may start at one checkpoint (an honest span holds a few thousand at most:
+/// a tar entry takes 512 bytes of output at least, a span at most 8 MiB and one block).
+pub const MAX_CHUNKS_PER_CHECKPOINT: usize = 65_536;
 /// Input past a chunk's recorded end that is fetched too (inflate may look ahead a little).
 const END_SLACK: u64 = 64;
 /// zstd level of the windows: built once, read by every mount (12: 4.9% of a 25 MB python
@@ -195,6 +198,9 @@ pub fn build<R: Read>(
     };
     let mut none = |_: &[u8; 32], _: &[u8]| Ok(());
     let uncompressed = walk_tar(uncompressed, 0, &mut none, |entry, mut chunks, data_at| {
+        if data_at == crate::format::tar_walk::SPARSE && !chunks.is_empty() {
+            return Err(bad(format!("{}: a GNU sparse file cannot be indexed", entry.path)));
+        }
         for c in &mut chunks {
             // Kept here for now: where the chunk is in the uncompressed stream.
             c.blob_offset = data_at + c.file_offset;
@@ -396,6 +402,7 @@ fn check_table(gz: &GzipIndex) -> Result<(), String> {
     if index.codec != ChunkCodec::Deflate {
         return Err("gzip index: the file table is not of a gzip layer".into());
     }
+    let mut by_point: std::collections::HashMap<u64, Vec<(u64, u64)>> = std::collections::HashMap::new();
     for e in &index.entries {
         let fail = |why: String| format!("gzip index: {}: {why}", e.path);
         let start = e.first_chunk as usize;
@@ -435,6 +442,23 @@ fn check_table(gz: &GzipIndex) -> Result<(), String> {
         if expect != e.size {
             return Err(fail(format!("chunks cover {expect} of {} bytes", e.size)));
         }
+        for c in chunks.iter().filter(|c| c.kind == ChunkKind::Data) {
+            by_point.entry(c.blob_offset).or_default().push((c.inner_offset, c.len));
+        }
+    }
+    // A checkpoint's chunks are inflated in one pass: they must not overlap, and their number
+    // is bounded (a read brings all of them).
+    for (at, mut pieces) in by_point {
+        if pieces.len() > MAX_CHUNKS_PER_CHECKPOINT {
+            return Err(format!(
+                "gzip index: {} chunks at the checkpoint at byte {at} (at most {MAX_CHUNKS_PER_CHECKPOINT})",
+                pieces.len()
+            ));
+        }
+        pieces.sort_unstable();
+        if pieces.windows(2).any(|w| w[0].0 + w[0].1 > w[1].0) {
+            return Err(format!("gzip index: chunks of the checkpoint at byte {at} overlap"));
+        }
     }
     Ok(())
 }
@@ -446,6 +470,22 @@ mod tests {
     use std::io::Write;
 
     type Files = Vec<(String, Vec<u8>)>;
+
+    /// The second file of a checkpoint made to start inside the first.
+    fn overlap_two_files(g: &mut GzipIndex) {
+        let (i, j) = (0..g.index.chunks.len())
+            .flat_map(|i| (0..g.index.chunks.len()).map(move |j| (i, j)))
+            .find(|&(i, j)| {
+                let (a, b) = (&g.index.chunks[i], &g.index.chunks[j]);
+                i != j
+                    && a.kind == ChunkKind::Data
+                    && b.kind == ChunkKind::Data
+                    && a.blob_offset == b.blob_offset
+                    && a.inner_offset < b.inner_offset
+            })
+            .expect("two chunks at one checkpoint");
+        g.index.chunks[j].inner_offset = g.index.chunks[i].inner_offset + 1;
+    }
     type Damage = Box<dyn Fn(&mut GzipIndex)>;
 
     fn noise(seed: u64, n: usize) -> Vec<u8> {
@@ -595,6 +635,7 @@ mod tests {
             (Box::new(|g| g.index.chunks[3].blob_len = u64::MAX - 5), "over the"),
             (Box::new(|g| g.index.chunks[3].len += 1), "cover"),
             (Box::new(|g| g.index.codec = ChunkCodec::Zstd), "not of a gzip layer"),
+            (Box::new(overlap_two_files), "overlap"),
         ];
         for (damage, expected) in cases {
             let mut g = gz.clone();

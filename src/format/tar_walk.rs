@@ -17,6 +17,10 @@ use crate::model::{Chunk, ChunkKind};
 /// Size of the pieces files are cut into.
 pub const PIECE_BYTES: usize = 1 << 20;
 
+/// The data position `walk_tar` gives a GNU sparse file (its bytes are not contiguous in the
+/// stream).
+pub const SPARSE: u64 = u64::MAX;
+
 /// One piece of a file as it passes: its digest and bytes.
 pub type PieceSink<'a> = dyn FnMut(&[u8; 32], &[u8]) -> io::Result<()> + 'a;
 
@@ -49,7 +53,13 @@ pub fn walk_tar<R: Read>(
         if seen <= skip {
             continue;
         }
-        let data_at = entry.raw_file_position();
+        // A GNU sparse file's bytes are not where the header says (its map comes first):
+        // no position is given for it.
+        let data_at = if entry.header().entry_type() == tar::EntryType::GNUSparse {
+            SPARSE
+        } else {
+            entry.raw_file_position()
+        };
         let meta = entry_meta(&mut entry)?;
         let bad = |e: crate::changeset::PathError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
         let path = LayerPath::normalize(&meta.path).map_err(bad)?;
