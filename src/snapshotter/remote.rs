@@ -123,7 +123,7 @@ pub async fn decide(c: &Candidate, depth: usize, s: &Settings) -> Result<Remote,
         .map_err(|e| e.to_string())?;
     if let Some(plain) = prepared.streams.first() {
         return Err(format!(
-            "layer {} has no table of contents ({}): only zstd:chunked and eStargz layers are served lazily",
+            "layer {} has no table of contents ({}) and no gzip index: only zstd:chunked, eStargz and indexed gzip layers (`lamina index`) are served lazily",
             plain.layer.digest, plain.layer.media_type
         ));
     }

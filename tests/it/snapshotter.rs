@@ -189,7 +189,7 @@ fn containerd_pulls_a_lazy_image_through_cri_and_its_container_snapshot_equals_u
 }
 
 #[test]
-fn a_gzip_image_takes_the_ordinary_path_and_equals_umoci() {
+fn a_gzip_image_takes_the_ordinary_path_until_indexed_and_equals_umoci() {
     if !require_tools(&[
         "docker-registry",
         "umoci",
@@ -283,6 +283,34 @@ fn a_gzip_image_takes_the_ordinary_path_and_equals_umoci() {
     // Conversion keeps the diff_ids: the lazy pull made the same chain, served remotely.
     let listed = containerd_b.ctr_ok(&["snapshots", "--snapshotter", "lamina", "ls"]);
     assert!(listed.contains(&chain), "chain {chain} not in:\n{listed}");
+
+    // The gzip image itself, unchanged, once `lamina index` has pushed indexes beside it: every
+    // layer becomes a remote snapshot, and the container's tree equals umoci's exactly.
+    let out = crate::support::lamina()
+        .args(["index", &src])
+        .env("LAMINA_CACHE_DIR", w.join("index-cache"))
+        .output()
+        .unwrap();
+    crate::support::assert_ok(&out);
+    let wc = w.join("indexed");
+    std::fs::create_dir_all(&wc).unwrap();
+    let snapshotter_c = Snapshotter::start(&wc, true);
+    let containerd_c = Containerd::start(&wc, &registry.addr, "lamina", &snapshotter_c.socket);
+    let indexed_pull = pull(&containerd_c, &src);
+    assert_eq!(
+        remote_records(&snapshotter_c.root),
+        layer_count,
+        "{}",
+        tail(&snapshotter_c.log(), 12)
+    );
+    let target = wc.join("rootfs");
+    containerd_c.prepare_and_mount("ctr-gzi", &chain, &target);
+    assert_same_tree(&target, &w.join("oracle/rootfs"));
+    umount(&target);
+    eprintln!(
+        "CRI pull of the unchanged gzip image with its gzip index: {:.3} s",
+        indexed_pull.as_secs_f64()
+    );
 }
 
 /// The code of a call that must fail.
