@@ -21,7 +21,8 @@
 //! 64      32        windows blob digest (sha256, raw)
 //! 96      8         windows blob size
 //! 104     8         file table length I
-//! 112     P × 72    checkpoints: in_offset u64, out_offset u64, window_at u64 (in the windows
+//! 112     8         tar size (the uncompressed stream's length)
+//! 120     P × 72    checkpoints: in_offset u64, out_offset u64, window_at u64 (in the windows
 //!                   blob), window_zlen u32 (compressed), window_len u32, bits u8, pad [7],
 //!                   window sha256 [32]
 //! …       I         file table: the layer index's own on-disk form (`index::disk`)
@@ -54,7 +55,7 @@ pub const MAX_WINDOW_ZLEN: u32 = 64 << 10;
 
 const MAGIC: &[u8; 8] = b"LAMGZI02";
 const VERSION: u32 = 2;
-const HEADER_BYTES: usize = 112;
+const HEADER_BYTES: usize = 120;
 const POINT_BYTES: usize = 72;
 /// Most chunks that may start at one checkpoint (an honest span holds a few thousand at most:
 /// a tar entry takes 512 bytes of output at least, a span at most 8 MiB and one block).
@@ -121,6 +122,8 @@ pub struct GzipIndex {
     pub windows: Digest,
     /// Size of the windows blob.
     pub windows_size: u64,
+    /// Length of the uncompressed tar stream (what containers/storage calls the diff size).
+    pub tar_size: u64,
     /// Checkpoints in stream order (strictly increasing first bytes).
     pub points: Vec<Point>,
     /// The file table; every data chunk starts at a checkpoint's first byte.
@@ -208,7 +211,7 @@ pub fn build<R: Read>(
         index.push_entry(entry, chunks);
         Ok(())
     })?;
-    let (got_diff, _, zran) = uncompressed.finish_with_inner();
+    let (got_diff, tar_size, zran) = uncompressed.finish_with_inner();
     if got_diff != *diff_id {
         return Err(bad(format!(
             "layer {layer} inflates to {got_diff}, not its diff_id {diff_id}"
@@ -267,6 +270,7 @@ pub fn build<R: Read>(
         span: span.clamp(MIN_SPAN, MAX_SPAN),
         windows: windows_hash.into_inner().finish(),
         windows_size,
+        tar_size,
         points,
         index,
     })
@@ -285,6 +289,7 @@ pub fn encode(gz: &GzipIndex) -> Vec<u8> {
     out.extend_from_slice(&raw_digest(&gz.windows));
     out.extend_from_slice(&gz.windows_size.to_le_bytes());
     out.extend_from_slice(&(table.len() as u64).to_le_bytes());
+    out.extend_from_slice(&gz.tar_size.to_le_bytes());
     for p in &gz.points {
         out.extend_from_slice(&p.in_offset.to_le_bytes());
         out.extend_from_slice(&p.out_offset.to_le_bytes());
@@ -338,7 +343,7 @@ pub fn decode(data: &[u8], layer: &Digest, blob_size: u64) -> Result<GzipIndex, 
     let windows: Digest = format!("sha256:{}", hex::encode(&header[64..96]))
         .parse()
         .map_err(|e| format!("gzip index: windows digest: {e}"))?;
-    let (windows_size, table_len) = (u64_at(96), u64_at(104));
+    let (windows_size, table_len, tar_size) = (u64_at(96), u64_at(104), u64_at(112));
     let points_end = HEADER_BYTES + count * POINT_BYTES;
     if (points_end as u64).checked_add(table_len) != Some(data.len() as u64) {
         return Err("gzip index: section sizes do not add up to the file size".into());
@@ -388,6 +393,7 @@ pub fn decode(data: &[u8], layer: &Digest, blob_size: u64) -> Result<GzipIndex, 
         span,
         windows,
         windows_size,
+        tar_size,
         points,
         index,
     };

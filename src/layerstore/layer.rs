@@ -109,11 +109,11 @@ pub async fn open(
             .find(|l| &l.digest == digest)
             .ok_or_else(|| LookupError::Absent(format!("{image} has no layer {digest}")))?
             .clone();
-        let index = load_index(&registry, &cache, &image.repository, &layer)
+        let (index, gzip) = load_any_index(&registry, &cache, &image.repository, &resolved.manifest_digest, &layer)
             .await?
             .ok_or_else(|| {
                 LookupError::Absent(format!(
-                    "layer {digest} has no table of contents: podman pulls it itself"
+                    "layer {digest} has no table of contents and no gzip index: podman pulls it itself"
                 ))
             })?;
         // The layers below, merged: the metadata of directories this layer writes into
@@ -125,8 +125,8 @@ pub async fn open(
             .unwrap_or(0);
         let mut below = Vec::with_capacity(position);
         for l in &resolved.layers[..position] {
-            match load_index(&registry, &cache, &image.repository, l).await? {
-                Some(ix) => below.push(ix),
+            match load_any_index(&registry, &cache, &image.repository, &resolved.manifest_digest, l).await? {
+                Some((ix, _)) => below.push(ix),
                 None => {
                     below.clear();
                     break;
@@ -149,7 +149,7 @@ pub async fn open(
             repo: image.repository.clone(),
             digest: digest.clone(),
             codec,
-            deflate: None,
+            deflate: gzip.as_ref().map(|(d, _)| d.clone()),
         };
         let view = Arc::new(ImageView::new(Arc::new(live), vec![source.clone()], fetcher.clone()));
         let toc_digest = layer
@@ -158,10 +158,13 @@ pub async fn open(
             .or_else(|| layer.annotations.get(crate::format::estargz::TOC_DIGEST_KEY));
         // Kept beside the layer's index: another image with this layer asks nothing again.
         let size_path = cache.index_path(&layer.digest).with_extension("tar-size");
-        let diff_size = match std::fs::read_to_string(&size_path)
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-        {
+        let known = match &gzip {
+            Some((_, n)) => i64::try_from(*n).ok(),
+            None => std::fs::read_to_string(&size_path)
+                .ok()
+                .and_then(|t| t.trim().parse().ok()),
+        };
+        let diff_size = match known {
             Some(n) => n,
             None => {
                 let n = tar_size(&registry, &image.repository, &layer).await;
@@ -189,6 +192,34 @@ pub async fn open(
     tokio::time::timeout(s.lookup_timeout, work)
         .await
         .map_err(|_| LookupError::Unavailable(format!("the registry did not answer within {:?}", s.lookup_timeout)))?
+}
+
+/// A gzip layer's serving parts when it has a gzip index: its checkpoints, and its tar size.
+type GzipParts = (Arc<crate::fetch::deflate::DeflateSource>, u64);
+
+/// A layer's index from its table of contents ([`load_index`]), else from a gzip index
+/// (`lamina index`; the cache's, else the registry's), with what serving it then needs.
+async fn load_any_index(
+    registry: &Registry,
+    cache: &CacheDir,
+    repo: &str,
+    manifest: &Digest,
+    layer: &crate::registry::resolve::Layer,
+) -> Result<Option<(crate::index::LayerIndex, Option<GzipParts>)>, LookupError> {
+    if let Some(index) = load_index(registry, cache, repo, layer).await? {
+        return Ok(Some((index, None)));
+    }
+    let found =
+        crate::fetch::gzindex::for_mount(registry, repo, manifest, std::slice::from_ref(layer), cache, true).await;
+    Ok(found.get(&layer.digest).map(|gz| {
+        let deflate = crate::fetch::deflate::DeflateSource::new(
+            gz.points.clone(),
+            &gz.index,
+            crate::fetch::gzindex::windows_path(cache, &layer.digest),
+            gz.windows.clone(),
+        );
+        (gz.index.clone(), Some((Arc::new(deflate), gz.tar_size)))
+    }))
 }
 
 /// A layer's index: the cache's, else from its table of contents (then kept); `None` for a

@@ -2,7 +2,8 @@
 //! `podman pull` of a zstd:chunked image takes its layers from the store (a small share of the
 //! image fetched), `podman image mount` shows the image as `umoci unpack` does and python runs
 //! from it, a second image on the same base fetches nothing more of it, `podman push` of the
-//! image gives back its layer digests, and hostile names are refused.
+//! image gives back its layer digests, hostile names are refused, and an unchanged gzip image
+//! with a gzip index (`lamina index`) is taken from the store too.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -228,6 +229,59 @@ fn podman_pulls_a_lazy_image_from_the_store_and_its_tree_equals_umoci() {
         .arg(format!("{}:t", back.display()))
         .arg(w.join("pushed-bundle")));
     assert_same_tree(&w.join("pushed-bundle/rootfs"), &w.join("oracle/rootfs"));
+}
+
+#[test]
+fn an_unchanged_gzip_image_with_a_gzip_index_comes_from_the_store() {
+    if !require_tools(&["docker-registry", "umoci", "skopeo", "podman", "setfattr", "mknod"])
+        || !require_root()
+        || !require_fuse()
+    {
+        return;
+    }
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let steps = [
+        Step::Repack(base_layer),
+        Step::Repack(changes_layer),
+        Step::Tar(opaque_layer_tar),
+    ];
+    let umoci = build_image(w, &steps);
+    let src = format!("{}/als-gz:t", registry.addr);
+    push_and_convert(
+        &umoci.layout,
+        &src,
+        &format!("{}/als-gz:zc", registry.addr),
+        &w.join("cc"),
+    );
+    let layers = layer_digests(&src);
+    let (store, _cache) = start_store(w);
+    let podman = Podman::new(w, &registry.addr, &store);
+    // With a gzip index pushed beside the unchanged image, every layer comes from the store.
+    let out = lamina()
+        .args(["index", &src])
+        .env("LAMINA_CACHE_DIR", w.join("index-cache"))
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    podman.ok(&["pull", "--tls-verify=false", &src]);
+    let layer_links = std::fs::read_dir(w.join("podman/graph/overlay"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("additionallayer").exists())
+        .count();
+    assert_eq!(layer_links, layers.len(), "every layer comes from the store");
+    let b64 = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&src)
+    };
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join(&b64).join(&layers[0]).join("info")).unwrap()).unwrap();
+    assert!(info["diff-size"].as_i64().unwrap() > 0, "{info}");
+    let mounted = PathBuf::from(podman.ok(&["image", "mount", &src]));
+    assert_same_tree(&mounted, &w.join("oracle/rootfs"));
+    podman.ok(&["image", "unmount", &src]);
 }
 
 #[test]
