@@ -25,7 +25,7 @@ pub(super) async fn index(args: IndexArgs, show_progress: bool) -> anyhow::Resul
     let wanted: Vec<_> = image.layers.iter().filter(|l| gzindex::indexable(l)).collect();
     for l in image.layers.iter().filter(|l| !gzindex::indexable(l)) {
         outln!(
-            "layer     {} skipped: not a plain gzip layer (lazy already, or another compression)",
+            "layer     {} skipped: not a plain gzip or uncompressed layer (lazy already, or zstd)",
             l.digest
         )?;
     }
@@ -82,7 +82,7 @@ pub(super) async fn index(args: IndexArgs, show_progress: bool) -> anyhow::Resul
         let started = Instant::now();
         // The cache's index when it was built here with this span (its windows all there).
         let cached = gzindex::load_cached(&cache, l)
-            .filter(|gz| gz.span == crate::format::zran::effective_span(args.span, l.size))
+            .filter(|gz| gz.points.is_empty() || gz.span == crate::format::zran::effective_span(args.span, l.size))
             .filter(|gz| gzindex::has_all_windows(&cache, gz));
         let gz = match cached {
             Some(gz) => gz,

@@ -32,10 +32,14 @@ const MAX_ARTIFACT_BYTES: u64 = 256 << 20;
 /// How many times a broken layer body is resumed while indexing.
 const MAX_RESUMES: u32 = 5;
 
-/// Whether lamina can index `layer`: gzip, with no TOC of its own (eStargz layers are lazy
-/// already).
+/// Whether lamina can index `layer`: gzip with no TOC of its own (eStargz layers are lazy
+/// already), or uncompressed.
 pub fn indexable(layer: &Layer) -> bool {
-    layer.compression == Compression::Gzip && crate::fetch::locate::annotated_toc_digest(layer).is_none()
+    match layer.compression {
+        Compression::Gzip => crate::fetch::locate::annotated_toc_digest(layer).is_none(),
+        Compression::None => true,
+        Compression::Zstd => false,
+    }
 }
 
 /// The cached index of `layer`, if there is one and it checks out.
@@ -132,7 +136,7 @@ pub async fn build(
     let span = crate::format::zran::effective_span(span, layer.size);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, String>>(16);
     let pump = tokio::spawn(pump(registry, repo.to_string(), layer.clone(), tx, on_bytes));
-    let (digest, diff_id) = (layer.digest.clone(), layer.diff_id.clone());
+    let (digest, diff_id, compression) = (layer.digest.clone(), layer.diff_id.clone(), layer.compression);
     let built = tokio::task::spawn_blocking(move || {
         let reader = ChannelReader {
             rx,
@@ -142,7 +146,10 @@ pub async fn build(
             std::fs::create_dir_all(dir)?;
         }
         let mut out = io::BufWriter::new(std::fs::File::create(&windows_file)?);
-        let gz = gzip_index::build(reader, &digest, &diff_id, span, &mut out)?;
+        let gz = match compression {
+            Compression::None => gzip_index::build_tar(reader, &digest)?,
+            _ => gzip_index::build(reader, &digest, &diff_id, span, &mut out)?,
+        };
         io::Write::flush(&mut out)?;
         Ok::<_, io::Error>(gz)
     })
@@ -240,16 +247,18 @@ pub async fn push(
         repo,
         image,
         GZIP_INDEX_ARTIFACT_TYPE,
-        vec![
-            (GZIP_INDEX_LAYER_MEDIA_TYPE, Body::Bytes(Bytes::from(table))),
-            (
-                GZIP_INDEX_WINDOWS_MEDIA_TYPE,
-                Body::File {
+        {
+            let mut layers = vec![(GZIP_INDEX_LAYER_MEDIA_TYPE, Body::Bytes(Bytes::from(table)))];
+            // An uncompressed layer's index has no windows.
+            if gz.windows_size > 0 {
+                let body = Body::File {
                     path: windows,
                     len_bytes: gz.windows_size,
-                },
-            ),
-        ],
+                };
+                layers.push((GZIP_INDEX_WINDOWS_MEDIA_TYPE, body));
+            }
+            layers
+        },
         annotations,
     )
     .await
@@ -309,6 +318,19 @@ async fn read_one(
         .read_to_end(&mut data)
         .map_err(|e| format!("not zstd: {e}"))?;
     gzip_index::decode(&data, &layer.digest, layer.size)
+}
+
+/// What a mount's fetcher needs to serve a layer through `gz`: its checkpoints and windows
+/// (a gzip layer), or nothing more than the file table (an uncompressed layer).
+pub fn deflate_source(cache: &CacheDir, gz: &GzipIndex) -> Option<Arc<crate::fetch::deflate::DeflateSource>> {
+    (gz.index.codec == crate::model::ChunkCodec::Deflate).then(|| {
+        Arc::new(crate::fetch::deflate::DeflateSource::new(
+            gz.points.clone(),
+            &gz.index,
+            windows_path(cache, &gz.layer),
+            gz.windows.clone(),
+        ))
+    })
 }
 
 /// How long a mount waits for the registry's list of indexes.

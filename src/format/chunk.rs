@@ -152,6 +152,16 @@ pub fn decode_chunk_from(
             copy_verified(chunk, d, out)
         }
         ChunkCodec::Stream => Err(decode_err("a plain layer's chunks cannot be fetched one by one".into())),
+        ChunkCodec::Raw => {
+            if compressed.len() as u64 != chunk.len {
+                return Err(decode_err(format!(
+                    "{} bytes instead of {}",
+                    compressed.len(),
+                    chunk.len
+                )));
+            }
+            copy_verified(chunk, compressed, out)
+        }
         ChunkCodec::Deflate => {
             let point = checkpoint_at(checkpoints, chunk.blob_offset)
                 .ok_or_else(|| decode_err("no checkpoint starts at this chunk's offset".into()))?;

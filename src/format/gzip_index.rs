@@ -276,6 +276,45 @@ pub fn build<R: Read>(
     })
 }
 
+/// Index the uncompressed tar layer `blob` by streaming it once: its file table only, each
+/// chunk being the file's bytes where they are in the blob (codec [`ChunkCodec::Raw`]; no
+/// checkpoints, no windows). The blob must be `layer`, whose diff_id is its own digest.
+pub fn build_tar<R: Read>(blob: R, layer: &Digest) -> io::Result<GzipIndex> {
+    let mut index = LayerIndex {
+        codec: ChunkCodec::Raw,
+        ..LayerIndex::default()
+    };
+    let mut none = |_: &[u8; 32], _: &[u8]| Ok(());
+    let hashing = walk_tar(HashingReader::new(blob), 0, &mut none, |entry, mut chunks, data_at| {
+        if data_at == crate::format::tar_walk::SPARSE && !chunks.is_empty() {
+            return Err(bad(format!("{}: a GNU sparse file cannot be indexed", entry.path)));
+        }
+        for c in chunks.iter_mut().filter(|c| c.kind == ChunkKind::Data) {
+            c.blob_offset = data_at + c.file_offset;
+            c.blob_len = c.len;
+        }
+        for c in chunks.iter_mut().filter(|c| c.kind == ChunkKind::Zeros) {
+            c.blob_offset = 0;
+        }
+        index.push_entry(entry, chunks);
+        Ok(())
+    })?;
+    let (got, size) = hashing.finish();
+    if got != *layer {
+        return Err(bad(format!("layer {layer}: the bytes read are {got}")));
+    }
+    Ok(GzipIndex {
+        layer: layer.clone(),
+        blob_size: size,
+        span: 0,
+        windows: Digest::of(b""),
+        windows_size: 0,
+        tar_size: size,
+        points: Vec::new(),
+        index,
+    })
+}
+
 /// The table as one file (see the module's table).
 pub fn encode(gz: &GzipIndex) -> Vec<u8> {
     let table = disk::encode(&gz.index);
@@ -325,7 +364,7 @@ pub fn decode(data: &[u8], layer: &Digest, blob_size: u64) -> Result<GzipIndex, 
         return Err("not a lamina gzip index of version 2".into());
     }
     let count = u32_at(12) as usize;
-    if count == 0 || count > MAX_CHECKPOINTS {
+    if count > MAX_CHECKPOINTS {
         return Err(format!(
             "gzip index: {count} checkpoints (1 to {MAX_CHECKPOINTS} accepted)"
         ));
@@ -387,6 +426,11 @@ pub fn decode(data: &[u8], layer: &Digest, blob_size: u64) -> Result<GzipIndex, 
         points.push(point);
     }
     let index = disk::decode(&data[points_end..]).map_err(|e| format!("gzip index: {e}"))?;
+    // A gzip layer's table has checkpoints (the first at the stream's start); an uncompressed
+    // layer's has none.
+    if (index.codec == ChunkCodec::Deflate) != (count > 0) {
+        return Err("gzip index: checkpoints do not match the layer's kind".into());
+    }
     let gz = GzipIndex {
         layer: layer.clone(),
         blob_size,
@@ -405,9 +449,10 @@ pub fn decode(data: &[u8], layer: &Digest, blob_size: u64) -> Result<GzipIndex, 
 /// checkpoint and inside the layer, under the chunk caps.
 fn check_table(gz: &GzipIndex) -> Result<(), String> {
     let index = &gz.index;
-    if index.codec != ChunkCodec::Deflate {
-        return Err("gzip index: the file table is not of a gzip layer".into());
+    if index.codec != ChunkCodec::Deflate && index.codec != ChunkCodec::Raw {
+        return Err("gzip index: the file table is not of a gzip or tar layer".into());
     }
+    let raw = index.codec == ChunkCodec::Raw;
     let mut by_point: std::collections::HashMap<u64, Vec<(u64, u64)>> = std::collections::HashMap::new();
     for e in &index.entries {
         let fail = |why: String| format!("gzip index: {}: {why}", e.path);
@@ -435,7 +480,13 @@ fn check_table(gz: &GzipIndex) -> Result<(), String> {
                 continue;
             }
             check_limits(c).map_err(|err| fail(err.to_string()))?;
-            if gz.point_at(c.blob_offset).is_none() {
+            if raw && (c.blob_len != c.len || c.inner_offset != 0) {
+                return Err(fail(format!(
+                    "chunk at {} is not the file's bytes as they are",
+                    c.file_offset
+                )));
+            }
+            if !raw && gz.point_at(c.blob_offset).is_none() {
                 return Err(fail(format!("chunk at {} names no checkpoint", c.file_offset)));
             }
             if c.blob_offset
@@ -640,7 +691,17 @@ mod tests {
             (Box::new(|g| g.index.chunks[3].blob_offset += 1), "names no checkpoint"),
             (Box::new(|g| g.index.chunks[3].blob_len = u64::MAX - 5), "over the"),
             (Box::new(|g| g.index.chunks[3].len += 1), "cover"),
-            (Box::new(|g| g.index.codec = ChunkCodec::Zstd), "not of a gzip layer"),
+            (
+                Box::new(|g| g.index.codec = ChunkCodec::Zstd),
+                "checkpoints do not match",
+            ),
+            (
+                Box::new(|g| {
+                    g.index.codec = ChunkCodec::Zstd;
+                    g.points.clear();
+                }),
+                "not of a gzip or tar layer",
+            ),
             (Box::new(overlap_two_files), "overlap"),
         ];
         for (damage, expected) in cases {
@@ -691,6 +752,42 @@ mod tests {
         }
         let err = decode_chunk_from(ChunkCodec::Deflate, &points, &chunk, raw, &mut Vec::new()).unwrap_err();
         assert!(err.is_bad_bytes(), "{err}");
+    }
+
+    #[test]
+    fn an_uncompressed_layer_is_indexed_in_place_without_checkpoints() {
+        let (tar, _, files) = layer();
+        let layer_digest = Digest::of(&tar);
+        let gz = build_tar(tar.as_slice(), &layer_digest).unwrap();
+        assert!(gz.points.is_empty() && gz.index.codec == ChunkCodec::Raw);
+        assert_eq!(gz.tar_size, tar.len() as u64);
+        assert_eq!(decode(&encode(&gz), &layer_digest, tar.len() as u64).unwrap(), gz);
+        for (name, data) in &files {
+            let e = gz
+                .index
+                .entries
+                .iter()
+                .find(|e| e.path.as_bytes() == name.as_bytes())
+                .unwrap();
+            let mut got = Vec::new();
+            for c in gz.index.chunks_of(e) {
+                let raw = &tar[c.blob_offset as usize..(c.blob_offset + c.blob_len) as usize];
+                decode_chunk_from(ChunkCodec::Raw, &[], c, raw, &mut got).unwrap();
+            }
+            assert_eq!(&got, data, "{name}");
+        }
+        // A chunk moved off the file's bytes fails its sha256, never serves them.
+        let c = gz
+            .index
+            .chunks
+            .iter()
+            .find(|c| c.kind == ChunkKind::Data)
+            .unwrap()
+            .clone();
+        let raw = &tar[c.blob_offset as usize + 1..(c.blob_offset + c.blob_len) as usize + 1];
+        assert!(decode_chunk_from(ChunkCodec::Raw, &[], &c, raw, &mut Vec::new())
+            .unwrap_err()
+            .is_bad_bytes());
     }
 
     /// Hands out its bytes in pieces of varying sizes, as a network would.

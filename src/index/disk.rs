@@ -5,7 +5,7 @@
 //! offset  size          field
 //! 0       8             magic "LAMIDX01"
 //! 8       4             version (1)
-//! 12      4             flags: chunk codec (0 zstd, 1 gzip, 2 stream-only, 3 deflate)
+//! 12      4             flags: chunk codec (0 zstd, 1 gzip, 2 stream-only, 3 deflate, 4 raw)
 //! 16      8             entry_count  E
 //! 24      8             chunk_count  C
 //! 32      8             xattr_count  X
@@ -128,6 +128,7 @@ pub fn encode(index: &LayerIndex) -> Vec<u8> {
         ChunkCodec::Gzip => 1,
         ChunkCodec::Stream => 2,
         ChunkCodec::Deflate => 3,
+        ChunkCodec::Raw => 4,
     };
     out.extend_from_slice(&codec.to_le_bytes());
     for v in [
@@ -200,6 +201,7 @@ pub fn decode_unchecked(body: &[u8]) -> Result<LayerIndex, IndexFormatError> {
         1 => ChunkCodec::Gzip,
         2 => ChunkCodec::Stream,
         3 => ChunkCodec::Deflate,
+        4 => ChunkCodec::Raw,
         other => return Err(IndexFormatError(format!("unknown chunk codec {other}"))),
     };
     let (ne, nc, nx, ns) = (count(16)?, count(24)?, count(32)?, count(40)?);

@@ -149,7 +149,7 @@ pub async fn open(
             repo: image.repository.clone(),
             digest: digest.clone(),
             codec,
-            deflate: gzip.as_ref().map(|(d, _)| d.clone()),
+            deflate: gzip.as_ref().and_then(|(d, _)| d.clone()),
         };
         let view = Arc::new(ImageView::new(Arc::new(live), vec![source.clone()], fetcher.clone()));
         let toc_digest = layer
@@ -195,7 +195,7 @@ pub async fn open(
 }
 
 /// A gzip layer's serving parts when it has a gzip index: its checkpoints, and its tar size.
-type GzipParts = (Arc<crate::fetch::deflate::DeflateSource>, u64);
+type GzipParts = (Option<Arc<crate::fetch::deflate::DeflateSource>>, u64);
 
 /// A layer's index from its table of contents ([`load_index`]), else from a gzip index
 /// (`lamina index`; the cache's, else the registry's), with what serving it then needs.
@@ -212,13 +212,8 @@ async fn load_any_index(
     let found =
         crate::fetch::gzindex::for_mount(registry, repo, manifest, std::slice::from_ref(layer), cache, true).await;
     Ok(found.get(&layer.digest).map(|gz| {
-        let deflate = crate::fetch::deflate::DeflateSource::new(
-            gz.points.clone(),
-            &gz.index,
-            crate::fetch::gzindex::windows_path(cache, &layer.digest),
-            gz.windows.clone(),
-        );
-        (gz.index.clone(), Some((Arc::new(deflate), gz.tar_size)))
+        let deflate = crate::fetch::gzindex::deflate_source(cache, gz);
+        (gz.index.clone(), Some((deflate, gz.tar_size)))
     }))
 }
 

@@ -12,6 +12,9 @@ pub enum ChunkCodec {
     /// An unchanged gzip layer with a seekable index (`lamina index`): a chunk is inflated
     /// from the checkpoint whose first byte is its `blob_offset`, `inner_offset` bytes after it.
     Deflate,
+    /// An uncompressed tar layer indexed by `lamina index`: a chunk's bytes are the blob's
+    /// bytes at `blob_offset`, as they are.
+    Raw,
     /// No random access (a plain tar layer): chunks exist only in the chunk store, put there
     /// while the whole layer was streamed.
     Stream,

@@ -160,13 +160,8 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
         let (registry, cache, store) = (registry.clone(), cache.clone(), &store);
         async move {
             if let Some(gz) = gzip_indexes.get(&l.digest) {
-                let source = crate::fetch::deflate::DeflateSource::new(
-                    gz.points.clone(),
-                    &gz.index,
-                    crate::fetch::gzindex::windows_path(&cache, &l.digest),
-                    gz.windows.clone(),
-                );
-                return Ok(Some((gz.index.clone(), Some(Arc::new(source)))));
+                let source = crate::fetch::gzindex::deflate_source(&cache, gz);
+                return Ok(Some((gz.index.clone(), source)));
             }
             let no_points = || None;
             let path = cache.index_path(&l.digest);

@@ -285,3 +285,87 @@ fn python_starts_from_an_indexed_gzip_image_fetching_a_small_share_of_it() {
     );
     assert!(fetched * 2 < image_bytes, "fetched {fetched} of {image_bytes} bytes");
 }
+
+/// Push the image `layout:t` to `addr/repo:t` blob by blob over the registry API, layers as
+/// they are (skopeo would compress uncompressed layers on the way).
+fn push_as_is(layout: &std::path::Path, addr: &str, repo: &str) {
+    let script = r#"
+import hashlib, json, sys, urllib.request
+layout, addr, repo = sys.argv[1:4]
+index = json.load(open(f"{layout}/index.json"))
+desc = [m for m in index["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == "t"][0]
+blob = lambda d: open(f"{layout}/blobs/sha256/{d[7:]}", "rb").read()
+manifest = blob(desc["digest"])
+m = json.loads(manifest)
+for d in [m["config"]] + m["layers"]:
+    r = urllib.request.urlopen(urllib.request.Request(f"http://{addr}/v2/{repo}/blobs/uploads/", method="POST"))
+    loc = r.headers["Location"]
+    loc = loc if loc.startswith("http") else f"http://{addr}{loc}"
+    sep = "&" if "?" in loc else "?"
+    urllib.request.urlopen(urllib.request.Request(f"{loc}{sep}digest={d['digest']}", data=blob(d["digest"]), method="PUT",
+        headers={"Content-Type": "application/octet-stream"}))
+urllib.request.urlopen(urllib.request.Request(f"http://{addr}/v2/{repo}/manifests/t", data=manifest, method="PUT",
+    headers={"Content-Type": m["mediaType"]}))
+"#;
+    run(Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(layout)
+        .arg(addr)
+        .arg(repo));
+}
+
+#[test]
+fn an_uncompressed_layer_is_indexed_and_read_where_its_bytes_are() {
+    use crate::support::layout::{tar_bytes, Entry, Layer, Layout};
+    if !require_tools(&["docker-registry", "umoci", "skopeo"]) || !require_root() || !require_fuse() {
+        return;
+    }
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let big = crate::support::layers::noise(3 << 20, 7);
+    let lower = Layer::plain(tar_bytes(&[
+        Entry::Dir("etc", 0o755),
+        Entry::File("etc/small", 0o644, b"small file"),
+        Entry::File("etc/gone", 0o600, b"whited out above"),
+        Entry::File("big", 0o644, &big),
+        Entry::Link("big-again", "big"),
+        Entry::Symlink("link", "etc/small"),
+        Entry::Fifo("fifo"),
+    ]));
+    let upper = Layer::plain(tar_bytes(&[
+        Entry::Dir("etc", 0o755),
+        Entry::File("etc/.wh.gone", 0o644, b""),
+        Entry::File("etc/new", 0o644, b"from the upper layer"),
+    ]));
+    let mut layout = Layout::create(&w.join("layout"));
+    let desc = layout.image(&[lower, upper], "amd64");
+    layout.tag("t", desc);
+    push_as_is(&layout.dir, &registry.addr, "tarlayers");
+    let image = format!("{}/tarlayers:t", registry.addr);
+    let manifest: serde_json::Value = serde_json::from_slice(&raw_manifest(&image)).unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    assert!(layers
+        .iter()
+        .all(|l| l["mediaType"] == "application/vnd.oci.image.layer.v1.tar"));
+    let image_bytes: u64 = layers.iter().map(|l| l["size"].as_u64().unwrap()).sum();
+
+    let out = index(&image, &w.join("index-cache"), &[]);
+    assert_eq!(out.matches("pushed ").count(), 2, "{out}");
+    let config = config_digest(&image);
+    let (_, before) = blob_gets_and_bytes(&registry, "tarlayers", &config);
+    let cache = w.join("cache");
+    let m = Mounted::new(&image, &w.join("mnt"), &cache, &[]);
+    assert_eq!(layer_status(&m, &cache), vec!["indexed".to_string(); 2]);
+    // One small file: its bytes, where they are in the blob (and the tables), not the layer.
+    assert_eq!(std::fs::read(m.point.join("etc/small")).unwrap(), b"small file");
+    let (_, after) = blob_gets_and_bytes(&registry, "tarlayers", &config);
+    assert!(
+        after - before < image_bytes / 4,
+        "{} of {image_bytes} bytes",
+        after - before
+    );
+    let oracle = crate::convert::skopeo_gzip_unpack(&image, w, "oracle");
+    assert_same_tree(&m.point, &oracle);
+}
