@@ -44,6 +44,8 @@ pub fn effective_span(requested: u64, blob_size: u64) -> u64 {
 pub const MAX_OUT_SPAN: u64 = 8 << 20;
 /// Most checkpoints one layer may have (a 4 GiB layer at the default span; 128 MiB of windows).
 pub const MAX_CHECKPOINTS: usize = 4 << 10;
+/// Output between the samples of the progress record (see `fill`).
+const PROGRESS_STEP: u64 = 16 << 10;
 /// Output produced per inflate call.
 const OUT_BLOCK: usize = 64 << 10;
 const IN_BLOCK: usize = 64 << 10;
@@ -359,8 +361,16 @@ impl<'a, R: Read> ZranReader<'a, R> {
             self.crc.update(&self.out[self.filled..self.filled + step.produced]);
             self.filled += step.produced;
             self.total_out += step.produced as u64;
+            // One sample per 16 KiB of output at most (the last one is replaced until then), so
+            // a stream of tiny blocks does not grow the record; the stream's end is always there.
             if step.produced > 0 {
-                self.progress.push((self.total_out, self.in_abs));
+                let sample = (self.total_out, self.in_abs);
+                let n = self.progress.len();
+                if n > 1 && sample.0 - self.progress[n - 2].0 < PROGRESS_STEP {
+                    self.progress[n - 1] = sample;
+                } else {
+                    self.progress.push(sample);
+                }
             }
             if step.end {
                 self.ended = true;
@@ -556,6 +566,8 @@ mod tests {
             r.read_to_end(&mut out).unwrap();
             assert!(r.ended());
             assert_eq!(out, data);
+            let bound = 2 * (data.len() as u64 / PROGRESS_STEP) as usize + 2;
+            assert!(r.progress.len() <= bound, "{} progress samples", r.progress.len());
             let points = r.checkpoints().to_vec();
             // One checkpoint per span, give or take a block (level 0: stored blocks of 64 KiB).
             let expected = blob.len() as u64 / (MIN_SPAN + (64 << 10));
