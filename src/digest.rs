@@ -37,6 +37,20 @@ impl Digest {
     pub fn hex(&self) -> &str {
         &self.hex
     }
+
+    /// The 32 bytes of the sha256.
+    pub fn bytes(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(&self.hex, &mut out).expect("a Digest holds 64 hex digits");
+        out
+    }
+
+    /// The digest whose sha256 is `bytes`.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Digest {
+        Digest {
+            hex: hex::encode(bytes),
+        }
+    }
 }
 
 impl FromStr for Digest {

@@ -145,14 +145,15 @@ pub(super) async fn inspect(args: InspectArgs) -> anyhow::Result<()> {
                     None => match gzip_indexes.get(&l.digest) {
                         Some(gz) => {
                             lazy += 1;
+                            let table = gz.index_table_bytes();
                             format!(
                                 "gzip index: {} entries, {} checkpoints every {} KiB, table {} + windows {} ({:.1}% of the layer)",
                                 gz.index.entries.len(),
                                 gz.points.len(),
                                 gz.span >> 10,
-                                mb(gz.index_table_bytes()),
+                                mb(table),
                                 mb(gz.windows_size),
-                                100.0 * (gz.index_table_bytes() + gz.windows_size) as f64 / l.size.max(1) as f64
+                                100.0 * (table + gz.windows_size) as f64 / l.size.max(1) as f64
                             )
                         }
                         None if crate::fetch::gzindex::indexable(l) => {

@@ -251,21 +251,11 @@ impl Fetcher {
         if inflater.count == before {
             let _ = std::io::copy(&mut (&mut *inflater).take(chunk.len), &mut std::io::sink());
         }
-        match stored {
-            Err(e) => Err(failed(e.to_string())),
-            Ok(Err(e @ ChunkError::TooLarge { .. })) => {
-                Err(FetchError::Refused(format!("layer {}: {e}", layer.digest)))
-            }
-            Ok(Err(e)) => {
-                if e.is_bad_bytes() {
-                    self.note_bad_chunk(layer, &e);
-                }
-                Err(failed(e.to_string()))
-            }
-            Ok(Ok(())) => {
-                self.stats.fetched_chunks.fetch_add(1, Ordering::Relaxed);
-                self.count(layer, 0, 0, 1);
-                Ok(())
+        match self.stored_outcome(layer, stored) {
+            Ok(outcome) => outcome,
+            Err(bad_bytes) => {
+                self.note_bad_chunk(layer, &bad_bytes);
+                Err(failed(bad_bytes.to_string()))
             }
         }
     }

@@ -563,9 +563,21 @@ impl Fetcher {
             },
             None => crate::format::zran::Checkpoint::default(),
         };
-        let stored = match self.store.put_from(&chunk.digest, |out| {
+        let stored = self.store.put_from(&chunk.digest, |out| {
             decode_chunk_from(layer.codec, std::slice::from_ref(&checkpoint), chunk, raw, out)
-        }) {
+        });
+        self.stored_outcome(layer, stored)
+    }
+
+    /// What storing a chunk came to, counted when it was stored; bytes that did not verify are
+    /// given back as the [`ChunkError`] (the caller fetches them again, or gives up).
+    pub(super) fn stored_outcome(
+        &self,
+        layer: &LayerSource,
+        stored: std::io::Result<Result<(), ChunkError>>,
+    ) -> Result<Result<(), FetchError>, ChunkError> {
+        let failed = |e: String| FetchError::Failed(format!("layer {}: {e}", layer.digest));
+        let outcome = match stored {
             Err(e) => Err(failed(e.to_string())),
             Ok(Err(e)) if e.is_bad_bytes() => return Err(e),
             Ok(Err(e @ ChunkError::TooLarge { .. })) => {
@@ -574,11 +586,11 @@ impl Fetcher {
             Ok(Err(e)) => Err(failed(e.to_string())),
             Ok(Ok(())) => Ok(()),
         };
-        if stored.is_ok() {
+        if outcome.is_ok() {
             self.stats.fetched_chunks.fetch_add(1, Ordering::Relaxed);
             self.count(layer, 0, 0, 1);
         }
-        Ok(stored)
+        Ok(outcome)
     }
 }
 

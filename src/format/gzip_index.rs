@@ -151,7 +151,7 @@ pub fn point_at(points: &[Point], start_byte: u64) -> Option<usize> {
 /// The window of `point` from its zstd frame `frame`, checked against the table's sha256.
 pub fn open_window(point: &Point, frame: &[u8]) -> Result<Vec<u8>, String> {
     let window = zstd::bulk::decompress(frame, WINDOW_BYTES).map_err(|e| format!("window: {e}"))?;
-    if window.len() != point.window_len as usize || raw_digest(&Digest::of(&window)) != point.window_sha256 {
+    if window.len() != point.window_len as usize || Digest::of(&window).bytes() != point.window_sha256 {
         return Err(format!(
             "the window of the checkpoint at byte {} does not match its sha256",
             point.in_offset
@@ -187,7 +187,7 @@ pub fn build<R: Read>(
             windows_len,
             frame.len() as u32,
             window.len() as u32,
-            raw_digest(&Digest::of(window)),
+            Digest::of(window).bytes(),
         ));
         windows_len += frame.len() as u64;
         Ok(())
@@ -322,10 +322,10 @@ pub fn encode(gz: &GzipIndex) -> Vec<u8> {
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&(gz.points.len() as u32).to_le_bytes());
-    out.extend_from_slice(&raw_digest(&gz.layer));
+    out.extend_from_slice(&gz.layer.bytes());
     out.extend_from_slice(&gz.blob_size.to_le_bytes());
     out.extend_from_slice(&gz.span.to_le_bytes());
-    out.extend_from_slice(&raw_digest(&gz.windows));
+    out.extend_from_slice(&gz.windows.bytes());
     out.extend_from_slice(&gz.windows_size.to_le_bytes());
     out.extend_from_slice(&(table.len() as u64).to_le_bytes());
     out.extend_from_slice(&gz.tar_size.to_le_bytes());
@@ -339,12 +339,6 @@ pub fn encode(gz: &GzipIndex) -> Vec<u8> {
         out.extend_from_slice(&p.window_sha256);
     }
     out.extend_from_slice(&table);
-    out
-}
-
-fn raw_digest(d: &Digest) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(d.hex(), &mut out).expect("64 hex digits");
     out
 }
 
@@ -369,7 +363,7 @@ pub fn decode(data: &[u8], layer: &Digest, blob_size: u64) -> Result<GzipIndex, 
             "gzip index: {count} checkpoints (1 to {MAX_CHECKPOINTS} accepted)"
         ));
     }
-    if header[16..48] != raw_digest(layer) {
+    if header[16..48] != layer.bytes() {
         return Err(format!("gzip index: made for another layer than {layer}"));
     }
     if u64_at(48) != blob_size {
@@ -379,9 +373,7 @@ pub fn decode(data: &[u8], layer: &Digest, blob_size: u64) -> Result<GzipIndex, 
         ));
     }
     let span = u64_at(56);
-    let windows: Digest = format!("sha256:{}", hex::encode(&header[64..96]))
-        .parse()
-        .map_err(|e| format!("gzip index: windows digest: {e}"))?;
+    let windows = Digest::from_bytes(header[64..96].try_into().expect("32 bytes"));
     let (windows_size, table_len, tar_size) = (u64_at(96), u64_at(104), u64_at(112));
     let points_end = HEADER_BYTES + count * POINT_BYTES;
     if (points_end as u64).checked_add(table_len) != Some(data.len() as u64) {
@@ -624,14 +616,9 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn every_file_reads_back_from_its_checkpoints() {
-        let (blob, gz, windows, files) = built_with_windows();
-        let points = checkpoints(&gz, &windows);
-        assert_eq!(Digest::of(&windows), gz.windows);
-        assert!(gz.points.len() > 4, "{} checkpoints", gz.points.len());
-        assert_eq!(gz.index.entries.len(), files.len() + 1);
-        for (name, data) in &files {
+    /// Every file of `files` read back through `gz`'s chunks from `blob` equals its content.
+    fn assert_files_read_back(gz: &GzipIndex, blob: &[u8], points: &[Checkpoint], files: &Files) {
+        for (name, data) in files {
             let e = gz
                 .index
                 .entries
@@ -641,10 +628,20 @@ mod tests {
             let mut got = Vec::new();
             for c in gz.index.chunks_of(e) {
                 let raw = &blob[c.blob_offset as usize..(c.blob_offset + c.blob_len) as usize];
-                decode_chunk_from(ChunkCodec::Deflate, &points, c, raw, &mut got).unwrap();
+                decode_chunk_from(gz.index.codec, points, c, raw, &mut got).unwrap();
             }
             assert_eq!(&got, data, "{name}");
         }
+    }
+
+    #[test]
+    fn every_file_reads_back_from_its_checkpoints() {
+        let (blob, gz, windows, files) = built_with_windows();
+        let points = checkpoints(&gz, &windows);
+        assert_eq!(Digest::of(&windows), gz.windows);
+        assert!(gz.points.len() > 4, "{} checkpoints", gz.points.len());
+        assert_eq!(gz.index.entries.len(), files.len() + 1);
+        assert_files_read_back(&gz, &blob, &points, &files);
         // A chunk needs only its own compressed range: far less than the layer.
         let big = gz
             .index
@@ -762,20 +759,7 @@ mod tests {
         assert!(gz.points.is_empty() && gz.index.codec == ChunkCodec::Raw);
         assert_eq!(gz.tar_size, tar.len() as u64);
         assert_eq!(decode(&encode(&gz), &layer_digest, tar.len() as u64).unwrap(), gz);
-        for (name, data) in &files {
-            let e = gz
-                .index
-                .entries
-                .iter()
-                .find(|e| e.path.as_bytes() == name.as_bytes())
-                .unwrap();
-            let mut got = Vec::new();
-            for c in gz.index.chunks_of(e) {
-                let raw = &tar[c.blob_offset as usize..(c.blob_offset + c.blob_len) as usize];
-                decode_chunk_from(ChunkCodec::Raw, &[], c, raw, &mut got).unwrap();
-            }
-            assert_eq!(&got, data, "{name}");
-        }
+        assert_files_read_back(&gz, &tar, &[], &files);
         // A chunk moved off the file's bytes fails its sha256, never serves them.
         let c = gz
             .index

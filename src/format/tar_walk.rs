@@ -24,12 +24,6 @@ pub const SPARSE: u64 = u64::MAX;
 /// One piece of a file as it passes: its digest and bytes.
 pub type PieceSink<'a> = dyn FnMut(&[u8; 32], &[u8]) -> io::Result<()> + 'a;
 
-fn raw(d: &crate::digest::Digest) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(d.hex(), &mut out).expect("64 hex digits");
-    out
-}
-
 /// Walk `tar`, handing each data piece to `piece` and then each entry (with `chunk_count`
 /// set; `first_chunk` is the receiver's), its chunks and the stream offset of its data to
 /// `each`, in stream order. Chunks have `blob_offset`, `blob_len` and `inner_offset` 0. The
@@ -76,7 +70,7 @@ pub fn walk_tar<R: Read>(
                 entry.read_exact(&mut buf[..want])?;
                 let data = &buf[..want];
                 file_hash.update(data);
-                let digest = raw(&crate::digest::Digest::of(data));
+                let digest = crate::digest::Digest::of(data).bytes();
                 let zeros = data.iter().all(|b| *b == 0);
                 piece(&digest, data)?;
                 chunks.push(Chunk {
@@ -92,7 +86,7 @@ pub fn walk_tar<R: Read>(
             }
         }
         let regular = meta.kind == EntryKind::Regular;
-        let digest = (regular && meta.size > 0).then(|| raw(&file_hash.finish()));
+        let digest = (regular && meta.size > 0).then(|| file_hash.finish().bytes());
         let mut meta = meta.meta;
         meta.link = link;
         if !regular {
