@@ -291,7 +291,8 @@ pub struct IndexArgs {
     #[arg(value_parser = parse_reference)]
     pub image: ImageRef,
     /// Compressed bytes between checkpoints (64 KiB to 16 MiB): a smaller span fetches less
-    /// per cold read and makes a larger index (32 KiB per checkpoint).
+    /// per cold read and makes a larger index (a window per checkpoint, trimmed to the bytes
+    /// the stream refers back to: ~1.6 KB stored).
     #[arg(long, default_value_t = crate::format::zran::DEFAULT_SPAN, value_parser = parse_span)]
     pub span: u64,
     /// Keep the indexes in the cache only; do not push them to the registry.

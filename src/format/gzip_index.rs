@@ -217,7 +217,7 @@ pub fn build<R: Read>(
             "layer {layer} inflates to {got_diff}, not its diff_id {diff_id}"
         )));
     }
-    let (checkpoints, progress, hashing) = zran.into_parts();
+    let (checkpoints, progress, hashing) = zran.into_parts()?;
     // Whatever follows the gzip member (nothing, in any layer seen so far) is part of the blob.
     let mut hashing = hashing;
     io::copy(&mut hashing, &mut io::sink())?;

@@ -15,6 +15,7 @@ pub mod tar_scan;
 pub mod tar_split;
 pub mod tar_walk;
 pub mod toc;
+pub mod window_trim;
 pub mod writer;
 pub mod zran;
 pub mod zstd_chunked;

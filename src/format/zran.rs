@@ -23,10 +23,10 @@ use libz_rs_sys as z;
 pub const WINDOW_BYTES: usize = 32 << 10;
 /// Compressed bytes between checkpoints unless asked otherwise. Measured on python's start-up
 /// from a 25 MB gzip image, windows read as needed (tests/it/gzindex.rs): 64 KiB spans fetch
-/// 7.9 MB of layer + 0.7 MB of index, 128 KiB 9.1 + 0.6 MB, 256 KiB 10.0 + 0.5 MB; the index
-/// stored beside the image grows as the span shrinks (a ~12 KB window per checkpoint), and
-/// 256 KiB keeps it near 5% of the layer.
-pub const DEFAULT_SPAN: u64 = 256 << 10;
+/// 7.9 MB of layer, 128 KiB 9.1 MB, 256 KiB 10.0 MB. The index grows as the span shrinks, a
+/// window per checkpoint, but windows are trimmed to what the stream refers back to
+/// ([`super::window_trim`], ~1.6 KB each stored): at 64 KiB the index is 2.3–2.7% of a layer.
+pub const DEFAULT_SPAN: u64 = 64 << 10;
 /// Smallest and largest span accepted.
 pub const MIN_SPAN: u64 = 64 << 10;
 /// See [`MIN_SPAN`].
@@ -219,8 +219,28 @@ pub fn gzip_header_len(data: &[u8]) -> io::Result<Option<usize>> {
 /// Longest gzip header accepted (its name and comment fields are unbounded in the format).
 const MAX_HEADER_BYTES: usize = 64 << 10;
 
-/// Where a [`ZranReader`] hands each checkpoint's window, instead of keeping it.
+/// Where a [`ZranReader`] hands each checkpoint's window, instead of keeping it: in
+/// checkpoint order, trimmed ([`super::window_trim`]), once the output after it is known.
 pub type WindowSink<'a> = Box<dyn FnMut(&[u8]) -> io::Result<()> + 'a>;
+
+/// (uncompressed bytes out, blob offset of the input consumed to make them), in stream order.
+pub type Progress = Vec<(u64, u64)>;
+
+/// A window waiting for the output after its checkpoint.
+struct Pending {
+    window: Vec<u8>,
+    bits: u8,
+    /// The blob from the checkpoint's start byte, as consumed.
+    compressed: Vec<u8>,
+    /// The first [`WINDOW_BYTES`] of output after the checkpoint.
+    after: Vec<u8>,
+    /// Kept whole: the input needed was not all seen.
+    whole: bool,
+}
+
+/// Compressed bytes kept for a waiting window (32 KiB of output never needs this much: a
+/// literal costs at most 15 bits); past it the window is kept whole.
+const MAX_PENDING_INPUT: usize = 256 << 10;
 
 /// Reads the uncompressed bytes of a gzip stream, keeping checkpoints as it goes.
 pub struct ZranReader<'a, R> {
@@ -243,6 +263,9 @@ pub struct ZranReader<'a, R> {
     ended: bool,
     crc: flate2::Crc,
     points: Vec<Checkpoint>,
+    /// Windows not yet handed to the sink, oldest first: each waits for the output after its
+    /// checkpoint, to be trimmed to what that output refers back to.
+    pending: std::collections::VecDeque<Pending>,
     /// (uncompressed bytes out, blob offset of the input consumed to make them), one per call.
     progress: Vec<(u64, u64)>,
 }
@@ -300,6 +323,7 @@ impl<'a, R: Read> ZranReader<'a, R> {
             ended: false,
             crc: flate2::Crc::new(),
             points: vec![first],
+            pending: Default::default(),
             progress: Vec::new(),
         })
     }
@@ -323,9 +347,49 @@ impl<'a, R: Read> ZranReader<'a, R> {
 
     /// The checkpoints, the progress record (uncompressed bytes out, blob offset consumed to
     /// make them; one per inflate call) and the input reader (past what was read into the
-    /// inflater's buffer).
-    pub fn into_parts(self) -> (Vec<Checkpoint>, Vec<(u64, u64)>, R) {
-        (self.points, self.progress, self.input)
+    /// inflater's buffer). Windows still waiting go to the sink first (untrimmed if the output
+    /// after them was not read).
+    pub fn into_parts(mut self) -> io::Result<(Vec<Checkpoint>, Progress, R)> {
+        if !self.ended {
+            self.pending.iter_mut().for_each(|p| p.whole = true);
+        }
+        self.hand_windows(true)?;
+        Ok((self.points, self.progress, self.input))
+    }
+
+    /// Feed what an inflate call consumed (`inbuf[from..in_pos]`) and produced (`out[at..]`)
+    /// to the waiting windows.
+    fn feed_pending(&mut self, from: usize, at: usize) {
+        for p in &mut self.pending {
+            let want = WINDOW_BYTES - p.after.len();
+            p.after.extend_from_slice(&self.out[at..self.filled.min(at + want)]);
+            if p.compressed.len() < MAX_PENDING_INPUT {
+                p.compressed.extend_from_slice(&self.inbuf[from..self.in_pos]);
+            } else {
+                p.whole = true;
+            }
+        }
+    }
+
+    /// Hand the sink the waiting windows whose following output is complete (`all`: every
+    /// one; the stream has ended or they are kept whole), in checkpoint order, each trimmed
+    /// where that can be shown to change nothing.
+    fn hand_windows(&mut self, all: bool) -> io::Result<()> {
+        while self
+            .pending
+            .front()
+            .is_some_and(|p| all || p.after.len() == WINDOW_BYTES)
+        {
+            let p = self.pending.pop_front().expect("checked");
+            let trimmed = match p.whole {
+                true => None,
+                false => super::window_trim::trim(&p.window, p.bits, &p.compressed, &p.after),
+            };
+            if let Some(sink) = self.sink.as_mut() {
+                sink(trimmed.as_deref().unwrap_or(&p.window))?;
+            }
+        }
+        Ok(())
     }
 
     fn fill(&mut self) -> io::Result<()> {
@@ -356,6 +420,7 @@ impl<'a, R: Read> ZranReader<'a, R> {
                 &mut self.out[self.filled..],
                 true,
             )?;
+            let (consumed_from, produced_at) = (self.in_pos, self.filled);
             self.in_pos += step.consumed;
             self.in_abs += step.consumed as u64;
             self.crc.update(&self.out[self.filled..self.filled + step.produced]);
@@ -372,14 +437,17 @@ impl<'a, R: Read> ZranReader<'a, R> {
                     self.progress.push(sample);
                 }
             }
+            self.feed_pending(consumed_from, produced_at);
             if step.end {
                 self.ended = true;
+                self.hand_windows(true)?;
                 return self.check_trailer();
             }
             let boundary = step.data_type & 128 != 0 && step.data_type & 64 == 0;
             if boundary {
                 self.maybe_checkpoint((step.data_type & 7) as u8)?;
             }
+            self.hand_windows(false)?;
             if step.produced > 0 {
                 return Ok(());
             }
@@ -433,12 +501,21 @@ impl<'a, R: Read> ZranReader<'a, R> {
             )));
         }
         let from = self.filled.saturating_sub(WINDOW_BYTES);
-        let window = match self.sink.as_mut() {
-            Some(sink) => {
-                sink(&self.out[from..self.filled])?;
+        let window = self.out[from..self.filled].to_vec();
+        let window = match self.sink.is_some() {
+            true => {
+                // The checkpoint's first byte, if it starts inside one, is the last consumed.
+                let first = (bits > 0).then(|| self.in_pos.checked_sub(1).map(|i| self.inbuf[i]));
+                self.pending.push_back(Pending {
+                    window,
+                    bits,
+                    compressed: first.flatten().into_iter().collect(),
+                    after: Vec::with_capacity(WINDOW_BYTES),
+                    whole: first == Some(None),
+                });
                 Vec::new()
             }
-            None => self.out[from..self.filled].to_vec(),
+            false => window,
         };
         self.points.push(Checkpoint {
             in_offset: self.in_abs,
