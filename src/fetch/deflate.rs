@@ -34,6 +34,8 @@ pub struct DeflateSource {
     by_point: HashMap<u64, Vec<Chunk>>,
     /// Chunks inflated from these checkpoints that did not verify.
     bad: AtomicU32,
+    /// The layer streamed whole instead, once the index proved wrong.
+    fallback: Arc<super::fallback::Fallback>,
     windows_file: PathBuf,
     windows_blob: Digest,
     /// Windows read so far (one lock per checkpoint: a window is fetched once), or the last
@@ -46,15 +48,23 @@ type WindowSlot = Result<Arc<Vec<u8>>, (String, Instant)>;
 /// How long a failed window fetch is answered from memory before it is tried again.
 const WINDOW_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Chunks of a layer that may fail to verify before its index is refused for later mounts
-/// (a mirror's wrong bytes are fetched again from the registry; an index whose windows are
-/// wrong fails every time).
-const BAD_CHUNKS_BEFORE_REFUSAL: u32 = 3;
+/// Chunks of a layer that may fail to verify before its index is given up: the layer then
+/// streams ([`super::fallback`]) and the index is refused for later mounts of this cache. The
+/// first failure leaves the mirrors out (their wrong bytes are fetched again from the registry);
+/// an index whose windows are wrong fails every time.
+const BAD_CHUNKS_BEFORE_FALLBACK: u32 = 2;
 
 impl DeflateSource {
-    /// For a layer whose index has codec Deflate, its windows in `windows_file` (the cache)
-    /// or the registry's blob `windows_blob`.
-    pub fn new(points: Vec<Point>, index: &LayerIndex, windows_file: PathBuf, windows_blob: Digest) -> DeflateSource {
+    /// For `layer`, whose index has codec Deflate, its windows in `windows_file` (the cache)
+    /// or the registry's blob `windows_blob`; `spool` is where the layer is downloaded if the
+    /// index proves wrong.
+    pub fn new(
+        layer: &crate::registry::resolve::Layer,
+        points: Vec<Point>,
+        index: &LayerIndex,
+        (windows_file, windows_blob): (PathBuf, Digest),
+        spool: PathBuf,
+    ) -> DeflateSource {
         let mut by_point: HashMap<u64, Vec<Chunk>> = HashMap::new();
         let files = index.entries.iter().flat_map(|e| index.chunks_of(e));
         for c in files.filter(|c| c.kind == ChunkKind::Data) {
@@ -65,10 +75,16 @@ impl DeflateSource {
             points,
             by_point,
             bad: AtomicU32::new(0),
+            fallback: Arc::new(super::fallback::Fallback::new(layer.clone(), spool)),
             windows_file,
             windows_blob,
             windows,
         }
+    }
+
+    /// Whether the index proved wrong and the layer streams instead.
+    pub fn falls_back(&self) -> bool {
+        self.fallback.started()
     }
 
     /// `chunks` (the first `wait_for` needed) with, after the needed ones, every other chunk
@@ -208,6 +224,7 @@ impl Fetcher {
             }
         };
         let mut broken: Option<String> = None;
+        let me = &self;
         for (chunk, guard) in group {
             if let Some(e) = &broken {
                 guard.settle(Err(failed(e.clone())));
@@ -217,7 +234,7 @@ impl Fetcher {
             let outcome = match skip {
                 None => Err(failed("chunks of one checkpoint overlap".into())),
                 Some(skip) => match std::io::copy(&mut (&mut inflater).take(skip), &mut std::io::sink()) {
-                    Ok(n) if n == skip => self.store_next(&layer, &chunk, &mut inflater),
+                    Ok(n) if n == skip => me.store_next(&layer, &chunk, &mut inflater),
                     Ok(_) => Err(failed("the stream ends before the chunk".into())),
                     Err(e) => Err(failed(e.to_string())),
                 },
@@ -234,7 +251,7 @@ impl Fetcher {
 
     /// Store the next chunk of the inflater (or inflate past it if it is stored already).
     fn store_next(
-        &self,
+        self: &Arc<Self>,
         layer: &LayerSource,
         chunk: &Chunk,
         inflater: &mut Counting<Resume<'_>>,
@@ -262,23 +279,47 @@ impl Fetcher {
 }
 
 impl Fetcher {
-    /// A chunk inflated through the layer's index did not verify: after a few, the index is
-    /// refused for later mounts of this cache (the layer then streams, as without an index).
-    fn note_bad_chunk(&self, layer: &LayerSource, e: &ChunkError) {
+    /// A chunk inflated through the layer's index did not verify: at the second, the layer
+    /// falls back to streaming for this mount and the index is refused for later mounts of this
+    /// cache (they stream the layer, as without an index, until `lamina index` rebuilds it).
+    fn note_bad_chunk(self: &Arc<Self>, layer: &LayerSource, e: &ChunkError) {
         let Some(d) = &layer.deflate else { return };
         let n = d.bad.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!(layer = %layer.digest, error = %e, "a chunk inflated through the gzip index did not verify");
-        if n == BAD_CHUNKS_BEFORE_REFUSAL {
+        if n == BAD_CHUNKS_BEFORE_FALLBACK {
             let why = format!("{n} chunks did not verify (last: {e})");
+            d.fallback.start(self, layer);
             match super::gzindex::refuse(&self.store.cache_root(), &layer.digest, &why) {
                 Ok(()) => {
-                    tracing::warn!(layer = %layer.digest, "{why}: the gzip index is refused; the next mount streams this layer")
+                    tracing::warn!(layer = %layer.digest, "{why}: the gzip index is refused; the layer streams")
                 }
                 Err(err) => {
                     tracing::warn!(layer = %layer.digest, error = %err, "could not record the refused gzip index")
                 }
             }
         }
+    }
+
+    /// Whether `layer` has a gzip index that proved wrong (it streams instead).
+    pub(super) fn falls_back(&self, layer: &LayerSource) -> bool {
+        layer.deflate.as_ref().is_some_and(|d| d.falls_back())
+    }
+
+    /// For a layer whose index proved wrong: wait until the fallback stream has stored the
+    /// first `wait_for` of `chunks` (a stream that failed is started again). `None` while the
+    /// index is trusted.
+    pub(super) fn fallback_wait(
+        self: &Arc<Self>,
+        layer: &LayerSource,
+        chunks: &[Chunk],
+        wait_for: usize,
+        deadline: Instant,
+    ) -> Option<Result<(), FetchError>> {
+        let d = layer.deflate.as_ref().filter(|d| d.fallback.started())?;
+        d.fallback.start(self, layer);
+        let needed = chunks[..wait_for.min(chunks.len())].iter();
+        let digests: Vec<[u8; 32]> = needed.filter(|c| c.kind == ChunkKind::Data).map(|c| c.digest).collect();
+        Some(d.fallback.wait(self, &digests, deadline))
     }
 }
 

@@ -36,8 +36,7 @@ use super::stats::{FetchStats, MAX_LATENCY_SAMPLES};
 use crate::cache::chunks::ChunkStore;
 use crate::digest::Digest;
 use crate::format::chunk::{check_limits, decode_chunk_from, ChunkError};
-use crate::model::ChunkCodec;
-use crate::model::{Chunk, ChunkKind};
+use crate::model::{Chunk, ChunkCodec, ChunkKind};
 use crate::registry::Registry;
 
 /// Default time a read waits for a missing chunk before failing with EIO.
@@ -217,10 +216,15 @@ impl Fetcher {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            if let Some(waited) = self.fallback_wait(layer, chunks, wait_for, deadline) {
+                return waited;
+            }
             match self.ensure_once(layer, chunks, wait_for, deadline) {
                 // A flight that failed may have been another reader's, started before the
-                // registry came back: try afresh while this read's deadline allows.
+                // registry came back: try afresh while this read's deadline allows; a layer
+                // that fell back to streaming (a wrong gzip index) is waited for at the top.
                 Err(FetchError::Failed(_)) if attempt < FLIGHT_ATTEMPTS && Instant::now() < deadline => continue,
+                Err(FetchError::Failed(_)) if self.falls_back(layer) => continue,
                 r => return r,
             }
         }

@@ -322,13 +322,18 @@ async fn read_one(
 
 /// What a mount's fetcher needs to serve a layer through `gz`: its checkpoints and windows
 /// (a gzip layer), or nothing more than the file table (an uncompressed layer).
-pub fn deflate_source(cache: &CacheDir, gz: &GzipIndex) -> Option<Arc<crate::fetch::deflate::DeflateSource>> {
+pub fn deflate_source(
+    cache: &CacheDir,
+    gz: &GzipIndex,
+    layer: &Layer,
+) -> Option<Arc<crate::fetch::deflate::DeflateSource>> {
     (gz.index.codec == crate::model::ChunkCodec::Deflate).then(|| {
         Arc::new(crate::fetch::deflate::DeflateSource::new(
+            layer,
             gz.points.clone(),
             &gz.index,
-            windows_path(cache, &gz.layer),
-            gz.windows.clone(),
+            (windows_path(cache, &gz.layer), gz.windows.clone()),
+            cache.temp_path("gzfallback"),
         ))
     })
 }

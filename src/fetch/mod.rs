@@ -13,6 +13,7 @@
 //! ```
 
 pub mod deflate;
+pub mod fallback;
 pub mod fetcher;
 pub mod gzindex;
 pub mod health;

@@ -212,7 +212,7 @@ async fn load_any_index(
     let found =
         crate::fetch::gzindex::for_mount(registry, repo, manifest, std::slice::from_ref(layer), cache, true).await;
     Ok(found.get(&layer.digest).map(|gz| {
-        let deflate = crate::fetch::gzindex::deflate_source(cache, gz);
+        let deflate = crate::fetch::gzindex::deflate_source(cache, gz, layer);
         (gz.index.clone(), Some((deflate, gz.tar_size)))
     }))
 }

@@ -160,7 +160,7 @@ pub async fn prepare(reference: &ImageRef, options: &MountOptions) -> Result<Pre
         let (registry, cache, store) = (registry.clone(), cache.clone(), &store);
         async move {
             if let Some(gz) = gzip_indexes.get(&l.digest) {
-                let source = crate::fetch::gzindex::deflate_source(&cache, gz);
+                let source = crate::fetch::gzindex::deflate_source(&cache, gz, l);
                 return Ok(Some((gz.index.clone(), source)));
             }
             let no_points = || None;

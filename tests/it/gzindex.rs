@@ -1,7 +1,8 @@
 //! `lamina index`: gzip images made by umoci and pushed by skopeo become lazy without being
 //! changed. The index is pushed next to the image, found by a mount with an empty cache, and
 //! the mounted tree equals `umoci unpack`. python starts from such a mount, fetching a small
-//! share of the image. A damaged index is ignored and the layer streams as before.
+//! share of the image. A damaged index is ignored and the layer streams as before; an index
+//! whose windows give wrong bytes makes the layer fall back to streaming in the mount.
 
 use std::process::Command;
 
@@ -368,4 +369,108 @@ fn an_uncompressed_layer_is_indexed_and_read_where_its_bytes_are() {
     );
     let oracle = crate::convert::skopeo_gzip_unpack(&image, w, "oracle");
     assert_same_tree(&m.point, &oracle);
+}
+
+/// A layer of text files whose deflate stream refers back a lot: 48 files of 96 KiB.
+fn text_files(rootfs: &std::path::Path) {
+    let dir = rootfs.join("text");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut s = 1u64;
+    for f in 0..48 {
+        let mut text = String::new();
+        while text.len() < 96 << 10 {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            text.push_str(&format!(
+                "entry {} of file {f}: value {} ",
+                (s >> 40) % 4099,
+                (s >> 20) % 97
+            ));
+        }
+        std::fs::write(dir.join(format!("f{f:02}.txt")), text).unwrap();
+    }
+}
+
+/// Rewrite the gzip indexes in `cache` as an index made wrong would be: every window's bytes
+/// inverted, the table's sha256s made to match them (so the cache takes them). Returns how
+/// many windows were changed.
+fn make_windows_wrong(cache: &std::path::Path, manifest: &serde_json::Value) -> usize {
+    use lamina::format::gzip_index::{decode, encode, open_window};
+    let mut changed = 0;
+    for l in manifest["layers"].as_array().unwrap() {
+        let layer: lamina::digest::Digest = l["digest"].as_str().unwrap().parse().unwrap();
+        let table_path = cache.join("gzindex").join(format!("{}.lgzi", layer.hex()));
+        let windows_path = table_path.with_extension("lgzw");
+        let mut gz = decode(
+            &std::fs::read(&table_path).unwrap(),
+            &layer,
+            l["size"].as_u64().unwrap(),
+        )
+        .unwrap();
+        let old = std::fs::read(&windows_path).unwrap();
+        let mut blob = Vec::new();
+        for p in &mut gz.points {
+            let frame = &old[p.window_at as usize..(p.window_at + u64::from(p.window_zlen)) as usize];
+            let window: Vec<u8> = open_window(p, frame).unwrap().iter().map(|b| !b).collect();
+            changed += usize::from(!window.is_empty());
+            let frame = zstd::bulk::compress(&window, 3).unwrap();
+            p.window_at = blob.len() as u64;
+            p.window_zlen = frame.len() as u32;
+            p.window_sha256 = lamina::digest::Digest::of(&window).bytes();
+            blob.extend_from_slice(&frame);
+        }
+        gz.windows = lamina::digest::Digest::of(&blob);
+        gz.windows_size = blob.len() as u64;
+        std::fs::write(&windows_path, blob).unwrap();
+        std::fs::write(&table_path, encode(&gz)).unwrap();
+    }
+    changed
+}
+
+#[test]
+fn a_gzip_index_with_wrong_windows_falls_back_to_streaming_and_serves_right_bytes() {
+    if !require_tools(&["docker-registry", "umoci", "skopeo"]) || !require_root() || !require_fuse() {
+        return;
+    }
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let umoci = crate::support::layers::build_image(w, &[Step::Repack(text_files)]);
+    let image = format!("{}/wrongidx:t", registry.addr);
+    crate::support::image::skopeo_push(&umoci.layout, "t", &image, None, false);
+    let manifest: serde_json::Value = serde_json::from_slice(&raw_manifest(&image)).unwrap();
+    let cache = w.join("cache");
+    index(&image, &cache, &["--no-push"]);
+    assert!(
+        make_windows_wrong(&cache, &manifest) > 2,
+        "too few windows to make wrong"
+    );
+
+    let m = Mounted::new(&image, &w.join("mnt"), &cache, &[]);
+    assert!(layer_status(&m, &cache).iter().all(|s| s == "indexed"));
+    // Every file reads right: the chunks the wrong windows spoil fail their sha256, and after
+    // the second the layer streams and the reads are answered from what it stores.
+    assert_same_tree(&m.point, &w.join("oracle/rootfs"));
+    let logs: String = std::fs::read_dir(cache.join("logs"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.contains("the gzip index gives wrong bytes: streaming the layer instead"),
+        "no fallback in the logs:\n{logs}"
+    );
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    let refused = cache.join("gzindex").join(format!("{layer}.refused"));
+    assert!(refused.exists(), "the wrong index was not refused");
+    m.unmount();
+    m.wait_daemon_gone("before the second mount");
+    drop(m);
+
+    // The next mount does not use the refused index: the layer streams from the start.
+    evict_all(&cache);
+    let m = Mounted::new(&image, &w.join("mnt2"), &cache, &[]);
+    assert_same_tree(&m.point, &w.join("oracle/rootfs"));
+    assert!(layer_status(&m, &cache).iter().all(|s| s != "indexed"));
 }
