@@ -129,6 +129,23 @@ impl Drop for Snapshotter {
         if let Some(pid) = service {
             let _ = Command::new("kill").args(["-KILL", pid.trim()]).output();
         }
+        // The snapshots' mount daemons outlive a killed service: unmount what it left under
+        // its root (each daemon then ends), so test runs do not pile up FUSE mounts.
+        unmount_under(&self.root);
+    }
+}
+
+/// Unmount (lazily) every mount at or under `dir`, deepest first.
+pub fn unmount_under(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|p| Path::new(p).starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = Command::new("umount").arg("-l").arg(p).output();
     }
 }
 
@@ -280,7 +297,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 impl Drop for Containerd {
     fn drop(&mut self) {
         // Mounts containerd made under its root (none today; CRI pulls mount nothing lasting).
-        let _ = Command::new("umount").arg("-R").arg("-l").arg(&self.root).output();
+        unmount_under(&self.root);
     }
 }
 
