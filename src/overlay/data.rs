@@ -20,7 +20,7 @@ use crate::model::EntryKind;
 
 const O_ACCMODE: i32 = 0o3;
 const O_RDONLY: i32 = 0;
-const O_TRUNC: i32 = 0o1000;
+pub(super) const O_TRUNC: i32 = 0o1000;
 const O_APPEND: i32 = 0o2000;
 
 /// A directory listing: name, inode, type.

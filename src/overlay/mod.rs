@@ -14,6 +14,7 @@
 mod attrs;
 mod copyup;
 mod data;
+mod killpriv;
 mod locking;
 mod merged;
 mod nodes;
@@ -57,6 +58,9 @@ pub struct OverlayFs {
     passthrough: bool,
     /// Whether to ask for it (`--no-passthrough` says no).
     want_passthrough: bool,
+    /// Whether the kernel took FUSE_HANDLE_KILLPRIV_V2: set-ID bits are then this daemon's
+    /// to clear on truncate ([`killpriv`]).
+    killpriv: bool,
     /// Open descriptors of upper directories by node, so operations need not walk the path
     /// from the upper root each time (checked against the node's upper inode at each use).
     dirs: parking_lot::Mutex<std::collections::HashMap<u64, std::os::fd::OwnedFd>>,
@@ -183,6 +187,7 @@ impl OverlayFs {
             copied: Condvar::new(),
             passthrough: false,
             want_passthrough,
+            killpriv: false,
             dirs: parking_lot::Mutex::new(std::collections::HashMap::new()),
         })
     }
@@ -216,7 +221,10 @@ impl Filesystem for OverlayFs {
             && rustix::process::geteuid().is_root()
             && config.add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
-        tracing::info!(passthrough = self.passthrough, upper = %self.upper.path().display(), "writable FUSE session started");
+        self.killpriv = config
+            .add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+            .is_ok();
+        tracing::info!(passthrough = self.passthrough, killpriv_v2 = self.killpriv, upper = %self.upper.path().display(), "writable FUSE session started");
         Ok(())
     }
 
@@ -245,7 +253,7 @@ impl Filesystem for OverlayFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -269,7 +277,12 @@ impl Filesystem for OverlayFs {
             atime,
             mtime,
         };
-        match self.op_setattr(ino.0, &change) {
+        // A truncate, and a setattr with nothing set (a write's, or `chown(f, -1, -1)`).
+        let written = size.is_some() || change.is_empty();
+        match self
+            .op_setattr(ino.0, &change)
+            .and_then(|a| self.after_write(ino.0, a, written, req.pid()))
+        {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(errno(&e)),
         }
@@ -389,8 +402,11 @@ impl Filesystem for OverlayFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.op_open(ino.0, flags.0, |f| reply.open_backing(f)) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let opened = self.op_open(ino.0, flags.0, |f| reply.open_backing(f));
+        let trunc = flags.0 & data::O_TRUNC != 0;
+        let opened = opened.and_then(|o| self.after_write_of(ino.0, trunc, req.pid()).map(|()| o));
+        match opened {
             Ok((fh, flags, Some(id))) => reply.opened_passthrough(FileHandle(fh), flags, &id),
             Ok((fh, flags, None)) => reply.opened(FileHandle(fh), flags),
             Err(e) => reply.error(errno(&e)),
@@ -416,17 +432,20 @@ impl Filesystem for OverlayFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.op_write(ino.0, offset, data) {
+        let written = self.op_write(ino.0, offset, data);
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        let written = written.and_then(|n| self.after_write_of(ino.0, kill, req.pid()).map(|()| n));
+        match written {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }

@@ -42,6 +42,16 @@ fn same_as_kernel(f: &Fixture, case: &str) {
     );
 }
 
+/// Writes and truncates by a caller without CAP_FSETID clear set-ID bits (lamina clears them
+/// itself under FUSE_HANDLE_KILLPRIV_V2, which spares a `security.capability` round trip per
+/// write); root's writes keep them; a group-ID bit without group-execute stays.
+#[test]
+fn writes_and_truncates_clear_set_id_bits_as_kernel_overlayfs() {
+    if let Some(f) = fixture(&["python3"]) {
+        same_as_kernel(&f, "set-id-bits");
+    }
+}
+
 #[test]
 fn chown_to_the_same_owner_moves_ctime_as_kernel_overlayfs() {
     if let Some(f) = fixture(&["python3"]) {

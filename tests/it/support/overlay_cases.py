@@ -3,7 +3,7 @@
 overlayfs over the same layers); every step's outcome (value or errno) must be equal.
 
 usage: overlay_cases.py CASE ROOT_A ROOT_B     exit 0: all equal or known (KNOWN); 1: differences printed
-CASE: chown-ctime | fallocate-ranges | file-flags
+CASE: chown-ctime | fallocate-ranges | file-flags | set-id-bits
 
 file-flags sets immutable/append-only flags; every path it flags is cleared again in a
 `finally`, so the trees can be removed whatever happens.
@@ -220,7 +220,67 @@ for i, (mode, offset, length) in enumerate(FALLOCATE_CASES):
 for what in ["collapse", "insert"]:
     KNOWN[("fallocate-ranges", "usr/lib/big", what)] = (("ENOTSUP", None), FALLOCATE_BY_FUSE)
 
-CASES = {"chown-ctime": chown_ctime, "fallocate-ranges": fallocate_ranges, "file-flags": file_flags}
+# --- set-ID bits cleared by writes and truncates of callers without CAP_FSETID ---------------
+
+
+def as_nobody(fn):
+    """Run fn() in a child process with uid/gid 65534 and no capabilities; its errno or 0."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            fn()
+        except OSError as e:
+            code = e.errno or 1
+        except BaseException:
+            code = 255
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def append(path):
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"more", 8)
+    finally:
+        os.close(fd)
+
+
+def set_id_bits(root):
+    steps = []
+
+    def mode_after(name, what, mode, fn, unprivileged=True):
+        p = os.path.join(root, name)
+        if not os.path.exists(p):
+            write(p, b"x" * 100)
+        os.chmod(p, mode)
+        rc = as_nobody(lambda: fn(p)) if unprivileged else outcome(lambda: fn(p))
+        steps.append((name, what, rc, oct(os.stat(p).st_mode & 0o7777)))
+
+    trunc_open = lambda p: os.close(os.open(p, os.O_WRONLY | os.O_TRUNC))
+    mode_after("w", "write by nobody, 04777", 0o4777, append)
+    mode_after("w", "again after chmod 04777", 0o4777, append)
+    mode_after("w", "write by nobody, 06777", 0o6777, append)
+    mode_after("g", "write by nobody, 02767 (no g+x)", 0o2767, append)
+    mode_after("t", "truncate by nobody, 06777", 0o6777, lambda p: os.truncate(p, 10))
+    mode_after("o", "open O_TRUNC by nobody, 06777", 0o6777, trunc_open)
+    mode_after("r", "write by root, 06777", 0o6777, append, unprivileged=False)
+    mode_after("rt", "truncate by root, 06777", 0o6777, lambda p: os.truncate(p, 10), unprivileged=False)
+    # A file of the image, copied up by the write.
+    mode_after("etc/chmod-me", "image file, write by nobody, 04777", 0o4777, append)
+    return steps
+
+
+CASES = {
+    "chown-ctime": chown_ctime,
+    "fallocate-ranges": fallocate_ranges,
+    "file-flags": file_flags,
+    "set-id-bits": set_id_bits,
+}
 
 
 def main():
