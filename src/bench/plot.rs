@@ -1,17 +1,17 @@
-//! The plots, hand-written SVG (and PNG through rsvg-convert when it is there), one panel per
-//! workload: `suite-startup` (time to ready against RTT, a line per mode, estimates hollow)
-//! and `suite-bytes` (MB fetched per mode, a bar each).
+//! The plots, hand-written SVG (and PNG through rsvg-convert, Debian's librsvg2-bin, when it
+//! is there), one panel per workload: `NAME-startup` (time to ready against RTT, a line per
+//! mode, estimates hollow) and `NAME-bytes` (MB through the link per mode, a bar each).
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::link::Link;
-use crate::run::MODES;
-use crate::stats::{stat_of, Sample};
-use crate::workloads::Workload;
+use super::link::Link;
+use super::report::Report;
+use super::stats::{stat_of, Sample};
+use super::Mode;
 
-/// A colour per mode of [`MODES`].
+/// A colour per mode of [`Mode::ALL`].
 const COLORS: [&str; 7] = [
     "#d62728", "#1f77b4", "#2ca02c", "#8c564b", "#ff7f0e", "#9467bd", "#7f7f7f",
 ];
@@ -20,21 +20,24 @@ const PW: f64 = 360.0;
 const PH: f64 = 260.0;
 const M: f64 = 50.0;
 
-/// Write `suite-startup.svg|png` and `suite-bytes.svg|png` to `dir`.
-pub fn plots(dir: &Path, links: &[Link], workloads: &[Workload], samples: &[Sample]) {
-    let mut svg = open(workloads.len());
-    for (wi, wl) in workloads.iter().enumerate() {
-        startup_panel(&mut svg, wi, wl, links, samples);
+/// Write `NAME-startup.svg|png` and `NAME-bytes.svg|png` to `dir`: the files written.
+pub fn plots(dir: &Path, name: &str, report: &Report) -> std::io::Result<Vec<PathBuf>> {
+    let samples = &report.results.samples;
+    let names: Vec<&str> = report.workloads.iter().map(|(w, _)| w.as_str()).collect();
+    let mut svg = open(names.len());
+    for (wi, wl) in names.iter().enumerate() {
+        startup_panel(&mut svg, wi, wl, report.links, report.modes, samples);
     }
     svg.push_str("</svg>");
-    save_svg(dir, "suite-startup", &svg);
+    let mut written = save_svg(dir, &format!("{name}-startup"), &svg)?;
 
-    let mut svg = open(workloads.len());
-    for (wi, wl) in workloads.iter().enumerate() {
-        bytes_panel(&mut svg, wi, wl, links, samples);
+    let mut svg = open(names.len());
+    for (wi, wl) in names.iter().enumerate() {
+        bytes_panel(&mut svg, wi, wl, report.links, report.modes, samples);
     }
     svg.push_str("</svg>");
-    save_svg(dir, "suite-bytes", &svg);
+    written.extend(save_svg(dir, &format!("{name}-bytes"), &svg)?);
+    Ok(written)
 }
 
 /// The start of an SVG with `panels` panels side by side, on white.
@@ -47,19 +50,19 @@ fn open(panels: usize) -> String {
 }
 
 /// Panel `wi`: time to ready against RTT, a line per mode; the legend in the first panel.
-fn startup_panel(svg: &mut String, wi: usize, wl: &Workload, links: &[Link], samples: &[Sample]) {
+fn startup_panel(svg: &mut String, wi: usize, wl: &str, links: &[Link], modes: &[Mode], samples: &[Sample]) {
     let x0 = wi as f64 * PW;
     // (RTT ms, median s, estimated) per link where the mode has a time.
-    let pts = |mode: &str| -> Vec<(f64, f64, bool)> {
+    let pts = |mode: Mode| -> Vec<(f64, f64, bool)> {
         links
             .iter()
             .filter_map(|l| {
-                let s = stat_of(samples, wl.name, &l.name(), mode)?;
+                let s = stat_of(samples, wl, &l.name(), mode)?;
                 (!s.median.is_nan()).then_some((l.rtt.as_secs_f64() * 1e3, s.median, s.estimated))
             })
             .collect()
     };
-    let all: Vec<(f64, f64, bool)> = MODES.iter().flat_map(|m| pts(m)).collect();
+    let all: Vec<(f64, f64, bool)> = modes.iter().flat_map(|m| pts(*m)).collect();
     let xmax = all.iter().map(|p| p.0).fold(1.0, f64::max);
     let ymax = all.iter().map(|p| p.1).fold(0.1, f64::max) * 1.1;
     let sx = |x: f64| x0 + M + x / xmax * (PW - 2.0 * M);
@@ -67,9 +70,9 @@ fn startup_panel(svg: &mut String, wi: usize, wl: &Workload, links: &[Link], sam
     write!(
         svg,
         "<text x='{}' y='16' font-size='13'>{} — time to ready (s) vs RTT (ms)</text><line x1='{}' y1='{}' x2='{}' y2='{}' stroke='black'/><line x1='{}' y1='{}' x2='{}' y2='{}' stroke='black'/>",
-        x0 + M, wl.name, sx(0.0), sy(0.0), sx(xmax), sy(0.0), sx(0.0), sy(0.0), sx(0.0), sy(ymax)
+        x0 + M, wl, sx(0.0), sy(0.0), sx(xmax), sy(0.0), sx(0.0), sy(0.0), sx(0.0), sy(ymax)
     )
-    .unwrap();
+    .expect("writing to a String");
     for k in 0..=4 {
         let y = ymax * k as f64 / 4.0;
         write!(
@@ -78,7 +81,7 @@ fn startup_panel(svg: &mut String, wi: usize, wl: &Workload, links: &[Link], sam
             sx(0.0) - 4.0,
             sy(y) + 4.0
         )
-        .unwrap();
+        .expect("writing to a String");
     }
     for l in links {
         let x = l.rtt.as_secs_f64() * 1e3;
@@ -88,13 +91,14 @@ fn startup_panel(svg: &mut String, wi: usize, wl: &Workload, links: &[Link], sam
             sx(x),
             sy(0.0) + 14.0
         )
-        .unwrap();
+        .expect("writing to a String");
     }
-    for (mi, mode) in MODES.iter().enumerate() {
-        let p = pts(mode);
+    for (k, mode) in modes.iter().enumerate() {
+        let p = pts(*mode);
         if p.is_empty() {
             continue;
         }
+        let mi = mode.index();
         let path: Vec<String> = p
             .iter()
             .map(|(x, y, _)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
@@ -105,7 +109,7 @@ fn startup_panel(svg: &mut String, wi: usize, wl: &Workload, links: &[Link], sam
             COLORS[mi],
             path.join(" ")
         )
-        .unwrap();
+        .expect("writing to a String");
         for (x, y, est) in &p {
             // A budget estimate is drawn hollow.
             write!(
@@ -116,50 +120,51 @@ fn startup_panel(svg: &mut String, wi: usize, wl: &Workload, links: &[Link], sam
                 if *est { "white" } else { COLORS[mi] },
                 COLORS[mi]
             )
-            .unwrap();
+            .expect("writing to a String");
         }
-        if wi == 0 && mi == 0 {
+        if wi == 0 && k == 0 {
             write!(
                 svg,
                 "<text x='{}' y='{}' fill='black'>hollow = estimate (budget)</text>",
                 x0 + M + 8.0,
-                40.0 + 13.0 * MODES.len() as f64
+                40.0 + 13.0 * modes.len() as f64
             )
-            .unwrap();
+            .expect("writing to a String");
         }
         if wi == 0 {
             write!(
                 svg,
-                "<text x='{}' y='{}' fill='{}'>{mode}</text>",
+                "<text x='{}' y='{}' fill='{}'>{}</text>",
                 x0 + M + 8.0,
-                40.0 + 13.0 * mi as f64,
-                COLORS[mi]
+                40.0 + 13.0 * k as f64,
+                COLORS[mi],
+                mode.name()
             )
-            .unwrap();
+            .expect("writing to a String");
         }
     }
 }
 
 /// Panel `wi`: MB fetched per mode on the first link (the bytes do not depend on the link).
-fn bytes_panel(svg: &mut String, wi: usize, wl: &Workload, links: &[Link], samples: &[Sample]) {
+fn bytes_panel(svg: &mut String, wi: usize, wl: &str, links: &[Link], modes: &[Mode], samples: &[Sample]) {
     let bar_w = 14.0;
     let x0 = wi as f64 * PW;
-    let vals: Vec<(usize, f64)> = MODES
+    let vals: Vec<(usize, f64)> = modes
         .iter()
-        .enumerate()
-        .filter_map(|(mi, mode)| {
-            let s = stat_of(samples, wl.name, &links.first()?.name(), mode)?;
-            Some((mi, s.bytes as f64 / 1e6))
+        .filter_map(|mode| {
+            let s = stat_of(samples, wl, &links.first()?.name(), *mode)?;
+            Some((mode.index(), s.bytes as f64 / 1e6))
         })
         .collect();
     let ymax = vals.iter().map(|v| v.1).fold(1.0, f64::max) * 1.15;
     write!(
         svg,
-        "<text x='{}' y='16' font-size='13'>{} — MB fetched per mode</text>",
+        "<text x='{}' y='16' font-size='13'>{} — MB through the link per mode ({})</text>",
         x0 + M,
-        wl.name
+        wl,
+        links.first().map_or(String::new(), |l| l.name())
     )
-    .unwrap();
+    .expect("writing to a String");
     for (k, (mi, mb)) in vals.iter().enumerate() {
         let h = mb / ymax * (PH - 2.0 * M);
         let x = x0 + M + k as f64 * (bar_w * 4.0);
@@ -173,23 +178,23 @@ fn bytes_panel(svg: &mut String, wi: usize, wl: &Workload, links: &[Link], sampl
             y - 3.0,
             x + bar_w,
             PH - M + 34.0,
-            MODES[*mi]
+            Mode::ALL[*mi].name()
         )
-        .unwrap();
+        .expect("writing to a String");
     }
 }
 
-/// Write `<name>.svg`, and `<name>.png` through rsvg-convert.
-fn save_svg(dir: &Path, name: &str, svg: &str) {
+/// Write `<name>.svg`, and `<name>.png` through rsvg-convert: the files written (no PNG
+/// without rsvg-convert; a warning says so).
+fn save_svg(dir: &Path, name: &str, svg: &str) -> std::io::Result<Vec<PathBuf>> {
     let path = dir.join(format!("{name}.svg"));
-    std::fs::write(&path, svg).unwrap();
-    match Command::new("rsvg-convert")
-        .arg("-o")
-        .arg(dir.join(format!("{name}.png")))
-        .arg(&path)
-        .status()
-    {
-        Ok(s) if s.success() => {}
-        _ => println!("{name}.png not written: rsvg-convert (Debian librsvg2-bin) is missing or failed"),
+    std::fs::write(&path, svg)?;
+    let png = dir.join(format!("{name}.png"));
+    match Command::new("rsvg-convert").arg("-o").arg(&png).arg(&path).status() {
+        Ok(s) if s.success() => Ok(vec![path, png]),
+        _ => {
+            tracing::warn!("{name}.png not written: rsvg-convert (Debian librsvg2-bin) is missing or failed");
+            Ok(vec![path])
+        }
     }
 }
