@@ -66,7 +66,7 @@ pub fn prepare(ctx: &Ctx) -> Result<Needs, String> {
         .filter(|_| tree_bytes > 0)
         .map(|c| c as f64 / tree_bytes as f64);
     Ok(Needs {
-        opened_bytes: opened_bytes(&tree, &wl.launcher.argv(), &ctx.settings.work, wl),
+        opened_bytes: opened_bytes(&tree, ctx),
         ratio,
     })
 }
@@ -93,17 +93,18 @@ fn tree_bytes(root: &Path) -> u64 {
 
 /// Files the command opens in `tree` (strace -f of a chroot), total bytes; None without strace
 /// or when the trace fails.
-fn opened_bytes(tree: &Path, argv: &[String], work: &Path, wl: &super::Workload) -> Option<u64> {
+fn opened_bytes(tree: &Path, ctx: &Ctx) -> Option<u64> {
+    let wl = ctx.wl;
     let strace = ["/usr/bin/strace", "/bin/strace"]
         .into_iter()
         .find(|p| Path::new(p).exists())?;
-    let trace = work.join(format!("trace-{}", wl.name));
+    let trace = ctx.settings.work.join(format!("trace-{}", wl.name));
     let mut child = Command::new(strace)
         .args(["-f", "-qq", "-e", "trace=openat,open,execve", "-o"])
         .arg(&trace)
         .arg("/usr/sbin/chroot")
         .arg(tree)
-        .args(argv)
+        .args(wl.launcher.argv())
         .env_clear()
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::null())
@@ -127,7 +128,7 @@ fn opened_bytes(tree: &Path, argv: &[String], work: &Path, wl: &super::Workload)
         }
     });
     loop {
-        if rx.try_recv().is_ok() || Instant::now() > deadline {
+        if rx.try_recv().is_ok() || Instant::now() > deadline || ctx.settings.interrupt.is_set() {
             let _ = child.kill();
             let _ = child.wait();
             break;

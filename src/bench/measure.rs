@@ -87,21 +87,22 @@ pub fn run_mode(ctx: &Ctx, mode: Mode, tag: &str) -> Result<RunFigures, String> 
     let before = ctx.relay.counters.snapshot();
     let t = Instant::now();
     let deadline = t + wl.timeout;
-    let rss_kb = match mode {
+    // (peak RSS, when the command was ready)
+    let done = match mode {
         Mode::Local => {
             let tree = ctx.local_tree();
             if !tree.is_dir() {
                 return Err("no extracted tree (its lamina pull failed)".into());
             }
-            run_command(ctx, &tree, deadline).map(|()| 0)
+            run_command(ctx, &tree, deadline).map(|ready| (0, ready))
         }
         Mode::Full => full(ctx, &dir, deadline),
         Mode::SkopeoUmoci => skopeo_umoci(ctx, &dir, deadline),
         _ => lazy(ctx, mode, &dir, deadline),
     };
-    let elapsed = t.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&dir);
-    let rss_kb = rss_kb?;
+    let (rss_kb, ready) = done?;
+    let elapsed = ready.duration_since(t).as_secs_f64();
     let after = ctx.relay.counters.snapshot();
     Ok(RunFigures {
         seconds: elapsed,
@@ -112,7 +113,7 @@ pub fn run_mode(ctx: &Ctx, mode: Mode, tag: &str) -> Result<RunFigures, String> 
 }
 
 /// `lamina pull` (under GNU time for its peak RSS, where it is installed), then the command.
-fn full(ctx: &Ctx, dir: &Path, deadline: Instant) -> Result<u64, String> {
+fn full(ctx: &Ctx, dir: &Path, deadline: Instant) -> Result<(u64, Instant), String> {
     let image = format!("{}/{}", ctx.relay.addr, ctx.wl.full_image);
     let rss_file = dir.with_extension("rss");
     let mut c = ctx.lamina();
@@ -123,12 +124,11 @@ fn full(ctx: &Ctx, dir: &Path, deadline: Instant) -> Result<u64, String> {
         .and_then(|s| s.lines().last()?.trim().parse().ok())
         .unwrap_or(0);
     let _ = std::fs::remove_file(&rss_file);
-    run_command(ctx, dir, deadline)?;
-    Ok(rss)
+    Ok((rss, run_command(ctx, dir, deadline)?))
 }
 
 /// skopeo copy to an OCI layout, umoci unpack, then the command.
-fn skopeo_umoci(ctx: &Ctx, dir: &Path, deadline: Instant) -> Result<u64, String> {
+fn skopeo_umoci(ctx: &Ctx, dir: &Path, deadline: Instant) -> Result<(u64, Instant), String> {
     let layout = dir.with_extension("layout");
     let _ = std::fs::remove_dir_all(&layout);
     let i = &ctx.settings.interrupt;
@@ -152,12 +152,13 @@ fn skopeo_umoci(ctx: &Ctx, dir: &Path, deadline: Instant) -> Result<u64, String>
         run_command(ctx, &dir.join("rootfs"), deadline)
     })();
     let _ = std::fs::remove_dir_all(&layout);
-    result.map(|()| 0)
+    result.map(|ready| (0, ready))
 }
 
 /// A lazy mount (cache emptied unless warm), the command in it, the daemon's peak RSS, the
-/// unmount.
-fn lazy(ctx: &Ctx, mode: Mode, dir: &Path, deadline: Instant) -> Result<u64, String> {
+/// unmount, and the daemon's end (it writes the profile into the cache as it ends: the next
+/// run must find the cache as this one left it).
+fn lazy(ctx: &Ctx, mode: Mode, dir: &Path, deadline: Instant) -> Result<(u64, Instant), String> {
     let wl = ctx.wl;
     let cache = ctx.cache();
     if mode != Mode::LazyWarm {
@@ -182,9 +183,20 @@ fn lazy(ctx: &Ctx, mode: Mode, dir: &Path, deadline: Instant) -> Result<u64, Str
         .arg(dir);
     let out = run_step(&mut c, deadline, &ctx.settings.interrupt)?;
     let ran = run_command(ctx, dir, deadline);
-    let rss = daemon_pid(&out).map_or(0, daemon_hwm_kb);
+    let pid = daemon_pid(&out);
+    let rss = pid.map_or(0, daemon_hwm_kb);
     let _ = ctx.lamina().arg("umount").arg(dir).status();
-    ran.map(|()| rss)
+    wait_gone(pid);
+    ran.map(|ready| (rss, ready))
+}
+
+/// Wait (a while) for process `pid` to end.
+pub fn wait_gone(pid: Option<u32>) {
+    let Some(pid) = pid else { return };
+    let until = Instant::now() + DAEMON_EXIT_TIMEOUT;
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < until {
+        std::thread::sleep(POLL);
+    }
 }
 
 /// Copy the profiles of `from` (a cache) into `to` (a cache).
@@ -222,12 +234,7 @@ fn ensure_profile(ctx: &Ctx) -> Result<(), String> {
     let ran = run_command(ctx, &point, Instant::now() + ctx.wl.timeout);
     let _ = ctx.lamina().arg("umount").arg(&point).status();
     // The daemon writes the profile as it ends.
-    if let Some(pid) = daemon_pid(&out) {
-        let until = Instant::now() + DAEMON_EXIT_TIMEOUT;
-        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < until {
-            std::thread::sleep(POLL);
-        }
-    }
+    wait_gone(daemon_pid(&out));
     let _ = std::fs::remove_dir(&point);
     ran.map_err(|e| format!("recording the profile: {e}"))?;
     if ctx.settings.push_profile {
@@ -259,8 +266,9 @@ fn ensure_gzip_indexed(ctx: &Ctx) -> Result<(), String> {
 }
 
 /// Start the workload's command in `root` and wait until it is ready: it exits with status
-/// 0, or (with `ready_when`) prints a line holding the pattern, when it is killed.
-pub fn run_command(ctx: &Ctx, root: &Path, deadline: Instant) -> Result<(), String> {
+/// 0, or (with `ready_when`) prints a line holding the pattern, when it is killed. Returns
+/// when it was ready.
+pub fn run_command(ctx: &Ctx, root: &Path, deadline: Instant) -> Result<Instant, String> {
     let wl = ctx.wl;
     let mut child = wl
         .launcher
@@ -286,16 +294,18 @@ pub fn run_command(ctx: &Ctx, root: &Path, deadline: Instant) -> Result<(), Stri
     let interrupt = &ctx.settings.interrupt;
     loop {
         if rx.try_recv().is_ok() {
+            let ready = Instant::now();
             kill(&mut child);
-            return Ok(());
+            return Ok(ready);
         }
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            let ended = Instant::now();
             // The line may have come just before the exit.
             if wl.ready_when.is_some() && rx.recv_timeout(Duration::from_millis(200)).is_ok() {
-                return Ok(());
+                return Ok(ended);
             }
             return match (&wl.ready_when, status.success()) {
-                (None, true) => Ok(()),
+                (None, true) => Ok(ended),
                 (None, false) => Err(format!("the command exited with {status}")),
                 (Some(p), _) => Err(format!("the command exited ({status}) before printing {p:?}")),
             };

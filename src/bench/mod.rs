@@ -210,6 +210,7 @@ impl Interrupt {
 
 /// Unmount whatever is still mounted under `work` (a run cut short by Ctrl-C), then remove it.
 pub fn clean_up(lamina: &Path, work: &Path) {
+    let pids = daemon_pids(work);
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     // Field 5 is the mount point (octal escapes for spaces and the like; ours have none).
     let mut points: Vec<PathBuf> = mounts
@@ -231,7 +232,31 @@ pub fn clean_up(lamina: &Path, work: &Path) {
             let _ = std::process::Command::new("umount").arg("-l").arg(&p).status();
         }
     }
+    // A daemon of a run cut short writes into its cache as it ends: wait for the daemons
+    // whose state files are in the caches under `work`.
+    for pid in pids {
+        measure::wait_gone(Some(pid));
+    }
     let _ = std::fs::remove_dir_all(work);
+}
+
+/// Pids in the mount state files of the caches directly under `work` (`*/mounts/*.json`).
+fn daemon_pids(work: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for cache in std::fs::read_dir(work).into_iter().flatten().flatten() {
+        for state in std::fs::read_dir(cache.path().join("mounts"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let pid = std::fs::read(state.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["pid"].as_u64());
+            pids.extend(pid.map(|p| p as u32));
+        }
+    }
+    pids
 }
 
 /// Cores, CPU model, memory and kernel of this machine.
