@@ -1,5 +1,5 @@
 //! The plots, hand-written SVG (and PNG through rsvg-convert, Debian's librsvg2-bin, when it
-//! is there), one panel per workload: `NAME-startup` (time to ready against RTT, a line per
+//! is there), one panel per workload: `NAME-startup` (time to ready per link, a line per
 //! mode, estimates hollow) and `NAME-bytes` (MB through the link per mode, a bar each).
 
 use std::fmt::Write as _;
@@ -16,7 +16,7 @@ const COLORS: [&str; 7] = [
     "#d62728", "#1f77b4", "#2ca02c", "#8c564b", "#ff7f0e", "#9467bd", "#7f7f7f",
 ];
 /// Panel width and height, margin.
-const PW: f64 = 360.0;
+const PW: f64 = 440.0;
 const PH: f64 = 260.0;
 const M: f64 = 50.0;
 
@@ -49,27 +49,29 @@ fn open(panels: usize) -> String {
     )
 }
 
-/// Panel `wi`: time to ready against RTT, a line per mode; the legend in the first panel.
+/// Panel `wi`: time to ready per link (fastest first), a line per mode; the legend in the first panel.
 fn startup_panel(svg: &mut String, wi: usize, wl: &str, links: &[Link], modes: &[Mode], samples: &[Sample]) {
     let x0 = wi as f64 * PW;
-    // (RTT ms, median s, estimated) per link where the mode has a time.
+    // (link slot, median s, estimated) per link where the mode has a time. Links are evenly
+    // spaced, fastest first (they differ in rate and RTT both).
     let pts = |mode: Mode| -> Vec<(f64, f64, bool)> {
         links
             .iter()
-            .filter_map(|l| {
+            .enumerate()
+            .filter_map(|(i, l)| {
                 let s = stat_of(samples, wl, &l.name(), mode)?;
-                (!s.median.is_nan()).then_some((l.rtt.as_secs_f64() * 1e3, s.median, s.estimated))
+                (!s.median.is_nan()).then_some((i as f64 + 0.5, s.median, s.estimated))
             })
             .collect()
     };
     let all: Vec<(f64, f64, bool)> = modes.iter().flat_map(|m| pts(*m)).collect();
-    let xmax = all.iter().map(|p| p.0).fold(1.0, f64::max);
+    let xmax = links.len().max(1) as f64;
     let ymax = all.iter().map(|p| p.1).fold(0.1, f64::max) * 1.1;
     let sx = |x: f64| x0 + M + x / xmax * (PW - 2.0 * M);
     let sy = |y: f64| PH - M + 20.0 - y / ymax * (PH - 2.0 * M);
     write!(
         svg,
-        "<text x='{}' y='16' font-size='13'>{} — time to ready (s) vs RTT (ms)</text><line x1='{}' y1='{}' x2='{}' y2='{}' stroke='black'/><line x1='{}' y1='{}' x2='{}' y2='{}' stroke='black'/>",
+        "<text x='{}' y='16' font-size='13'>{} — time to ready (s) per link</text><line x1='{}' y1='{}' x2='{}' y2='{}' stroke='black'/><line x1='{}' y1='{}' x2='{}' y2='{}' stroke='black'/>",
         x0 + M, wl, sx(0.0), sy(0.0), sx(xmax), sy(0.0), sx(0.0), sy(0.0), sx(0.0), sy(ymax)
     )
     .expect("writing to a String");
@@ -83,13 +85,13 @@ fn startup_panel(svg: &mut String, wi: usize, wl: &str, links: &[Link], modes: &
         )
         .expect("writing to a String");
     }
-    for l in links {
-        let x = l.rtt.as_secs_f64() * 1e3;
+    for (i, l) in links.iter().enumerate() {
         write!(
             svg,
-            "<text x='{}' y='{}' text-anchor='middle'>{x:.0}</text>",
-            sx(x),
-            sy(0.0) + 14.0
+            "<text x='{}' y='{}' text-anchor='middle'>{}</text>",
+            sx(i as f64 + 0.5),
+            sy(0.0) + 14.0,
+            l.name()
         )
         .expect("writing to a String");
     }
@@ -122,7 +124,7 @@ fn startup_panel(svg: &mut String, wi: usize, wl: &str, links: &[Link], modes: &
             )
             .expect("writing to a String");
         }
-        if wi == 0 && k == 0 {
+        if wi == 0 && k == 0 && all.iter().any(|p| p.2) {
             write!(
                 svg,
                 "<text x='{}' y='{}' fill='black'>hollow = estimate (budget)</text>",
@@ -159,7 +161,7 @@ fn bytes_panel(svg: &mut String, wi: usize, wl: &str, links: &[Link], modes: &[M
     let ymax = vals.iter().map(|v| v.1).fold(1.0, f64::max) * 1.15;
     write!(
         svg,
-        "<text x='{}' y='16' font-size='13'>{} — MB through the link per mode ({})</text>",
+        "<text x='{}' y='16' font-size='13'>{} — MB through the link ({})</text>",
         x0 + M,
         wl,
         links.first().map_or(String::new(), |l| l.name())

@@ -175,8 +175,8 @@ pub(super) fn bench(args: BenchArgs, runtime: &tokio::runtime::Runtime, progress
         }
     });
     let mut links = args.links.clone();
-    links.dedup();
     Link::sort(&mut links);
+    links.dedup();
     let settings = Settings {
         lamina: std::env::current_exe().context("finding the lamina binary")?,
         lamina_env: Vec::new(),
