@@ -1,7 +1,7 @@
 //! `lamina bench` (issue 19): a small python image with a file its command never reads, over
 //! two emulated links, checked against the registry's own access log (independent of the
-//! relay's counters) and against the engine called as the suite calls it; a bad link spec;
-//! Ctrl-C in the middle of a run.
+//! relay's counters) and against the engine called as the suite calls it; a bad link spec; a
+//! mode that fails while the others run; Ctrl-C in the middle of a run.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -281,6 +281,40 @@ fn a_link_that_does_not_parse_exits_2_with_the_accepted_forms() {
         err.contains("accepted forms") && err.contains("100mbit/20ms") && err.contains("none"),
         "{err}"
     );
+}
+
+#[test]
+fn a_mode_that_fails_says_why_in_its_cell_and_the_others_still_run() {
+    let Some((registry, work)) = setup() else {
+        return;
+    };
+    let out_dir = work.path().join("out");
+    // Writing to / works in an extracted tree, not in a read-only lazy mount.
+    let out = lamina()
+        .args(["bench", &format!("{}/bench-zc:t", registry.addr), "--reps", "1"])
+        .args(["--modes", "full,lazy-cold,local", "--link", "unlimited", "--out"])
+        .arg(&out_dir)
+        .args(["--", "python3", "-c", "open('/written', 'w').write('x')"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("FAILED: the command exited with exit status: 1"),
+        "{stdout}"
+    );
+    let csv = read_csv(&out_dir.join("bench.csv"));
+    let status = |mode: &str| csv[&("unlimited/0ms".to_string(), mode.to_string())]["status"].clone();
+    assert_eq!(
+        (status("full"), status("lazy-cold"), status("local")),
+        ("ok".into(), "failed".into(), "ok".into())
+    );
+    let text = std::fs::read_to_string(out_dir.join("bench.csv")).unwrap();
+    assert!(text.contains(",\"the command exited with exit status: 1\""), "{text}");
 }
 
 #[test]
