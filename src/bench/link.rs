@@ -125,6 +125,9 @@ impl Link {
         if self.real {
             return "none".into();
         }
+        if self.rate_bps.is_none() && self.rtt.is_zero() {
+            return "unlimited".into();
+        }
         let rate = match self.rate_bps {
             None => "unlimited".to_string(),
             Some(b) if b % 1_000_000 == 0 => format!("{}mbit", b / 1_000_000),
@@ -443,7 +446,9 @@ mod tests {
         assert_eq!(Link::parse("none").unwrap(), Link::NONE);
         let e = Link::parse("20mbit").unwrap_err().to_string();
         assert!(e.contains("accepted forms") && e.contains("100mbit/20ms"), "{e}");
-        assert_eq!(Link::parse("20mbit/50ms").unwrap().name(), "20mbit/50ms");
+        for name in ["20mbit/50ms", "unlimited", "unlimited/1ms", "none", "1500kbit/20ms"] {
+            assert_eq!(Link::parse(name).unwrap().name(), name);
+        }
     }
 
     #[test]
