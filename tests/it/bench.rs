@@ -207,9 +207,9 @@ fn bench_writes_the_report_and_its_bytes_agree_with_the_registry_and_the_suite()
         assert!(!cold["floor_s"].is_empty() || link.starts_with("unlimited"));
     }
 
-    // The engine as the suite calls it (its launcher, the release of no registry profile), on
-    // the same image and the slower link: the same bytes and requests for the full pull; the
-    // times are printed for the report.
+    // The engine as the suite calls it (its plain-chroot launcher, profiles pushed to the
+    // registry), on the same image and the slower link: the same bytes and requests for the
+    // full pull, the same requests for the cold mount; the times are printed for the report.
     let link = Link::parse(links[1]).unwrap();
     let settings = Settings {
         lamina: env!("CARGO_BIN_EXE_lamina").into(),
