@@ -10,6 +10,7 @@
 //! [`convert`], [`commit`], [`run`], [`cli`]).
 
 pub mod apply;
+pub mod bench;
 pub mod cache;
 pub mod changeset;
 pub mod cli;

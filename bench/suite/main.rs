@@ -1,6 +1,6 @@
 //! The benchmark suite: lazy pull against full extraction, HelloBench-style (start a program
 //! from the image and wait until it exits), on real images built from Debian packages, over
-//! emulated links ([`link`]), all modes in the same run.
+//! emulated links (the engine's relay, [`lamina::bench::link`]), all modes in the same run.
 //!
 //! ```text
 //! cargo bench --bench suite -- [--workloads distro,python,app,weights] [--links L1,L2,..]
@@ -17,7 +17,7 @@
 //! left out is written as an **estimate** (`est.` in the table, `estimated` in the CSV), never as
 //! a measurement; `--budget none` measures everything.
 //!
-//! Modes per workload and link: `skopeo+umoci` (skopeo copy + umoci unpack + run), `pull`
+//! Modes per workload and link: `skopeo+umoci` (skopeo copy + umoci unpack + run), `full`
 //! (lamina pull + run), `lazy-cold` (lamina mount + run, empty cache), `lazy-profile` (the
 //! same, with the access profile another cache recorded and pushed to the registry, found there
 //! by the mount), `lazy-gzindex` (the gzip image as made, with the indexes `lamina index` pushed
@@ -27,13 +27,14 @@
 //! parallel, data); "needs" = the compressed share of the files the program opened (strace on
 //! the local tree) at the image's compression ratio.
 //!
-//! Output: `bench/results/<date>-<host>/suite.csv`, `suite.md` (medians with min–max, ratios
-//! lazy/full and lazy/floor), `suite-startup.svg|png` and `suite-bytes.svg|png`. A mode that
-//! failed is written as failed, with its error.
+//! Output: `bench/results/<date>-<host>/suite.csv` (one row per workload, link and mode),
+//! `suite-runs.csv` (every run), `suite.md` (medians with min–max, ratios lazy/full and
+//! lazy/floor), `suite-startup.svg|png` and `suite-bytes.svg|png`. A mode that failed is
+//! written as failed, with its error.
 //!
-//! Modules: [`options`] (command line), [`workloads`] (images and their commands), [`sweep`]
-//! (links × workloads × repetitions × modes), [`plan`] (the budget), [`run`] (one
-//! measurement), [`stats`], [`report`] (CSV and markdown), [`plot`] (SVG and PNG).
+//! The suite is a thin caller of the engine `lamina bench` uses ([`lamina::bench`]: links,
+//! measurements, budget, statistics, report, plots): this crate only builds the images
+//! ([`workloads`]) and reads its options ([`options`]).
 
 #[allow(dead_code)]
 #[path = "../../tests/it/support/mod.rs"]
@@ -43,21 +44,13 @@ mod support;
 #[path = "../common.rs"]
 mod common;
 
-#[path = "../link.rs"]
-mod link;
-
 mod options;
-mod plan;
-mod plot;
-mod report;
-mod run;
-mod stats;
-mod sweep;
 mod workloads;
 
 use std::process::Command;
-use std::time::Instant;
 
+use lamina::bench::report::Report;
+use lamina::bench::{Interrupt, Settings};
 use support::registry::TestRegistry;
 
 fn main() {
@@ -74,21 +67,50 @@ fn main() {
             .args(["build", "--release", "--quiet", "--manifest-path"])
             .arg(format!("{root}/Cargo.toml")),
     );
-    let started = Instant::now();
+    let started = std::time::Instant::now();
     let opts = options::Options::parse();
-    let machine = common::machine();
+    let machine = lamina::bench::machine();
     println!("machine: {machine}");
 
     let registry = TestRegistry::start();
     let work = tempfile::tempdir().unwrap();
     let workloads = workloads::publish_all(root, &registry, work.path(), &opts.workloads);
-    let needed = workloads::local_trees(root, &registry, work.path(), &workloads);
-    let ctx = run::Ctx {
-        root,
-        registry: &registry,
-        work: work.path(),
+    let settings = Settings {
+        lamina: common::lamina_path(root),
+        lamina_env: Vec::new(),
+        work: work.path().join("runs"),
+        links: opts.links.clone(),
+        modes: opts.modes.clone(),
+        reps: opts.reps,
+        // The images were built and published on the budget's clock.
+        budget_secs: opts.budget - started.elapsed().as_secs_f64(),
+        drop_caches: true,
+        push_profile: true,
+        progress: false,
+        interrupt: Interrupt::default(),
     };
-    let (samples, validations) = sweep::measure(&ctx, &opts, &workloads, started);
+    std::fs::create_dir_all(&settings.work).unwrap();
+    let results = lamina::bench::sweep::measure(&settings, &workloads, &mut |l| println!("{l}"));
+    lamina::bench::clean_up(&settings.lamina, &settings.work);
     println!("suite ran in {:.0} s", started.elapsed().as_secs_f64());
-    report::write(root, &machine, &opts.links, &workloads, &samples, &validations, &needed);
+    let report = Report {
+        title: "lamina benchmark suite".into(),
+        command: format!(
+            "cargo bench --bench suite -- {}",
+            std::env::args()
+                .skip(1)
+                .filter(|a| a != "--bench")
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        machine,
+        links: &opts.links,
+        modes: &opts.modes,
+        workloads: workloads.iter().map(|w| (w.name.clone(), w.command_line())).collect(),
+        results: &results,
+    };
+    let dir = common::results_dir(root);
+    report.write(&dir, "suite").unwrap();
+    println!("\n{}", report.markdown());
+    println!("results in {}", dir.display());
 }

@@ -1,8 +1,7 @@
 //! The suite's command line: `--workloads`, `--links`, `--reps`, `--modes`, `--budget` (see the
 //! crate doc), with their defaults.
 
-use crate::link::Link;
-use crate::run::MODES;
+use lamina::bench::{Link, Mode};
 
 const DEFAULT_WORKLOADS: &str = "distro,python,app,weights";
 const DEFAULT_LINKS: &str = "unlimited/1ms,100mbit/20ms,20mbit/50ms,10mbit/150ms";
@@ -18,11 +17,11 @@ pub struct Options {
     pub links: Vec<Link>,
     /// Names of the workloads asked for.
     pub workloads: Vec<String>,
-    pub modes: Vec<String>,
+    pub modes: Vec<Mode>,
 }
 
 impl Options {
-    /// From the process's arguments; panics on a malformed `--budget` or link.
+    /// From the process's arguments; panics on a malformed `--budget`, link or mode.
     pub fn parse() -> Options {
         let reps: usize = arg("--reps").and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
         let budget: f64 = match arg("--budget").as_deref() {
@@ -35,15 +34,19 @@ impl Options {
             .split(',')
             .map(|l| Link::parse(l).unwrap_or_else(|e| panic!("{e}")))
             .collect();
-        links.sort_by_key(|l| (std::cmp::Reverse(l.rate_bps.unwrap_or(u64::MAX)), l.rtt));
+        Link::sort(&mut links);
         let workloads: Vec<String> = arg("--workloads")
             .unwrap_or_else(|| DEFAULT_WORKLOADS.into())
             .split(',')
             .map(str::to_string)
             .collect();
-        let modes: Vec<String> = arg("--modes")
-            .map(|m| m.split(',').map(str::to_string).collect())
-            .unwrap_or_else(|| MODES.iter().map(|m| m.to_string()).collect());
+        let modes: Vec<Mode> = arg("--modes")
+            .map(|m| {
+                m.split(',')
+                    .map(|m| Mode::parse(m).unwrap_or_else(|e| panic!("{e}")))
+                    .collect()
+            })
+            .unwrap_or_else(|| Mode::ALL.to_vec());
         Options {
             reps,
             budget,

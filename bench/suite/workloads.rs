@@ -1,32 +1,76 @@
 //! The workloads: images built from Debian packages (scripts/build-image.sh), pushed to the
-//! registry as made (`gzip`) and converted (`zc`), with the command each one starts; and the
-//! extracted trees `local` runs in, with what the command needs from them.
+//! registry as made (`gzip`) and converted (`zc`), with the command each one starts, as the
+//! engine's [`lamina::bench::Workload`]s.
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lamina::bench::{Launcher, Workload};
 
 use crate::common::lamina;
 use crate::support::layout::{Entry, Layer, Layout};
 use crate::support::registry::TestRegistry;
 use crate::support::run;
 
-pub struct Workload {
-    pub name: &'static str,
+/// A run may take this long.
+const RUN_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// A built-in workload before it is published: its name, repository and command.
+struct Builtin {
+    name: &'static str,
     /// Image built in the registry: `gzip` (as made) and `zc` (converted) tags.
-    pub repo: String,
-    pub cmd: Vec<String>,
+    repo: String,
+    cmd: Vec<String>,
 }
 
-/// Per workload: bytes of the files its command opens, and the converted image's compression
-/// ratio (layer blob bytes ÷ tree bytes).
-pub type Needed = BTreeMap<&'static str, (u64, f64)>;
+/// The suite's commands start with `chroot` and a clean environment (the images' configs
+/// hold nothing they need).
+struct Chroot(Vec<String>);
+
+impl Launcher for Chroot {
+    fn spawn(&self, root: &Path) -> std::io::Result<Child> {
+        Command::new("/usr/sbin/chroot")
+            .arg(root)
+            .args(&self.0)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+    }
+
+    fn argv(&self) -> Vec<String> {
+        self.0.clone()
+    }
+}
 
 /// Build and publish the `wanted` workloads, in the order distro, python, app, weights.
 /// Images: the Debian image of scripts/build-image.sh (its base layer alone is the distro
 /// image), its `app` variant, and a large-file image (distro + a 128 MiB "weights" file);
 /// `tree` reads every file of the python image.
 pub fn publish_all(root: &str, registry: &TestRegistry, w: &Path, wanted: &[String]) -> Vec<Workload> {
+    builtins(root, registry, w, wanted)
+        .into_iter()
+        .map(|b| Workload {
+            name: b.name.to_string(),
+            registry: registry.addr.clone(),
+            full_image: format!("{}:gzip", b.repo),
+            lazy_image: format!("{}:zc", b.repo),
+            gzip_image: Some(format!("{}:gzip", b.repo)),
+            lazy_digest: Some(manifest_digest(root, registry, &b.repo)),
+            lazy_layer_bytes: Some(layer_bytes(registry, &b.repo)),
+            check_blob: largest_blob_path(registry, &b.repo, 200 << 20),
+            launcher: Arc::new(Chroot(b.cmd)),
+            ready_when: None,
+            timeout: RUN_TIMEOUT,
+        })
+        .collect()
+}
+
+fn builtins(root: &str, registry: &TestRegistry, w: &Path, wanted: &[String]) -> Vec<Builtin> {
     let wants = |name: &str| wanted.iter().any(|x| x == name);
     let python_layout = build_image(root, None);
     let cache_root = Path::new(python_layout.split(':').next().unwrap())
@@ -48,7 +92,7 @@ pub fn publish_all(root: &str, registry: &TestRegistry, w: &Path, wanted: &[Stri
         let d = l.image(std::slice::from_ref(&base), "amd64");
         l.tag("t", d);
         publish(root, registry, &format!("{}:t", l.dir.display()), "suite/distro", w);
-        workloads.push(Workload {
+        workloads.push(Builtin {
             name: "distro",
             repo: "suite/distro".into(),
             cmd: vec!["sh".into(), "-c".into(), "true".into()],
@@ -56,7 +100,7 @@ pub fn publish_all(root: &str, registry: &TestRegistry, w: &Path, wanted: &[Stri
     }
     if wants("python") {
         publish(root, registry, &python_layout, "suite/python", w);
-        workloads.push(Workload {
+        workloads.push(Builtin {
             name: "python",
             repo: "suite/python".into(),
             cmd: vec![
@@ -72,7 +116,7 @@ pub fn publish_all(root: &str, registry: &TestRegistry, w: &Path, wanted: &[Stri
         if !wants("python") {
             publish(root, registry, &python_layout, "suite/python", w);
         }
-        workloads.push(Workload {
+        workloads.push(Builtin {
             name: "tree",
             repo: "suite/python".into(),
             cmd: vec![
@@ -84,7 +128,7 @@ pub fn publish_all(root: &str, registry: &TestRegistry, w: &Path, wanted: &[Stri
     }
     if wants("app") {
         publish(root, registry, &build_image(root, Some("app")), "suite/app", w);
-        workloads.push(Workload {
+        workloads.push(Builtin {
             name: "app",
             repo: "suite/app".into(),
             cmd: ["gcc", "-pipe", "-c", "/app/hello.c", "-o", "/dev/null"]
@@ -97,7 +141,7 @@ pub fn publish_all(root: &str, registry: &TestRegistry, w: &Path, wanted: &[Stri
         let d = l.image(&[base.clone(), weights_layer()], "amd64");
         l.tag("t", d);
         publish(root, registry, &format!("{}:t", l.dir.display()), "suite/weights", w);
-        workloads.push(Workload {
+        workloads.push(Builtin {
             name: "weights",
             repo: "suite/weights".into(),
             cmd: vec!["sh".into(), "-c".into(), "cat /models/weights.bin > /dev/null".into()],
@@ -145,66 +189,46 @@ fn publish(root: &str, registry: &TestRegistry, layout: &str, repo: &str, work: 
         .env("LAMINA_CACHE_DIR", work.join("convert-cache")));
 }
 
-/// Extract each workload's converted image to `w/local-<name>` (for `local`), and measure what
-/// its command needs (for the lazy floor).
-pub fn local_trees(root: &str, registry: &TestRegistry, w: &Path, workloads: &[Workload]) -> Needed {
-    let mut needed = Needed::new();
-    for wl in workloads {
-        let tree = w.join(format!("local-{}", wl.name));
-        run(lamina(root)
-            .arg("pull")
-            .arg(format!("{}/{}:zc", registry.addr, wl.repo))
-            .arg(&tree));
-        let opened = opened_bytes(&tree, &wl.cmd, w);
-        // Compression ratio of the converted image: layer blob bytes ÷ tree bytes.
-        let du = String::from_utf8_lossy(&run(Command::new("du").args(["-sb"]).arg(&tree)).stdout)
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<f64>().ok())
-            .unwrap_or(1.0);
-        let raw = run(Command::new("skopeo")
-            .args(["inspect", "--raw", "--tls-verify=false"])
-            .arg(format!("docker://{}/{}:zc", registry.addr, wl.repo)))
-        .stdout;
-        let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-        let compressed: f64 = manifest["layers"]
-            .as_array()
-            .map(|ls| ls.iter().filter_map(|l| l["size"].as_f64()).sum())
-            .unwrap_or(du);
-        needed.insert(wl.name, (opened, compressed / du));
-    }
-    needed
+/// The digest of the converted image manifest of `repo` (for this machine's platform).
+fn manifest_digest(root: &str, registry: &TestRegistry, repo: &str) -> String {
+    let out = run(lamina(root).arg("inspect").arg(format!("{}/{repo}:zc", registry.addr)));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("manifest")
+                .map(|r| r.trim().split(' ').next().unwrap_or("").to_string())
+        })
+        .filter(|d| d.starts_with("sha256:"))
+        .expect("lamina inspect printed no manifest digest")
 }
 
-/// Files the command opens (strace on the extracted tree): total bytes.
-fn opened_bytes(tree: &Path, cmd: &[String], work: &Path) -> u64 {
-    let trace = work.join("trace");
-    let mut c = Command::new("strace");
-    c.args(["-f", "-qq", "-e", "trace=openat,execve", "-o"])
-        .arg(&trace)
-        .arg("/usr/sbin/chroot")
-        .arg(tree)
-        .args(cmd)
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let _ = c.status();
-    let text = std::fs::read_to_string(&trace).unwrap_or_default();
-    let mut seen = std::collections::BTreeSet::new();
-    for l in text.lines() {
-        if l.contains("= -1") || l.contains("O_DIRECTORY") {
-            continue;
-        }
-        if let Some(p) = l.split('"').nth(1) {
-            if p.starts_with('/') {
-                seen.insert(p.to_string());
-            }
+/// Compressed bytes of the converted image's layers.
+fn layer_bytes(registry: &TestRegistry, repo: &str) -> u64 {
+    let raw = run(Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{}/{repo}:zc", registry.addr)))
+    .stdout;
+    let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    manifest["layers"]
+        .as_array()
+        .map(|ls| ls.iter().filter_map(|l| l["size"].as_u64()).sum())
+        .unwrap_or(0)
+}
+
+/// The largest blob of `repo` up to `cap` bytes, as a registry path (the link check's).
+fn largest_blob_path(registry: &TestRegistry, repo: &str, cap: u64) -> Option<String> {
+    // The registry links a repository's layers under repositories/<repo>/_layers/sha256/<hex>
+    // and stores the bytes under blobs/sha256/<ab>/<hex>/data.
+    let v2 = registry.storage().join("docker/registry/v2");
+    let mut best: Option<(u64, String)> = None;
+    for link in std::fs::read_dir(v2.join("repositories").join(repo).join("_layers/sha256")).ok()? {
+        let hex = link.ok()?.file_name().to_string_lossy().to_string();
+        let size = std::fs::metadata(v2.join("blobs/sha256").join(&hex[..2]).join(&hex).join("data"))
+            .ok()?
+            .len();
+        if best.as_ref().is_none_or(|(s, _)| size > *s) && size <= cap {
+            best = Some((size, hex));
         }
     }
-    seen.iter()
-        .filter_map(|p| std::fs::metadata(tree.join(p.trim_start_matches('/'))).ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum()
+    best.map(|(_, hex)| format!("/v2/{repo}/blobs/sha256:{hex}"))
 }

@@ -63,6 +63,9 @@ pub enum Command {
     /// Serve containerd's snapshots API (a proxy snapshotter plugin): images whose layers
     /// lamina can serve lazily start without being downloaded.
     Snapshotter(SnapshotterArgs),
+    /// Benchmark lazy against full on an image and a command over emulated links: time to
+    /// ready, bytes, requests, peak RSS; a table, and with --out a CSV, a report and plots.
+    Bench(super::bench::BenchArgs),
     /// Serve an additional layer store for podman / CRI-O (containers/storage) at MOUNTPOINT:
     /// layers with a table of contents are taken from it instead of being downloaded.
     Store(StoreArgs),

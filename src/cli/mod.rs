@@ -4,6 +4,7 @@
 //! ```text
 //! cli/
 //!   args.rs       clap types
+//!   bench.rs      bench (the driving part: image, chroot launcher, Ctrl-C)
 //!   image.rs      pull, convert, inspect
 //!   mount.rs      mount (foreground or as a daemon), stats
 //!   cache.rs      cache stats | ls | gc
@@ -24,6 +25,7 @@ macro_rules! outln {
 }
 
 mod args;
+mod bench;
 mod cache;
 mod container;
 mod gzindex;
@@ -56,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Commit(args) => container::commit(args, &runtime),
         Command::Snapshotter(args) => runtime.block_on(snapshotter::snapshotter(args)),
         Command::Store(args) => store::store(args, &runtime),
+        Command::Bench(args) => bench::bench(args, &runtime, !cli.quiet),
         Command::Run(args) => {
             let code = container::run(args, &runtime)?;
             drop(runtime);

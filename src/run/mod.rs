@@ -19,6 +19,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
+use std::process::Stdio;
 
 use oci_spec::image::ImageConfiguration;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
@@ -219,8 +220,15 @@ fn cstring(s: impl Into<Vec<u8>>, what: &str) -> std::io::Result<CString> {
 /// Start `spec` chrooted into `root` in new mount, PID and UTS namespaces and wait for it.
 /// Needs root. The program is PID 1 of its namespace; when it ends, so does everything it
 /// started.
-#[allow(unsafe_code)] // pre_exec and unshare: see the SAFETY notes
 pub fn run_chroot(root: &Path, spec: &Spec) -> std::io::Result<std::process::ExitStatus> {
+    spawn_chroot(root, spec, Stdio::inherit(), Stdio::inherit())?.wait()
+}
+
+/// Start `spec` as [`run_chroot`] does, with `stdout` and `stderr` as given, without
+/// waiting: killing the child, the PID namespace's init, ends everything it started
+/// (`lamina bench`).
+#[allow(unsafe_code)] // pre_exec and unshare: see the SAFETY notes
+pub fn spawn_chroot(root: &Path, spec: &Spec, stdout: Stdio, stderr: Stdio) -> std::io::Result<std::process::Child> {
     use std::os::unix::ffi::OsStrExt;
     let root_c = cstring(root.as_os_str().as_bytes(), "the root path")?;
     let proc_c = cstring(root.join("proc").as_os_str().as_bytes(), "the root path")?;
@@ -235,7 +243,7 @@ pub fn run_chroot(root: &Path, spec: &Spec) -> std::io::Result<std::process::Exi
     );
     let groups: Vec<rustix::process::Gid> = spec.groups.iter().map(|g| rustix::process::Gid::from_raw(*g)).collect();
     let mut cmd = std::process::Command::new(&spec.argv[0]);
-    cmd.args(&spec.argv[1..]).env_clear();
+    cmd.args(&spec.argv[1..]).env_clear().stdout(stdout).stderr(stderr);
     for kv in &spec.env {
         let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
         cmd.env(k, v);
@@ -270,11 +278,10 @@ pub fn run_chroot(root: &Path, spec: &Spec) -> std::io::Result<std::process::Exi
     }
     // A PID namespace applies to the children of the thread that made it: make it on a
     // thread of its own, which starts the program and waits.
-    std::thread::spawn(move || -> std::io::Result<std::process::ExitStatus> {
+    std::thread::spawn(move || -> std::io::Result<std::process::Child> {
         // SAFETY: only this thread's namespace for new children changes.
         unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWPID)? };
-        let mut child = cmd.spawn()?;
-        child.wait()
+        cmd.spawn()
     })
     .join()
     .map_err(|_| std::io::Error::other("the runner thread panicked"))?

@@ -2,6 +2,7 @@
 //! real tools (umoci, skopeo) and by hand, checked against independent oracles.
 
 mod auth;
+mod bench;
 mod container;
 mod convert;
 mod durability;

@@ -6,9 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::link::Link;
-use crate::stats::{stat_of, RunFigures, Sample};
-use crate::workloads::Workload;
+use super::link::Link;
+use super::stats::{stat_of, RunFigures, Sample};
+use super::{Mode, Workload};
 
 /// A run: indices of (link, workload, mode) and the repetition.
 pub type Run = (usize, usize, usize, usize);
@@ -20,6 +20,7 @@ pub struct Plan {
     pub runs: BTreeSet<Run>,
     /// Predicted figures of (link, workload, mode) left out.
     pub estimates: BTreeMap<(usize, usize, usize), RunFigures>,
+    /// One line for the log: the budget, the runs planned, the estimates.
     pub summary: String,
 }
 
@@ -29,7 +30,7 @@ impl Plan {
     pub fn make(
         links: &[Link],
         workloads: &[Workload],
-        modes: &[String],
+        modes: &[Mode],
         reps: usize,
         measured: &[Sample],
         left: f64,
@@ -37,7 +38,7 @@ impl Plan {
         let first = links[0];
         // Per (workload, mode): the first link's median, with its own transfer time taken out.
         let base = |wi: usize, mi: usize| -> Option<RunFigures> {
-            let st = stat_of(measured, workloads[wi].name, &first.name(), &modes[mi])?;
+            let st = stat_of(measured, &workloads[wi].name, &first.name(), modes[mi])?;
             if st.median.is_nan() {
                 return None;
             }
@@ -57,7 +58,7 @@ impl Plan {
                 ..b
             })
         };
-        let full = |mi: usize| matches!(modes[mi].as_str(), "pull" | "skopeo+umoci");
+        let full = |mi: usize| modes[mi].is_full();
         let mut tiers: Vec<Vec<Run>> = vec![Vec::new(); 4];
         for li in 1..links.len() {
             for wi in 0..workloads.len() {
@@ -96,7 +97,7 @@ impl Plan {
                     if !runs.contains(&(li, wi, mi, 0)) {
                         if let Some(f) = predict(li, wi, mi) {
                             estimates.insert((li, wi, mi), f);
-                            left_out.push(format!("{}/{}/{}", wl.name, l.name(), modes[mi]));
+                            left_out.push(format!("{}/{}/{}", wl.name, l.name(), modes[mi].name()));
                         }
                     }
                 }
