@@ -99,6 +99,7 @@ fn opened_bytes(tree: &Path, ctx: &Ctx) -> Option<u64> {
         .into_iter()
         .find(|p| Path::new(p).exists())?;
     let trace = ctx.settings.work.join(format!("trace-{}", wl.name));
+    use std::os::unix::process::CommandExt as _;
     let mut child = Command::new(strace)
         .args(["-f", "-qq", "-e", "trace=openat,open,execve", "-o"])
         .arg(&trace)
@@ -109,28 +110,31 @@ fn opened_bytes(tree: &Path, ctx: &Ctx) -> Option<u64> {
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
+        // Its own group: stopping it kills strace and the program it traces together (a
+        // killed strace only detaches from its tracees).
+        .process_group(0)
         .spawn()
         .ok()?;
     // A server never exits: stop at its ready line, or at the timeout.
     let deadline = Instant::now() + wl.timeout;
-    let out = child.stdout.take();
-    let pattern = wl.ready_when.clone();
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        if let Some(out) = out {
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                if pattern.as_deref().is_some_and(|p| line.contains(p)) {
-                    let _ = tx.send(());
-                }
-            }
-        }
-    });
+    let outputs = [
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn std::io::Read + Send>),
+    ];
+    for out in outputs.into_iter().flatten() {
+        super::measure::watch_lines(out, wl.ready_when.clone(), tx.clone());
+    }
     loop {
         if rx.try_recv().is_ok() || Instant::now() > deadline || ctx.settings.interrupt.is_set() {
-            let _ = child.kill();
-            let _ = child.wait();
+            super::measure::kill(&mut child);
             break;
         }
         if child.try_wait().ok()?.is_some() {

@@ -275,21 +275,12 @@ pub fn run_command(ctx: &Ctx, root: &Path, deadline: Instant) -> Result<Instant,
         .spawn(root)
         .map_err(|e| format!("starting {}: {e}", wl.command_line()))?;
     let (tx, rx) = mpsc::channel::<()>();
-    if let Some(out) = child.stdout.take() {
-        let pattern = wl.ready_when.clone();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(out);
-            let mut line = Vec::new();
-            while lines.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
-                if pattern
-                    .as_deref()
-                    .is_some_and(|p| String::from_utf8_lossy(&line).contains(p))
-                {
-                    let _ = tx.send(());
-                }
-                line.clear();
-            }
-        });
+    let outputs = [
+        child.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>),
+        child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>),
+    ];
+    for out in outputs.into_iter().flatten() {
+        watch_lines(out, wl.ready_when.clone(), tx.clone());
     }
     let interrupt = &ctx.settings.interrupt;
     loop {
@@ -318,6 +309,23 @@ pub fn run_command(ctx: &Ctx, root: &Path, deadline: Instant) -> Result<Instant,
     }
 }
 
+/// Read `out` line by line to its end, sending on `tx` for each line holding `pattern`.
+pub(super) fn watch_lines(out: Box<dyn Read + Send>, pattern: Option<String>, tx: mpsc::Sender<()>) {
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(out);
+        let mut line = Vec::new();
+        while lines.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            if pattern
+                .as_deref()
+                .is_some_and(|p| String::from_utf8_lossy(&line).contains(p))
+            {
+                let _ = tx.send(());
+            }
+            line.clear();
+        }
+    });
+}
+
 /// Why a wait must stop now, if it must.
 fn stop_reason(deadline: Instant, interrupt: &Interrupt, timeout: Duration) -> Option<String> {
     if interrupt.is_set() {
@@ -329,7 +337,12 @@ fn stop_reason(deadline: Instant, interrupt: &Interrupt, timeout: Duration) -> O
     }
 }
 
-fn kill(child: &mut Child) {
+/// Kill `child` and its process group (every step is started in a group of its own, so a
+/// lamina pull under GNU time, or a program under strace, goes with it), then reap it.
+pub(super) fn kill(child: &mut Child) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -337,8 +350,12 @@ fn kill(child: &mut Child) {
 /// Run a step (lamina, skopeo, umoci) to its end: its stdout, or an error with the last line
 /// of its stderr.
 fn run_step(c: &mut Command, deadline: Instant, interrupt: &Interrupt) -> Result<String, String> {
+    use std::os::unix::process::CommandExt as _;
     let program = c.get_program().to_string_lossy().to_string();
+    // What this step may take, for the message if it runs out.
+    let allowed = deadline.saturating_duration_since(Instant::now());
     let mut child = c
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -359,7 +376,7 @@ fn run_step(c: &mut Command, deadline: Instant, interrupt: &Interrupt) -> Result
         if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
             break s;
         }
-        if let Some(e) = stop_reason(deadline, interrupt, PREPARE_TIMEOUT) {
+        if let Some(e) = stop_reason(deadline, interrupt, allowed) {
             kill(&mut child);
             return Err(format!("{program}: {e}"));
         }

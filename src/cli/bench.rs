@@ -44,14 +44,16 @@ pub struct BenchArgs {
           value_parser = Mode::parse)]
     pub modes: Vec<Mode>,
     /// Repetitions of every run (the report gives the median and the range).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub reps: u64,
-    /// The command is ready at the first line of its output holding PATTERN (for servers
-    /// that never exit); it is then stopped.
-    #[arg(long, value_name = "PATTERN")]
+    /// The command is ready at the first line of its output (stdout or stderr) holding
+    /// PATTERN (for servers that never exit); it is then stopped. Its output is a pipe: a
+    /// program that buffers a pipe's output must flush that line (e.g. `python3 -u`).
+    #[arg(long, value_name = "PATTERN", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub ready_when: Option<String>,
-    /// Seconds a run may take before it counts as failed.
-    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    /// Seconds a run may take before it counts as failed (1 to 604800).
+    #[arg(long, value_name = "SECONDS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub timeout: u64,
     /// Write the CSV, the markdown report and the plots (SVG, PNG) here.
     #[arg(long, value_name = "DIR")]
@@ -85,7 +87,7 @@ impl Launcher for ChrootLauncher {
         let hostname = format!("lamina-bench-{}", std::process::id());
         let spec =
             crate::run::spec(&self.config, &self.command, root, &hostname).map_err(|e| std::io::Error::other(e.0))?;
-        crate::run::spawn_chroot(root, &spec, Stdio::piped(), Stdio::null())
+        crate::run::spawn_chroot(root, &spec, Stdio::piped(), Stdio::piped(), true)
     }
 
     fn argv(&self) -> Vec<String> {
@@ -126,7 +128,11 @@ pub(super) fn bench(args: BenchArgs, runtime: &tokio::runtime::Runtime, progress
              copy the image to one (e.g. `skopeo copy docker://IMAGE docker://localhost:5000/IMAGE`)"
         );
     }
-    let platform = args.registry.platform.clone().unwrap_or_else(Platform::host);
+    if args.registry.platform.is_some() {
+        // The lamina processes the bench starts would each pick this machine's platform.
+        anyhow::bail!("lamina bench measures images of this machine's platform: --platform is not supported");
+    }
+    let platform = Platform::host();
     let registry = crate::registry::Registry::new(&args.image.registry, &host, &client)?;
     let full = runtime
         .block_on(crate::registry::resolve_image(&registry, &args.image, &platform))
@@ -166,6 +172,10 @@ pub(super) fn bench(args: BenchArgs, runtime: &tokio::runtime::Runtime, progress
         None => std::env::temp_dir().join(format!("lamina-bench-{}", std::process::id())),
     };
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    // Absolute and without symlinks: clean-up finds its mounts in mountinfo by this path.
+    let work = work
+        .canonicalize()
+        .with_context(|| format!("resolving {}", work.display()))?;
     let interrupt = Interrupt::default();
     let on_signal = interrupt.clone();
     runtime.spawn(async move {

@@ -221,14 +221,21 @@ fn cstring(s: impl Into<Vec<u8>>, what: &str) -> std::io::Result<CString> {
 /// Needs root. The program is PID 1 of its namespace; when it ends, so does everything it
 /// started.
 pub fn run_chroot(root: &Path, spec: &Spec) -> std::io::Result<std::process::ExitStatus> {
-    spawn_chroot(root, spec, Stdio::inherit(), Stdio::inherit())?.wait()
+    spawn_chroot(root, spec, Stdio::inherit(), Stdio::inherit(), false)?.wait()
 }
 
 /// Start `spec` as [`run_chroot`] does, with `stdout` and `stderr` as given, without
 /// waiting: killing the child, the PID namespace's init, ends everything it started
-/// (`lamina bench`).
+/// (`lamina bench`). `detached`: no stdin, and a process group of its own (the terminal's
+/// Ctrl-C goes to the caller, which stops it).
 #[allow(unsafe_code)] // pre_exec and unshare: see the SAFETY notes
-pub fn spawn_chroot(root: &Path, spec: &Spec, stdout: Stdio, stderr: Stdio) -> std::io::Result<std::process::Child> {
+pub fn spawn_chroot(
+    root: &Path,
+    spec: &Spec,
+    stdout: Stdio,
+    stderr: Stdio,
+    detached: bool,
+) -> std::io::Result<std::process::Child> {
     use std::os::unix::ffi::OsStrExt;
     let root_c = cstring(root.as_os_str().as_bytes(), "the root path")?;
     let proc_c = cstring(root.join("proc").as_os_str().as_bytes(), "the root path")?;
@@ -244,6 +251,10 @@ pub fn spawn_chroot(root: &Path, spec: &Spec, stdout: Stdio, stderr: Stdio) -> s
     let groups: Vec<rustix::process::Gid> = spec.groups.iter().map(|g| rustix::process::Gid::from_raw(*g)).collect();
     let mut cmd = std::process::Command::new(&spec.argv[0]);
     cmd.args(&spec.argv[1..]).env_clear().stdout(stdout).stderr(stderr);
+    if detached {
+        use std::os::unix::process::CommandExt as _;
+        cmd.stdin(Stdio::null()).process_group(0);
+    }
     for kv in &spec.env {
         let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
         cmd.env(k, v);
