@@ -155,7 +155,8 @@ fn bytes_panel(svg: &mut String, wi: usize, wl: &str, links: &[Link], modes: &[M
         .iter()
         .filter_map(|mode| {
             let s = stat_of(samples, wl, &links.first()?.name(), *mode)?;
-            Some((mode.index(), s.bytes as f64 / 1e6))
+            // A mode with no successful run has no bar (not a bar of 0 MB).
+            (s.runs > 0).then(|| (mode.index(), s.bytes as f64 / 1e6))
         })
         .collect();
     let ymax = vals.iter().map(|v| v.1).fold(1.0, f64::max) * 1.15;

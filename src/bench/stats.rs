@@ -87,9 +87,16 @@ fn stat(samples: &[&Sample]) -> Option<Stat> {
     }
     let mut by_time = ok.clone();
     by_time.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
-    let mid = by_time[by_time.len() / 2];
+    let n = by_time.len();
+    let mid = by_time[n / 2];
+    // An even number of runs: the mean of the two middle times (bytes and requests are those
+    // of one real run, the upper middle one).
+    let median = match n % 2 {
+        0 => (by_time[n / 2 - 1].seconds + mid.seconds) / 2.0,
+        _ => mid.seconds,
+    };
     Some(Stat {
-        median: mid.seconds,
+        median,
         min: by_time[0].seconds,
         max: by_time[by_time.len() - 1].seconds,
         runs: ok.len(),
@@ -132,6 +139,10 @@ mod tests {
         assert_eq!((s.median, s.min, s.max, s.bytes, s.runs), (2.0, 1.0, 3.0, 20, 3));
         assert_eq!((s.rss_kb, s.failed.as_deref()), (30, Some("boom")));
         assert!(stat_of(&v, "w", "l", Mode::Full).is_none());
+        // Two runs: the mean of the two times, the bytes of the later one.
+        let two = [run(1.0, 10), run(2.0, 20)];
+        let s = stat_of(&two, "w", "l", Mode::LazyCold).unwrap();
+        assert_eq!((s.median, s.bytes), (1.5, 20));
         let all_failed = [Sample {
             result: Err("x".into()),
             ..run(0.0, 0)

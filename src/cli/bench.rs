@@ -34,7 +34,7 @@ pub struct BenchArgs {
     pub command: Vec<String>,
     /// Links to measure over (repeat, or separate with commas): `none` (the real network,
     /// counted only), `unlimited`, or RATE/RTT such as `unlimited/1ms`, `100mbit/20ms`,
-    /// `20mbit/50ms`. Emulated in-process, checked at the start of each run.
+    /// `20mbit/50ms`. Emulated in-process, checked once per link before its runs.
     #[arg(long = "link", value_name = "LINK", value_delimiter = ',', default_value = "unlimited",
           value_parser = parse_link)]
     pub links: Vec<Link>,
