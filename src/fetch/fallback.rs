@@ -37,7 +37,17 @@ struct State {
     started: bool,
     /// How the last stream ended: `Ok` when the layer passed whole and matched its diff_id.
     ended: Option<Result<(), String>>,
+    /// Streams started, and when the last one failed: a failed stream is started again by
+    /// the next read, at most [`MAX_STREAMS`] times in all and not sooner than
+    /// [`RESTART_AFTER`].
+    streams: u32,
+    failed_at: Option<std::time::Instant>,
 }
+
+/// Most streams of one layer per mount.
+const MAX_STREAMS: u32 = 3;
+/// Least time between a failed stream and the next.
+const RESTART_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Fallback {
     /// For `layer`, spooling to `spool` when it has to stream.
@@ -55,16 +65,20 @@ impl Fallback {
         self.state.lock().started
     }
 
-    /// Stream the layer on `fetcher`'s runtime (once: a call while it runs does nothing; after
-    /// a failed stream, a new one).
+    /// Stream the layer on `fetcher`'s runtime (once: a call while it runs, or after it
+    /// succeeded, does nothing; after a failed stream, a new one within the limits above).
     pub(super) fn start(self: &Arc<Self>, fetcher: &Arc<Fetcher>, source: &LayerSource) {
         {
             let mut st = self.state.lock();
-            if st.started && !matches!(st.ended, Some(Err(_))) {
+            let again = matches!(st.ended, Some(Err(_)))
+                && st.streams < MAX_STREAMS
+                && st.failed_at.is_none_or(|t| t.elapsed() >= RESTART_AFTER);
+            if st.started && !again {
                 return;
             }
             st.started = true;
             st.ended = None;
+            st.streams += 1;
         }
         tracing::warn!(layer = %self.layer.digest, "the gzip index gives wrong bytes: streaming the layer instead");
         let (me, fetcher, source) = (self.clone(), fetcher.clone(), source.clone());
@@ -74,7 +88,12 @@ impl Fallback {
                 Ok(()) => tracing::info!(layer = %me.layer.digest, "fallback stream: the layer is in the cache"),
                 Err(e) => tracing::warn!(layer = %me.layer.digest, error = %e, "fallback stream failed"),
             }
-            me.state.lock().ended = Some(ended);
+            let mut st = me.state.lock();
+            if ended.is_err() {
+                st.failed_at = Some(std::time::Instant::now());
+            }
+            st.ended = Some(ended);
+            drop(st);
             me.changed.notify_all();
         });
     }
@@ -101,7 +120,14 @@ impl Fallback {
             spool.clone(),
             counted,
         ));
-        let reader = spool.reader().map_err(|e| format!("spool: {e}"))?;
+        let reader = match spool.reader() {
+            Ok(r) => r,
+            Err(e) => {
+                download.abort();
+                let _ = std::fs::remove_file(&self.spool);
+                return Err(format!("spool: {e}"));
+            }
+        };
         let (me, store) = (self.clone(), fetcher.store().clone());
         let streamed = tokio::task::spawn_blocking(move || -> Result<(), String> {
             let tar =

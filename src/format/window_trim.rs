@@ -22,6 +22,22 @@ use std::io::Read;
 
 use super::zran::{Resume, WINDOW_BYTES};
 
+/// A window waiting for the output after its checkpoint.
+pub(super) struct Pending {
+    pub(super) window: Vec<u8>,
+    pub(super) bits: u8,
+    /// The blob from the checkpoint's start byte, as consumed.
+    pub(super) compressed: Vec<u8>,
+    /// The first [`WINDOW_BYTES`] of output after the checkpoint.
+    pub(super) after: Vec<u8>,
+    /// Kept whole: the input needed was not all seen.
+    pub(super) whole: bool,
+}
+
+/// Compressed bytes kept for a waiting window (32 KiB of output never needs this much: a
+/// literal costs at most 15 bits); past it the window is kept whole.
+pub(super) const MAX_PENDING_INPUT: usize = 256 << 10;
+
 /// `window` with the bytes the stream after the checkpoint does not refer to set to zero, or
 /// `None` when that cannot be shown. `compressed` is the blob from the checkpoint's start
 /// byte (`bits` as kept), enough of it to inflate `after`: the output that followed the

@@ -19,6 +19,8 @@ use std::io::{self, Read};
 
 use libz_rs_sys as z;
 
+use super::window_trim::{Pending, MAX_PENDING_INPUT};
+
 /// Deflate's window: the most output a back-reference can reach.
 pub const WINDOW_BYTES: usize = 32 << 10;
 /// Compressed bytes between checkpoints unless asked otherwise. Measured on python's start-up
@@ -226,22 +228,6 @@ pub type WindowSink<'a> = Box<dyn FnMut(&[u8]) -> io::Result<()> + 'a>;
 /// (uncompressed bytes out, blob offset of the input consumed to make them), in stream order.
 pub type Progress = Vec<(u64, u64)>;
 
-/// A window waiting for the output after its checkpoint.
-struct Pending {
-    window: Vec<u8>,
-    bits: u8,
-    /// The blob from the checkpoint's start byte, as consumed.
-    compressed: Vec<u8>,
-    /// The first [`WINDOW_BYTES`] of output after the checkpoint.
-    after: Vec<u8>,
-    /// Kept whole: the input needed was not all seen.
-    whole: bool,
-}
-
-/// Compressed bytes kept for a waiting window (32 KiB of output never needs this much: a
-/// literal costs at most 15 bits); past it the window is kept whole.
-const MAX_PENDING_INPUT: usize = 256 << 10;
-
 /// Reads the uncompressed bytes of a gzip stream, keeping checkpoints as it goes.
 pub struct ZranReader<'a, R> {
     input: R,
@@ -266,6 +252,8 @@ pub struct ZranReader<'a, R> {
     /// Windows not yet handed to the sink, oldest first: each waits for the output after its
     /// checkpoint, to be trimmed to what that output refers back to.
     pending: std::collections::VecDeque<Pending>,
+    /// Most windows that waited at once (tests check the bound).
+    peak_pending: usize,
     /// (uncompressed bytes out, blob offset of the input consumed to make them), one per call.
     progress: Vec<(u64, u64)>,
 }
@@ -324,6 +312,7 @@ impl<'a, R: Read> ZranReader<'a, R> {
             crc: flate2::Crc::new(),
             points: vec![first],
             pending: Default::default(),
+            peak_pending: 0,
             progress: Vec::new(),
         })
     }
@@ -360,7 +349,7 @@ impl<'a, R: Read> ZranReader<'a, R> {
     /// Feed what an inflate call consumed (`inbuf[from..in_pos]`) and produced (`out[at..]`)
     /// to the waiting windows.
     fn feed_pending(&mut self, from: usize, at: usize) {
-        for p in &mut self.pending {
+        for p in self.pending.iter_mut().filter(|p| !p.whole) {
             let want = WINDOW_BYTES - p.after.len();
             p.after.extend_from_slice(&self.out[at..self.filled.min(at + want)]);
             if p.compressed.len() < MAX_PENDING_INPUT {
@@ -371,14 +360,15 @@ impl<'a, R: Read> ZranReader<'a, R> {
         }
     }
 
-    /// Hand the sink the waiting windows whose following output is complete (`all`: every
-    /// one; the stream has ended or they are kept whole), in checkpoint order, each trimmed
+    /// Hand the sink the waiting windows whose following output is complete, or that are kept
+    /// whole (`all`: every one; the stream has ended), in checkpoint order (so a stream of
+    /// blocks that make no output holds at most a few windows), each trimmed
     /// where that can be shown to change nothing.
     fn hand_windows(&mut self, all: bool) -> io::Result<()> {
         while self
             .pending
             .front()
-            .is_some_and(|p| all || p.after.len() == WINDOW_BYTES)
+            .is_some_and(|p| all || p.whole || p.after.len() == WINDOW_BYTES)
         {
             let p = self.pending.pop_front().expect("checked");
             let trimmed = match p.whole {
@@ -506,6 +496,7 @@ impl<'a, R: Read> ZranReader<'a, R> {
             true => {
                 // The checkpoint's first byte, if it starts inside one, is the last consumed.
                 let first = (bits > 0).then(|| self.in_pos.checked_sub(1).map(|i| self.inbuf[i]));
+                self.peak_pending = self.peak_pending.max(self.pending.len() + 1);
                 self.pending.push_back(Pending {
                     window,
                     bits,
@@ -688,6 +679,42 @@ mod tests {
         let mut out = Vec::new();
         r.read_to_end(&mut out).unwrap();
         assert_eq!(out, b"hello hello hello");
+    }
+
+    #[test]
+    fn blocks_that_make_no_output_hold_few_windows() {
+        // A gzip member of 200,000 empty stored blocks (5 bytes each: a checkpoint every
+        // 64 KiB of them), then one stored block of data.
+        let data = b"the only bytes".to_vec();
+        let mut blob = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+        for _ in 0..200_000 {
+            blob.extend_from_slice(&[0x00, 0x00, 0x00, 0xff, 0xff]);
+        }
+        let n = data.len() as u16;
+        blob.push(0x01);
+        blob.extend_from_slice(&n.to_le_bytes());
+        blob.extend_from_slice(&(!n).to_le_bytes());
+        blob.extend_from_slice(&data);
+        let mut crc = flate2::Crc::new();
+        crc.update(&data);
+        blob.extend_from_slice(&crc.sum().to_le_bytes());
+        blob.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        let handed = std::cell::Cell::new(0usize);
+        let sink: WindowSink<'_> = Box::new(|_| {
+            handed.set(handed.get() + 1);
+            Ok(())
+        });
+        let mut z = ZranReader::with_sink(&blob[..], MIN_SPAN, Some(sink)).unwrap();
+        let mut out = Vec::new();
+        z.read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+        // A window waits until 256 KiB of input have followed it, then goes whole: with a
+        // checkpoint every 64 KiB, five at most wait at once.
+        let most_waiting = z.peak_pending;
+        let (points, _, _) = z.into_parts().unwrap();
+        assert!(points.len() > 10, "{} checkpoints", points.len());
+        assert_eq!(handed.get(), points.len());
+        assert!(most_waiting <= 5, "{most_waiting} windows waited at once");
     }
 
     #[test]

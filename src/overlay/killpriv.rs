@@ -74,43 +74,62 @@ impl Caller {
 }
 
 impl OverlayFs {
-    /// After a request that wrote to or truncated `ino` (`written`) for process `pid`, with
-    /// `attr` its attributes then: under KILLPRIV_V2, those with the set-ID bits cleared that
-    /// the kernel would clear.
-    pub fn after_write(&self, ino: u64, attr: FileAttr, written: bool, pid: u32) -> Result<FileAttr> {
-        match written && self.killpriv {
-            true => self.kill_suidgid(ino, attr, pid),
+    /// `setattr` for process `pid`. Under KILLPRIV_V2, first the set-ID bits a truncate or a
+    /// write (a setattr with nothing set) clears for that caller, as the kernel does before
+    /// the change; and after a chown, set-group-ID as the kernel's chown clears it for a
+    /// caller outside the file's group (the daemon's own chown, as root, would keep it).
+    pub fn op_setattr_as(&self, ino: u64, change: &AttrChange, pid: u32) -> Result<FileAttr> {
+        if !self.killpriv {
+            return self.op_setattr(ino, change);
+        }
+        self.before_write(ino, change.size.is_some() || change.is_empty(), pid)?;
+        let chown_sgid = match change.uid.is_some() || change.gid.is_some() {
+            true => {
+                let old = self.op_getattr(ino)?;
+                self.bits_for(&old, pid) & S_ISGID
+            }
+            false => 0,
+        };
+        let attr = self.op_setattr(ino, change)?;
+        match chown_sgid != 0 && attr.perm & S_ISGID != 0 {
+            true => self.op_setattr(ino, &mode_change(attr.perm & !S_ISGID)),
             false => Ok(attr),
         }
     }
 
-    /// [`after_write`](Self::after_write), its attributes read first.
-    pub fn after_write_of(&self, ino: u64, written: bool, pid: u32) -> Result<()> {
-        if written && self.killpriv {
-            self.after_write(ino, self.op_getattr(ino)?, true, pid)?;
+    /// Before a request that writes to or truncates `ino` (`writes`) for process `pid`:
+    /// under KILLPRIV_V2, clear the set-ID bits the kernel would clear for that caller.
+    pub fn before_write(&self, ino: u64, writes: bool, pid: u32) -> Result<()> {
+        if !(writes && self.killpriv) {
+            return Ok(());
+        }
+        let attr = self.op_getattr(ino)?;
+        let clear = self.bits_for(&attr, pid);
+        if clear != 0 {
+            self.op_setattr(ino, &mode_change(attr.perm & !clear))?;
         }
         Ok(())
     }
 
-    /// Clear the set-ID bits of `ino` (whose attributes are `attr`) that a write or truncate
-    /// by the process `pid` clears; `attr` again if none.
-    fn kill_suidgid(&self, ino: u64, attr: FileAttr, pid: u32) -> Result<FileAttr> {
+    /// The set-ID bits of a file with `attr` that a write by process `pid` clears (its
+    /// capabilities and groups read only when there are bits to clear).
+    fn bits_for(&self, attr: &FileAttr, pid: u32) -> u16 {
         if attr.perm & (S_ISUID | S_ISGID) == 0 || attr.kind != fuser::FileType::RegularFile {
-            return Ok(attr);
+            return 0;
         }
-        let clear = Caller::of(pid).bits_to_clear(attr.perm, attr.gid);
-        if clear == 0 {
-            return Ok(attr);
-        }
-        let change = AttrChange {
-            mode: Some(u32::from(attr.perm & !clear)),
-            uid: None,
-            gid: None,
-            size: None,
-            atime: None,
-            mtime: None,
-        };
-        self.op_setattr(ino, &change)
+        Caller::of(pid).bits_to_clear(attr.perm, attr.gid)
+    }
+}
+
+/// A change of the mode bits alone.
+fn mode_change(perm: u16) -> AttrChange {
+    AttrChange {
+        mode: Some(u32::from(perm)),
+        uid: None,
+        gid: None,
+        size: None,
+        atime: None,
+        mtime: None,
     }
 }
 

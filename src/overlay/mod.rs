@@ -277,12 +277,7 @@ impl Filesystem for OverlayFs {
             atime,
             mtime,
         };
-        // A truncate, and a setattr with nothing set (a write's, or `chown(f, -1, -1)`).
-        let written = size.is_some() || change.is_empty();
-        match self
-            .op_setattr(ino.0, &change)
-            .and_then(|a| self.after_write(ino.0, a, written, req.pid()))
-        {
+        match self.op_setattr_as(ino.0, &change, req.pid()) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(errno(&e)),
         }
@@ -403,10 +398,9 @@ impl Filesystem for OverlayFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let opened = self.op_open(ino.0, flags.0, |f| reply.open_backing(f));
         let trunc = flags.0 & data::O_TRUNC != 0;
-        let opened = opened.and_then(|o| self.after_write_of(ino.0, trunc, req.pid()).map(|()| o));
-        match opened {
+        let opened = self.before_write(ino.0, trunc, req.pid());
+        match opened.and_then(|()| self.op_open(ino.0, flags.0, |f| reply.open_backing(f))) {
             Ok((fh, flags, Some(id))) => reply.opened_passthrough(FileHandle(fh), flags, &id),
             Ok((fh, flags, None)) => reply.opened(FileHandle(fh), flags),
             Err(e) => reply.error(errno(&e)),
@@ -442,10 +436,9 @@ impl Filesystem for OverlayFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let written = self.op_write(ino.0, offset, data);
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        let written = written.and_then(|n| self.after_write_of(ino.0, kill, req.pid()).map(|()| n));
-        match written {
+        let written = self.before_write(ino.0, kill, req.pid());
+        match written.and_then(|()| self.op_write(ino.0, offset, data)) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }

@@ -272,6 +272,11 @@ def set_id_bits(root):
     mode_after("rt", "truncate by root, 06777", 0o6777, lambda p: os.truncate(p, 10), unprivileged=False)
     # A file of the image, copied up by the write.
     mode_after("etc/chmod-me", "image file, write by nobody, 04777", 0o4777, append)
+    # chgrp by its owner, who is outside the file's group: set-group-ID goes.
+    p = os.path.join(root, "c")
+    write(p, b"x")
+    os.chown(p, 65534, 0)
+    mode_after("c", "chgrp by its owner outside the group, 02767", 0o2767, lambda p: os.chown(p, -1, 65534))
     return steps
 
 
