@@ -104,22 +104,8 @@ impl Fallback {
             std::fs::create_dir_all(dir).map_err(|e| format!("spool: {e}"))?;
         }
         let spool = crate::registry::blob::Spool::create(&self.spool).map_err(|e| format!("spool: {e}"))?;
-        let counted = {
-            let (fetcher, source) = (fetcher.clone(), source.clone());
-            let last = std::sync::atomic::AtomicU64::new(0);
-            move |total: u64| {
-                let before = last.swap(total, std::sync::atomic::Ordering::Relaxed);
-                fetcher.count(&source, 0, total.saturating_sub(before), 0);
-            }
-        };
-        fetcher.count(source, 1, 0, 0);
-        let download = tokio::spawn(crate::registry::blob::download_layer(
-            source.registry.clone(),
-            source.repo.clone(),
-            self.layer.clone(),
-            spool.clone(),
-            counted,
-        ));
+        let from = (source.registry.clone(), source.repo.clone());
+        let download = fetcher.download_counted(source, from, self.layer.clone(), spool.clone());
         let reader = match spool.reader() {
             Ok(r) => r,
             Err(e) => {

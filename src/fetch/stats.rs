@@ -105,6 +105,30 @@ impl Fetcher {
         }
     }
 
+    /// Download `layer` whole into `spool` (from `registry`'s `repo`) on the runtime, counted
+    /// for `source` as one request and its bytes as they arrive: a plain layer's stream, and
+    /// the stream a wrong gzip index falls back to.
+    pub fn download_counted(
+        self: &std::sync::Arc<Self>,
+        source: &LayerSource,
+        (registry, repo): (std::sync::Arc<crate::registry::Registry>, String),
+        layer: crate::registry::resolve::Layer,
+        spool: std::sync::Arc<crate::registry::blob::Spool>,
+    ) -> tokio::task::JoinHandle<Result<(), crate::registry::RegistryError>> {
+        let counted = {
+            let (fetcher, source) = (self.clone(), source.clone());
+            let last = AtomicU64::new(0);
+            move |total: u64| {
+                let before = last.swap(total, Ordering::Relaxed);
+                fetcher.count(&source, 0, total.saturating_sub(before), 0);
+            }
+        };
+        self.count(source, 1, 0, 0);
+        self.runtime.spawn(crate::registry::blob::download_layer(
+            registry, repo, layer, spool, counted,
+        ))
+    }
+
     /// Count work done for `layer` (by the fetcher, or by a layer stream).
     pub fn count(&self, layer: &LayerSource, requests: u64, bytes: u64, chunks: u64) {
         let mut map = self.stats.layers.lock();

@@ -109,22 +109,8 @@ async fn attempt(
     let store = fetcher.store().clone();
     let spool =
         crate::registry::blob::Spool::create(&cache.temp_path("plain")).map_err(|e| local(format!("spool: {e}")))?;
-    let counted = {
-        let (fetcher, source) = (fetcher.clone(), source.clone());
-        let last = std::sync::atomic::AtomicU64::new(0);
-        move |total: u64| {
-            let before = last.swap(total, std::sync::atomic::Ordering::Relaxed);
-            fetcher.count(&source, 0, total.saturating_sub(before), 0);
-        }
-    };
-    fetcher.count(source, 1, 0, 0);
-    let download = tokio::spawn(crate::registry::blob::download_layer(
-        s.registry.clone(),
-        s.repo.clone(),
-        s.layer.clone(),
-        spool.clone(),
-        counted,
-    ));
+    let from = (s.registry.clone(), s.repo.clone());
+    let download = fetcher.download_counted(source, from, s.layer.clone(), spool.clone());
     let reader = spool.reader().map_err(|e| local(format!("spool: {e}")))?;
     let (compression, diff_id, li, live) = (s.layer.compression, s.layer.diff_id.clone(), s.index, live.clone());
     let indexed = tokio::task::spawn_blocking(move || -> Result<(), String> {
