@@ -145,6 +145,26 @@ impl ChunkStore {
         digest: &[u8; 32],
         fill: impl FnOnce(&mut dyn io::Write) -> Result<(), E>,
     ) -> io::Result<Result<(), E>> {
+        self.put_streamed(digest, fill, true)
+    }
+
+    /// [`ChunkStore::put_from`] for a `fill` that checks its own bytes and fails unless they
+    /// hash to `digest`, as [`crate::format::chunk::copy_verified`] does: the store does not
+    /// hash them a second time (hashing was a tenth of a cold daemon's CPU).
+    pub fn put_from_checked<E>(
+        &self,
+        digest: &[u8; 32],
+        fill: impl FnOnce(&mut dyn io::Write) -> Result<(), E>,
+    ) -> io::Result<Result<(), E>> {
+        self.put_streamed(digest, fill, false)
+    }
+
+    fn put_streamed<E>(
+        &self,
+        digest: &[u8; 32],
+        fill: impl FnOnce(&mut dyn io::Write) -> Result<(), E>,
+        hash: bool,
+    ) -> io::Result<Result<(), E>> {
         let dest = self.path(digest);
         if dest.exists() {
             return Ok(Ok(()));
@@ -155,13 +175,13 @@ impl ChunkStore {
             let file = std::fs::File::create(&tmp)?;
             let mut out = HashingWriter {
                 inner: io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
-                hasher: crate::digest::Hasher::new(),
+                hasher: hash.then(crate::digest::Hasher::new),
             };
             if let Err(e) = fill(&mut out) {
                 return Ok(Err(e));
             }
             io::Write::flush(&mut out.inner)?;
-            if out.hasher.finish().hex() != hex::encode(digest) {
+            if out.hasher.is_some_and(|h| h.finish().hex() != hex::encode(digest)) {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "chunk does not match its digest; not stored",
@@ -247,16 +267,18 @@ impl ChunkStore {
     }
 }
 
-/// A writer that hashes what goes through it.
+/// A writer that hashes what goes through it (if it has a hasher).
 struct HashingWriter<W> {
     inner: W,
-    hasher: crate::digest::Hasher,
+    hasher: Option<crate::digest::Hasher>,
 }
 
 impl<W: io::Write> io::Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         Ok(n)
     }
 

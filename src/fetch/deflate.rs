@@ -208,6 +208,7 @@ impl Fetcher {
         layer: LayerSource,
         group: Vec<(Chunk, FlightGuard)>,
         raw: bytes::Bytes,
+        _slot: super::store::Slot,
     ) {
         let failed = |e: String| FetchError::Failed(format!("layer {}: {e}", layer.digest));
         let start = group.first().map(|(c, _)| c.blob_offset).unwrap_or(0);
@@ -261,10 +262,10 @@ impl Fetcher {
             return Err(FetchError::Refused(format!("layer {}: {e}", layer.digest)));
         }
         let before = inflater.count;
-        let stored = self.store.put_from(&chunk.digest, |out| {
+        let stored = self.store.put_from_checked(&chunk.digest, |out| {
             copy_verified(chunk, (&mut *inflater).take(chunk.len), out)
         });
-        // Already stored: put_from read nothing; inflate past it.
+        // Already stored: nothing was read; inflate past it.
         if inflater.count == before {
             let _ = std::io::copy(&mut (&mut *inflater).take(chunk.len), &mut std::io::sink());
         }

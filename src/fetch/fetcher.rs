@@ -15,11 +15,12 @@
 //! only ever wait (with a deadline), never drive the network; nothing unverified is stored;
 //! a chunk over a cap ([`crate::format::chunk::check_limits`]) is refused before any request
 //! or allocation; decoding and hashing run on the blocking pool, streamed into the store's
-//! temporary file, never on the async workers; every flight is settled, also when the task
+//! temporary file, never on the async workers, by at most [`store_slots`] threads at once;
+//! every flight is settled, also when the task
 //! fetching it panics or is dropped ([`FlightGuard`]). Chunks of zeros are never fetched nor
 //! stored: a read fills them in.
-//! Chunks asked for together whose compressed bytes are neighbours in the blob (gaps up to
-//! `MERGE_GAP_BYTES`) are fetched with one Range request of at most `MAX_MERGE_BYTES`.
+//! Chunks asked for together whose compressed bytes are neighbours in the blob are fetched
+//! with one Range request ([`super::runs`]).
 //! Not yet here (DESIGN.md): priorities between demand reads and prefetch.
 
 use std::collections::HashMap;
@@ -31,11 +32,13 @@ use parking_lot::{Condvar, Mutex};
 
 use super::health::Health;
 use super::prefetch::Prefetch;
+use super::runs::merge_runs;
 use super::shared::{ChunkLock, ChunkLocks};
 use super::stats::{FetchStats, MAX_LATENCY_SAMPLES};
+use super::store::store_slots;
 use crate::cache::chunks::ChunkStore;
 use crate::digest::Digest;
-use crate::format::chunk::{check_limits, decode_chunk_from, ChunkError};
+use crate::format::chunk::check_limits;
 use crate::model::{Chunk, ChunkCodec, ChunkKind};
 use crate::registry::Registry;
 
@@ -45,12 +48,6 @@ pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 const VERIFY_ATTEMPTS: u32 = 3;
 /// Flights a read may wait on before it gives up on a failing chunk (within its deadline).
 const FLIGHT_ATTEMPTS: u32 = 3;
-/// Largest merged Range request: big enough to fill a thin link's bandwidth-delay product,
-/// small enough that a read never waits long for bytes it did not ask for.
-pub const MAX_MERGE_BYTES: u64 = 4 << 20;
-/// A gap this small between two chunks' bytes is read through rather than costing a request.
-pub const MERGE_GAP_BYTES: u64 = 16 << 10;
-
 /// Where one layer's blob is.
 #[derive(Clone)]
 pub struct LayerSource {
@@ -136,33 +133,8 @@ pub struct Fetcher {
     pub prefetch: Prefetch,
     /// Layers refused for good; whether the registry is away.
     pub health: Health,
-}
-
-/// Group chunks (in blob order) into runs that one Range request can fetch.
-pub(super) fn merge_runs<T>(chunks: Vec<(Chunk, T)>) -> Vec<Vec<(Chunk, T)>> {
-    let mut runs: Vec<Vec<(Chunk, T)>> = Vec::new();
-    // The end of the last run's bytes (chunks of a gzip index overlap: the furthest end).
-    let mut end = 0u64;
-    for (chunk, t) in chunks {
-        let chunk_end = chunk.blob_offset + chunk.blob_len;
-        let joins = runs.last().is_some_and(|run| {
-            let first = run[0].0.blob_offset;
-            let last = run[run.len() - 1].0.blob_offset;
-            // A chunk of the same checkpoint always joins: its bytes are those of the run.
-            chunk.blob_offset == last
-                || (chunk.blob_offset > last
-                    && chunk.blob_offset <= end + MERGE_GAP_BYTES
-                    && chunk_end.max(end) - first <= MAX_MERGE_BYTES)
-        });
-        if joins {
-            runs.last_mut().expect("checked").push((chunk, t));
-            end = end.max(chunk_end);
-        } else {
-            runs.push(vec![(chunk, t)]);
-            end = chunk_end;
-        }
-    }
-    runs
+    /// Chunks being decoded and stored ([`store_slots`]).
+    pub(super) storing: Arc<tokio::sync::Semaphore>,
 }
 
 impl Fetcher {
@@ -181,6 +153,7 @@ impl Fetcher {
             stats: FetchStats::default(),
             prefetch: Prefetch::default(),
             health: Health::default(),
+            storing: Arc::new(tokio::sync::Semaphore::new(store_slots())),
         })
     }
 
@@ -302,6 +275,7 @@ impl Fetcher {
                         waits.push(f.clone());
                     }
                     mine.push((chunk.clone(), f));
+                    self.take_overtaken(layer, chunk, &mut map, &mut mine);
                 }
             }
         }
@@ -417,8 +391,8 @@ impl Fetcher {
                         .map_or(end, |(c, _)| (c.blob_offset - buf_offset).min(end));
                     let _ = buf.split_to(keep_from as usize);
                     buf_offset += keep_from;
-                    let (me, layer) = (self.clone(), layer.clone());
-                    tokio::task::spawn_blocking(move || me.store_group(layer, group, raw));
+                    let (me, layer, slot) = (self.clone(), layer.clone(), self.store_slot().await);
+                    tokio::task::spawn_blocking(move || me.store_group(layer, group, raw, slot));
                     continue;
                 }
                 let (from, to) = (
@@ -445,28 +419,11 @@ impl Fetcher {
                     buf_offset += to;
                     raw
                 };
-                let (me, layer) = (self.clone(), layer.clone());
-                tokio::task::spawn_blocking(move || me.store_or_refetch(layer, chunk, guard, raw));
+                let (me, layer, slot) = (self.clone(), layer.clone(), self.store_slot().await);
+                tokio::task::spawn_blocking(move || me.store_or_refetch(layer, chunk, guard, raw, slot));
             }
         }
         Ok(())
-    }
-
-    /// On the blocking pool: decode, verify and store a chunk whose bytes arrived, and settle
-    /// its flight; bytes that do not verify are fetched again on their own.
-    fn store_or_refetch(self: Arc<Self>, layer: LayerSource, chunk: Chunk, guard: FlightGuard, raw: bytes::Bytes) {
-        match self.store_chunk(&layer, &chunk, &raw) {
-            Ok(stored) => guard.settle(stored),
-            Err(e) => {
-                tracing::warn!(layer = %layer.digest, error = %e, "chunk did not verify; fetching it again");
-                layer.registry.distrust(&layer.digest);
-                let me = self.clone();
-                self.runtime.spawn(async move {
-                    let result = me.fetch(&layer, &chunk).await;
-                    guard.settle(result);
-                });
-            }
-        }
     }
 
     /// Record a chunk's outcome (the first one counts) and wake its waiters.
@@ -498,10 +455,13 @@ impl Fetcher {
         let mut last = String::new();
         for _ in 0..VERIFY_ATTEMPTS {
             let bytes = self.range(layer, chunk.blob_offset, chunk.blob_len).await?;
-            let (me, l, c) = (self.clone(), layer.clone(), chunk.clone());
-            let decoded = tokio::task::spawn_blocking(move || me.store_chunk(&l, &c, &bytes))
-                .await
-                .map_err(|e| FetchError::Failed(format!("decoding the chunk failed: {e}")))?;
+            let (me, l, c, slot) = (self.clone(), layer.clone(), chunk.clone(), self.store_slot().await);
+            let decoded = tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                me.store_chunk(&l, &c, &bytes)
+            })
+            .await
+            .map_err(|e| FetchError::Failed(format!("decoding the chunk failed: {e}")))?;
             match decoded {
                 Ok(stored) => return stored,
                 Err(e) => {
@@ -548,54 +508,6 @@ impl Fetcher {
             }
         }
     }
-
-    /// Decode and verify one chunk from exactly its compressed bytes, streamed into the store
-    /// (blocking: call it off the async workers). The outer error means the bytes were wrong
-    /// (worth fetching again); the inner one, the chunk is refused or the store failed.
-    fn store_chunk(
-        &self,
-        layer: &LayerSource,
-        chunk: &Chunk,
-        raw: &[u8],
-    ) -> Result<Result<(), FetchError>, ChunkError> {
-        let failed = |e: String| FetchError::Failed(format!("layer {}: {e}", layer.digest));
-        // A gzip-index chunk inflates from its checkpoint, whose window may need fetching.
-        let checkpoint = match &layer.deflate {
-            Some(_) => match self.checkpoint(layer, chunk.blob_offset) {
-                Ok(c) => c,
-                Err(e) => return Ok(Err(failed(e))),
-            },
-            None => crate::format::zran::Checkpoint::default(),
-        };
-        let stored = self.store.put_from(&chunk.digest, |out| {
-            decode_chunk_from(layer.codec, std::slice::from_ref(&checkpoint), chunk, raw, out)
-        });
-        self.stored_outcome(layer, stored)
-    }
-
-    /// What storing a chunk came to, counted when it was stored; bytes that did not verify are
-    /// given back as the [`ChunkError`] (the caller fetches them again, or gives up).
-    pub(super) fn stored_outcome(
-        &self,
-        layer: &LayerSource,
-        stored: std::io::Result<Result<(), ChunkError>>,
-    ) -> Result<Result<(), FetchError>, ChunkError> {
-        let failed = |e: String| FetchError::Failed(format!("layer {}: {e}", layer.digest));
-        let outcome = match stored {
-            Err(e) => Err(failed(e.to_string())),
-            Ok(Err(e)) if e.is_bad_bytes() => return Err(e),
-            Ok(Err(e @ ChunkError::TooLarge { .. })) => {
-                Err(FetchError::Refused(format!("layer {}: {e}", layer.digest)))
-            }
-            Ok(Err(e)) => Err(failed(e.to_string())),
-            Ok(Ok(())) => Ok(()),
-        };
-        if outcome.is_ok() {
-            self.stats.fetched_chunks.fetch_add(1, Ordering::Relaxed);
-            self.count(layer, 0, 0, 1);
-        }
-        Ok(outcome)
-    }
 }
 
 #[cfg(test)]
@@ -639,42 +551,5 @@ mod tests {
         FlightGuard::new(&fetcher, c.clone(), flight.clone()).settle(Ok(()));
         assert!(matches!(flight.result.lock().clone(), Some(Err(_))));
         assert!(fetcher.inflight.lock().contains_key(&c.digest));
-    }
-
-    #[test]
-    fn runs_merge_neighbours_only() {
-        let spans = |runs: Vec<Vec<(Chunk, ())>>| {
-            runs.iter()
-                .map(|r| r.iter().map(|(c, _)| c.blob_offset).collect::<Vec<_>>())
-                .collect::<Vec<_>>()
-        };
-        // Touching, a small gap, a large gap, then out of order.
-        let input = vec![
-            chunk(0, 100),
-            chunk(100, 100),
-            chunk(200 + MERGE_GAP_BYTES, 10),
-            chunk(1 << 30, 10),
-            chunk(50, 10),
-        ];
-        assert_eq!(
-            spans(merge_runs(input)),
-            vec![vec![0, 100, 200 + MERGE_GAP_BYTES], vec![1 << 30], vec![50]]
-        );
-        // Overlapping chunks (a gzip index's, sharing checkpoints) join one request.
-        let ends = |runs: Vec<Vec<(Chunk, ())>>| runs.iter().map(|r| r.len()).collect::<Vec<_>>();
-        let overlapping = vec![chunk(0, 100), chunk(0, 300), chunk(50, 100), chunk(300, 10)];
-        assert_eq!(ends(merge_runs(overlapping)), vec![4]);
-        // Chunks of one checkpoint join however long their ranges: their bytes are the same.
-        let long = MAX_MERGE_BYTES + 10;
-        assert_eq!(
-            ends(merge_runs(vec![chunk(0, long), chunk(0, long + 1), chunk(0, 5)])),
-            vec![3]
-        );
-        // The size cap splits a long run.
-        let input = (0..6).map(|i| chunk(i * (1 << 20), 1 << 20)).collect();
-        assert_eq!(
-            spans(merge_runs(input)).iter().map(Vec::len).collect::<Vec<_>>(),
-            vec![4, 2]
-        );
     }
 }

@@ -3,8 +3,11 @@
 //! Demand reads always come first: a prefetch request registers its chunks' flights only when
 //! it starts (so a read never waits behind a queued prefetch: it starts its own request), and
 //! at most [`PREFETCH_REQUESTS`] read-ahead and [`PROFILE_REQUESTS`] profile requests are in
-//! flight at once, leaving room on the link for demand requests. Every prefetched chunk is
-//! remembered until a read uses it, which gives the used / wasted figures of `lamina stats`.
+//! flight at once, leaving room on the link for demand requests. A read that overtakes a
+//! queued request (a fast reader, a slow pipeline) takes the rest of it, from its own chunk
+//! on, into its own request ([`Fetcher::take_overtaken`]): one large request, not one small
+//! one per chunk read. Every prefetched chunk is remembered until a read uses it, which gives
+//! the used / wasted figures of `lamina stats`.
 //!
 //! An access profile is followed only while the workload follows it: every chunk a read needs
 //! counts as on the profile or off it, and once [`STRAY_CHUNKS`] reads went off the profile
@@ -17,7 +20,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::fetcher::{merge_runs, Fetcher, Flight, LayerSource};
+use super::fetcher::{Fetcher, Flight, LayerSource};
+use super::runs::merge_runs;
 use super::shared::Locked;
 use crate::model::{Chunk, ChunkCodec, ChunkKind};
 
@@ -80,9 +84,14 @@ pub struct Prefetch {
     unused: Mutex<HashMap<[u8; 32], u64>>,
     /// The access profile being prefetched, while it is judged.
     watch: Mutex<Option<ProfileWatch>>,
+    /// Requests waiting for a permit, by their chunks (with their layer's blob).
+    queued: Mutex<HashMap<[u8; 32], (crate::digest::Digest, QueuedRun)>>,
     /// Counters.
     pub stats: PrefetchStats,
 }
+
+/// The chunks of one queued prefetch request, in blob order.
+type QueuedRun = Arc<Vec<Chunk>>;
 
 impl Default for Prefetch {
     fn default() -> Self {
@@ -91,6 +100,7 @@ impl Default for Prefetch {
             profile_permits: Arc::new(tokio::sync::Semaphore::new(PROFILE_REQUESTS)),
             unused: Mutex::new(HashMap::new()),
             watch: Mutex::new(None),
+            queued: Mutex::new(HashMap::new()),
             stats: PrefetchStats::default(),
         }
     }
@@ -102,6 +112,23 @@ impl Prefetch {
         match class {
             Class::Readahead => self.permits.clone(),
             Class::Profile => self.profile_permits.clone(),
+        }
+    }
+
+    /// `run` of `layer` waits for a permit.
+    fn enqueue(&self, layer: &crate::digest::Digest, run: &QueuedRun) {
+        let mut queued = self.queued.lock();
+        for c in run.iter() {
+            queued.insert(c.digest, (layer.clone(), run.clone()));
+        }
+    }
+
+    /// The chunks of `run` (from `from` on) no longer wait: they are fetched, or skipped.
+    fn dequeue(queued: &mut HashMap<[u8; 32], (crate::digest::Digest, QueuedRun)>, run: &QueuedRun, from: usize) {
+        for c in &run[from..] {
+            if queued.get(&c.digest).is_some_and(|(_, r)| Arc::ptr_eq(r, run)) {
+                queued.remove(&c.digest);
+            }
         }
     }
 
@@ -178,22 +205,31 @@ impl Fetcher {
             .stats
             .pending
             .fetch_add(chunks.len() as u64, Ordering::Relaxed);
+        let runs: Vec<QueuedRun> = merge_runs(chunks.into_iter().map(|c| (c, ())).collect())
+            .into_iter()
+            .map(|run| Arc::new(run.into_iter().map(|(c, ())| c).collect()))
+            .collect();
+        for run in &runs {
+            self.prefetch.enqueue(&layer.digest, run);
+        }
         self.runtime.spawn(async move {
-            let runs = merge_runs(chunks.into_iter().map(|c| (c, ())).collect());
             for run in runs {
                 let handed = run.len() as u64;
-                let permit = match me.prefetch.permits(class).acquire_owned().await {
+                let permit = me.prefetch.permits(class).acquire_owned().await;
+                Prefetch::dequeue(&mut me.prefetch.queued.lock(), &run, 0);
+                let permit = match permit {
                     Ok(p) if me.prefetch.goes_on(class) => p,
                     _ => {
                         me.prefetch.stats.pending.fetch_sub(handed, Ordering::Relaxed);
                         continue;
                     }
                 };
-                // Flights are registered only now: a read that came first started its own.
+                // Flights are registered only now: a read that came first started its own
+                // (and took the rest of the run with it).
                 let missing: Vec<Chunk> = run
-                    .into_iter()
-                    .map(|(c, _)| c)
+                    .iter()
                     .filter(|c| c.kind == ChunkKind::Data && !me.store.contains(&c.digest))
+                    .cloned()
                     .collect();
                 let mut mine: Vec<(Chunk, Arc<Flight>)> = Vec::new();
                 {
@@ -231,6 +267,36 @@ impl Fetcher {
                 });
             }
         });
+    }
+}
+
+impl Fetcher {
+    /// A read needs `chunk` of `layer`, which nobody fetches yet: if a queued prefetch request
+    /// holds it, the request's chunks after it join the read's request (registered in
+    /// `inflight` and pushed to `mine`, not waited for), and the queued request will skip them.
+    pub(super) fn take_overtaken(
+        &self,
+        layer: &LayerSource,
+        chunk: &Chunk,
+        inflight: &mut HashMap<[u8; 32], Arc<Flight>>,
+        mine: &mut Vec<(Chunk, Arc<Flight>)>,
+    ) {
+        let mut queued = self.prefetch.queued.lock();
+        let Some((_, run)) = queued.get(&chunk.digest).filter(|(l, _)| *l == layer.digest) else {
+            return;
+        };
+        let run = run.clone();
+        let at = run.iter().position(|c| c.digest == chunk.digest).unwrap_or(run.len());
+        Prefetch::dequeue(&mut queued, &run, at);
+        drop(queued);
+        for c in run[at..].iter().skip(1) {
+            if c.kind == ChunkKind::Data && !inflight.contains_key(&c.digest) && !self.store.contains(&c.digest) {
+                let f = Arc::new(Flight::default());
+                inflight.insert(c.digest, f.clone());
+                self.prefetch.record(c.digest, c.len);
+                mine.push((c.clone(), f));
+            }
+        }
     }
 }
 

@@ -31,6 +31,8 @@ use crate::model::{Chunk, ChunkCodec, ChunkKind};
 pub const MAX_CHUNK_BYTES: u64 = 1 << 30;
 /// Largest compressed chunk accepted: its bytes are held in memory while they arrive.
 pub const MAX_CHUNK_BLOB_BYTES: u64 = 64 << 20;
+/// Largest zstd decoding context kept for the next chunk of a thread.
+const KEPT_CONTEXT_BYTES: usize = 8 << 20;
 /// Decoded bytes handed to the writer at a time.
 const BLOCK_BYTES: usize = 64 << 10;
 
@@ -148,8 +150,9 @@ pub fn decode_chunk_from(
         ChunkCodec::Zstd => {
             // The window stays zstd's default limit (128 MiB): skopeo's (klauspost) frames ask
             // for more than 16 MiB.
-            let d = zstd::stream::read::Decoder::with_buffer(compressed).map_err(|e| decode_err(e.to_string()))?;
-            copy_verified(chunk, d, out)
+            with_zstd_context(|ctx| {
+                copy_verified(chunk, zstd::stream::read::Decoder::with_context(compressed, ctx), out)
+            })
         }
         ChunkCodec::Stream => Err(decode_err("a plain layer's chunks cannot be fetched one by one".into())),
         ChunkCodec::Raw => {
@@ -185,6 +188,27 @@ pub fn decode_chunk_from(
     }
 }
 
+/// Run `f` with this thread's zstd decoding context: creating one per chunk was a tenth of
+/// zstd's time. A context that grew past [`KEPT_CONTEXT_BYTES`] (a chunk with a large window)
+/// is not kept.
+fn with_zstd_context<T>(f: impl FnOnce(&mut zstd::zstd_safe::DCtx<'static>) -> T) -> T {
+    thread_local! {
+        static CONTEXT: std::cell::RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    CONTEXT.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut kept) => {
+            let ctx = kept.get_or_insert_with(zstd::zstd_safe::DCtx::create);
+            let out = f(ctx);
+            if ctx.sizeof() > KEPT_CONTEXT_BYTES {
+                *kept = None;
+            }
+            out
+        }
+        Err(_) => f(&mut zstd::zstd_safe::DCtx::create()),
+    })
+}
+
 fn skip_exactly(d: &mut impl Read, n: u64) -> Result<(), String> {
     let skipped = std::io::copy(&mut d.take(n), &mut std::io::sink()).map_err(|e| e.to_string())?;
     if skipped != n {
@@ -203,16 +227,34 @@ pub fn decode_chunk(codec: ChunkCodec, chunk: &Chunk, compressed: &[u8]) -> Resu
 
 /// Copy `input` to `out` in blocks, refusing more or fewer bytes than `chunk.len` and a
 /// sha256 other than the chunk's.
-pub fn copy_verified(chunk: &Chunk, mut input: impl Read, out: &mut dyn Write) -> Result<(), ChunkError> {
+pub fn copy_verified(chunk: &Chunk, input: impl Read, out: &mut dyn Write) -> Result<(), ChunkError> {
+    thread_local! {
+        // One block per thread, not one zeroed per chunk (that was 64 KiB of memset a chunk).
+        static BLOCK: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BLOCK.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut block) => {
+            block.resize(BLOCK_BYTES, 0);
+            copy_verified_with(chunk, input, out, &mut block)
+        }
+        Err(_) => copy_verified_with(chunk, input, out, &mut vec![0u8; BLOCK_BYTES]),
+    })
+}
+
+fn copy_verified_with(
+    chunk: &Chunk,
+    mut input: impl Read,
+    out: &mut dyn Write,
+    block: &mut [u8],
+) -> Result<(), ChunkError> {
     let decode_err = |reason: String| ChunkError::Decode {
         blob_offset: chunk.blob_offset,
         reason,
     };
-    let mut block = vec![0u8; BLOCK_BYTES];
     let mut hasher = crate::digest::Hasher::new();
     let mut total = 0u64;
     loop {
-        let n = match input.read(&mut block) {
+        let n = match input.read(block) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

@@ -9,6 +9,7 @@
 //!                                 assembled copies of multi-chunk files, passthrough paths
 //! ```
 
+mod assemble;
 mod read;
 mod readahead;
 pub mod record;
@@ -76,6 +77,7 @@ pub struct ImageView {
     fetcher: Arc<Fetcher>,
     readahead: readahead::Readahead,
     walks: walk::Walks,
+    assembler: assemble::Assembler,
     /// What the workload reads, for the image's access profile.
     pub recorder: record::Recorder,
     /// ioctl commands already logged as unsupported (each is logged once, not per call).
@@ -109,6 +111,7 @@ impl ImageView {
         ImageView {
             live,
             sources,
+            assembler: assemble::Assembler::new(fetcher.store().clone()),
             fetcher,
             readahead,
             walks: walk::Walks::default(),
@@ -148,6 +151,7 @@ impl ImageView {
                     self.fetcher.prefetch.note_used(&c.digest);
                 }
             });
+            self.passed_through(ino);
         }
     }
 

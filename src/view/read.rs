@@ -110,6 +110,40 @@ impl ImageView {
         })
     }
 
+    /// File `ino` was opened with passthrough: its reads will not reach lamina, so it counts
+    /// as read from start to end for read-ahead in blob order and in visiting order, and what
+    /// that calls for is fetched ahead, as a read of it would.
+    pub(super) fn passed_through(&self, ino: INodeNo) {
+        let (ahead, walk_ahead) = self.live.read(|st| {
+            let Some(n) = st.union.get(ino.0) else {
+                return (None, Vec::new());
+            };
+            let Some((layer, entry)) = n.source else {
+                return (None, Vec::new());
+            };
+            let index = &st.layers[layer];
+            let data = || {
+                index
+                    .chunks_of(&index.entries[entry])
+                    .iter()
+                    .filter(|c| c.kind == ChunkKind::Data)
+            };
+            let start = data().map(|c| c.blob_offset).min();
+            let end = data().map(|c| c.blob_offset + c.blob_len).max();
+            let ahead = match (start, end) {
+                (Some(start), Some(end)) if index.codec != ChunkCodec::Stream => self
+                    .readahead
+                    .advance(layer, start, end)
+                    .map(|(from, to)| (layer, self.readahead.chunks_in(layer, index, from, to))),
+                _ => None,
+            };
+            (ahead, self.walks.first_read(st, n.parent, ino.0))
+        });
+        for (layer, chunks) in ahead.into_iter().chain(walk_ahead) {
+            self.fetcher.prefetch(&self.sources[layer], chunks, Class::Readahead);
+        }
+    }
+
     /// The bytes of a file range, fetching missing chunks.
     pub fn read(&self, ino: INodeNo, offset: u64, size: u32) -> Result<Vec<u8>, OpError> {
         let Some(mut plan) = self.plan(ino, offset, size)? else {
@@ -119,14 +153,9 @@ impl ImageView {
         let data = self.read_chunks(&mut plan, offset, end)?;
         if let (Some(file_digest), Some(chunks)) = (plan.assembled, plan.all_chunks) {
             // The file has been read to its end: if every chunk is here, keep one copy of it
-            // whole, so later reads (this mount's and the next) are one pread.
-            // In the background: the read that finished the file does not wait for the copy.
-            let store = self.fetcher.store().clone();
-            std::thread::spawn(move || {
-                if let Err(e) = store.assemble(&file_digest, &chunks) {
-                    tracing::debug!(error = %e, "could not assemble a file");
-                }
-            });
+            // whole, so later reads (this mount's and the next) are one pread. In the
+            // background, when a core is free: the read that finished the file does not wait.
+            self.assembler.request(file_digest, chunks);
         }
         Ok(data)
     }

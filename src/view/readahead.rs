@@ -2,10 +2,14 @@
 //! layer's blob and read nearly every byte they pass (one large file read front to back, or a
 //! bulk reader walking a tree whose files sit in the blob in the order it visits them), the
 //! chunks after the last read are fetched before they are asked for, in a window that
-//! doubles with every read that stays on the stream, up to [`MAX_WINDOW_BYTES`]. Readers that
+//! doubles with every read that stays on the stream, up to [`MAX_WINDOW_BYTES`], and is
+//! topped up when half of it has been read (so requests stay large). Readers that
 //! skip much of what they pass (a program importing some modules of a directory) get no
-//! window: the stream must have read at least [`DENSE_PERCENT`] of the blob bytes it spans,
-//! over at least [`PROVEN_BYTES`]. A read elsewhere in the layer starts a new stream.
+//! window: the stream must have read at least [`DENSE_PERCENT`] of the blob bytes it spans
+//! (the tar headers between files count as read), over at least [`PROVEN_BYTES`] or
+//! [`PROVEN_READS`] reads. A read elsewhere in the layer starts a new stream. Files
+//! opened with passthrough (their bytes local already) count as read: their reads never
+//! reach lamina, and a walk over files fetched ahead must not look like a reader skipping.
 //!
 //! ```text
 //! blob ───[start ...... read ......]───────[ fetched ahead ............ )──────────
@@ -30,6 +34,10 @@ const SLACK_BYTES: u64 = 64 << 10;
 pub const PROVEN_BYTES: u64 = 128 << 10;
 /// Share of the bytes it spans that a stream must have read to get a window.
 pub const DENSE_PERCENT: u64 = 90;
+/// Reads on a stream that prove it as well as [`PROVEN_BYTES`] do (a walk over small files).
+pub const PROVEN_READS: u32 = 4;
+/// A gap this small between two reads counts as read: the tar header between two files.
+const HEADER_GAP_BYTES: u64 = 2 << 10;
 
 /// One layer's stream of reads.
 #[derive(Default)]
@@ -46,6 +54,8 @@ struct Stream {
     window: u64,
     /// Whether any read happened yet.
     started: bool,
+    /// Reads that added to the stream.
+    reads: u32,
 }
 
 /// Read-ahead state of every layer of a mount.
@@ -68,8 +78,10 @@ impl Readahead {
     /// this read continues a dense stream of reads.
     pub fn advance(&self, layer: usize, start: u64, end: u64) -> Option<(u64, u64)> {
         let mut st = self.streams.get(layer)?.lock();
+        // Reads of a stream arrive out of order (several FUSE threads, the kernel's own
+        // read-ahead): one behind the furthest, but not before the stream's start, is on it.
         let on_stream =
-            st.started && start + SLACK_BYTES >= st.next_blob && start <= st.issued_to.max(st.next_blob) + SLACK_BYTES;
+            st.started && start + SLACK_BYTES >= st.start && start <= st.issued_to.max(st.next_blob) + SLACK_BYTES;
         if !on_stream {
             *st = Stream {
                 start,
@@ -78,6 +90,7 @@ impl Readahead {
                 issued_to: end,
                 window: 0,
                 started: true,
+                reads: 1,
             };
             return None;
         }
@@ -85,16 +98,22 @@ impl Readahead {
             // Nothing new read: nothing more to fetch ahead.
             return None;
         }
-        st.read_bytes += end - start.max(st.next_blob);
+        let gap = start.saturating_sub(st.next_blob);
+        st.read_bytes += end - start.max(st.next_blob) + if gap <= HEADER_GAP_BYTES { gap } else { 0 };
         st.next_blob = end;
+        st.reads = st.reads.saturating_add(1);
         let span = st.next_blob - st.start;
-        if span < PROVEN_BYTES || st.read_bytes * 100 < span * DENSE_PERCENT {
+        let proven = span >= PROVEN_BYTES || st.reads >= PROVEN_READS;
+        if !proven || st.read_bytes * 100 < span * DENSE_PERCENT {
             st.window = 0;
             return None;
         }
         st.window = (st.window * 2).clamp(FIRST_WINDOW_BYTES, MAX_WINDOW_BYTES);
         let target = st.next_blob + st.window;
-        if target <= st.issued_to {
+        // Topped up half a window at a time, not by each read's few bytes: a bulk reader of
+        // small files made hundreds of small requests (each costing the registry as much as
+        // a large one).
+        if target < st.issued_to + st.window / 2 {
             return None;
         }
         let from = st.issued_to.max(st.next_blob);

@@ -99,7 +99,9 @@ impl Walks {
         let window = (1usize << (w.run - RUN_TO_START + 2).min(8)).min(MAX_FILES);
         let from = w.issued_to.max(at + 1);
         let to = (at + 1 + window).min(w.files.len());
-        if from >= to {
+        // Topped up half a window at a time (or up to the directory's end), not a file per
+        // file read: one small request per file is what a walk must not cost.
+        if from >= to || (to - from < window / 2 && to < w.files.len()) {
             return Vec::new();
         }
         let mut per_layer: HashMap<usize, Vec<Chunk>> = HashMap::new();

@@ -263,8 +263,21 @@ fn bench_writes_the_report_and_its_bytes_agree_with_the_registry_and_the_suite()
                 (num(row, "bytes") as u64, num(row, "requests") as u64)
             );
         } else {
-            // The same files are read, the same chunks fetched.
-            assert_eq!(s.requests, num(row, "requests") as u64, "lazy-cold requests");
+            // The same files are read, the same chunks fetched; how they group into requests
+            // depends a little on timing (a read that overtakes a queued read-ahead request
+            // takes the rest of it), so requests may differ by a few and bytes by the gaps
+            // read through between chunks.
+            let (requests, bytes) = (num(row, "requests") as u64, num(row, "bytes") as u64);
+            assert!(
+                s.requests.abs_diff(requests) <= 2.max(requests / 20),
+                "lazy-cold requests: {} against {requests}",
+                s.requests
+            );
+            assert!(
+                s.bytes.abs_diff(bytes) * 50 <= bytes,
+                "lazy-cold bytes: {} against {bytes}",
+                s.bytes
+            );
         }
     }
 }
