@@ -47,7 +47,7 @@ pub fn prepare(ctx: &Ctx) -> Result<Needs, String> {
     let _ = std::fs::remove_dir_all(&tree);
     let out = Command::new(&ctx.settings.lamina)
         .args(["--quiet", "pull"])
-        .arg(format!("{}/{}", wl.registry, wl.lazy_image))
+        .arg(format!("{}/{}", wl.registry_host(), wl.lazy_image))
         .arg(&tree)
         .envs(ctx.settings.lamina_env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())

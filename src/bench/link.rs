@@ -14,8 +14,14 @@
 //! [`validate`] checks the emulation against the configured rate and RTT. `none` is a relay
 //! that only counts (no pacing, no delay): the real network behind it is what is measured.
 //!
-//! [`Counters`]: bytes the registry sent (headers included: what the link carried) and HTTP
-//! requests (request lines seen going up; a registry behind TLS shows none, so only bytes).
+//! A registry reached over plain HTTP is stood in for: image references name the relay's
+//! address. One reached over HTTPS (`https://HOST` as the upstream) is not: the relay is then
+//! an HTTP CONNECT proxy that lamina is given as `HTTPS_PROXY` ([`Relay::env`]), and each TLS
+//! connection is a tunnel across the same link (`tunnel`).
+//!
+//! [`Counters`]: bytes the registry sent (headers included: what the link carried; over
+//! HTTPS, TLS records and handshakes) and HTTP requests (request lines seen going up; none are
+//! seen inside TLS, so tunnels count only bytes).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,6 +30,8 @@ use std::time::{Duration, Instant};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc;
+
+use super::tunnel::Stream;
 
 /// Bytes read at a time: small enough that pacing is smooth.
 const PIECE: usize = 64 << 10;
@@ -188,45 +196,99 @@ impl Direction {
 
 /// A running relay (its threads end with the process).
 pub struct Relay {
-    /// `127.0.0.1:PORT` to use instead of the registry's address.
+    /// `127.0.0.1:PORT`: the registry's stand-in (plain HTTP), or the proxy (HTTPS).
     pub addr: String,
     /// What has crossed it.
     pub counters: Arc<Counters>,
+    /// The registry is reached over HTTPS: the relay is its clients' CONNECT proxy, and
+    /// [`Counters::requests`] stays 0 (requests are hidden in TLS).
+    pub tunnel: bool,
+    /// The registry as the measured runs' image references name it: the relay's address
+    /// (plain HTTP), or the registry's own `host[:port]` (HTTPS).
+    pub image_host: String,
 }
 
-/// Start a relay emulating `link` in front of `upstream` (`host:port`). Plain threads with
-/// blocking sockets: `thread::sleep` keeps delivery times to a few tens of microseconds, where
-/// an async timer wheel rounds to milliseconds.
+impl Relay {
+    /// Environment for the processes whose traffic must cross the link: for a tunnel, the
+    /// relay as the HTTPS proxy of every host (a `NO_PROXY` of the user's would let some
+    /// hosts go round the link). Nothing for plain HTTP.
+    pub fn env(&self) -> Vec<(String, String)> {
+        if !self.tunnel {
+            return Vec::new();
+        }
+        let proxy = format!("http://{}", self.addr);
+        [
+            ("HTTPS_PROXY", proxy.as_str()),
+            ("https_proxy", &proxy),
+            ("NO_PROXY", ""),
+            ("no_proxy", ""),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .to_vec()
+    }
+}
+
+/// Start a relay emulating `link` in front of `upstream`: `host:port` of a registry over plain
+/// HTTP, or `https://host[:port]` of one over HTTPS (the relay is then a CONNECT proxy, to
+/// that registry and to whatever host its clients ask for, such as a blob's CDN). Plain
+/// threads with blocking sockets: `thread::sleep` keeps delivery times to a few tens of
+/// microseconds, where an async timer wheel rounds to milliseconds.
 pub fn start(link: Link, upstream: &str) -> std::io::Result<Relay> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?.to_string();
     let counters = Arc::new(Counters::default());
     let c = counters.clone();
-    let up = Arc::new(Direction {
-        link,
-        free_at: parking_lot::Mutex::new(Instant::now()),
-    });
-    let down = Arc::new(Direction {
-        link,
-        free_at: parking_lot::Mutex::new(Instant::now()),
-    });
+    let direction = || {
+        Arc::new(Direction {
+            link,
+            free_at: parking_lot::Mutex::new(Instant::now()),
+        })
+    };
+    let (up, down) = (direction(), direction());
+    let https = upstream.strip_prefix("https://").map(str::to_string);
     let upstream = upstream.to_string();
+    let tunnel = https.is_some();
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(client) = client else { continue };
-            let Ok(server) = TcpStream::connect(&upstream) else {
-                continue;
-            };
-            let _ = client.set_nodelay(true);
-            let _ = server.set_nodelay(true);
-            let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
-                continue;
-            };
-            pump(client, server, up.clone(), Count::Requests(c.clone()));
-            pump(s2, c2, down.clone(), Count::Bytes(c.clone()));
+            let (up, down, c) = (up.clone(), down.clone(), c.clone());
+            if tunnel {
+                // A thread per tunnel: its CONNECT may name a host that is slow to resolve.
+                std::thread::spawn(move || {
+                    if let Ok((client, server)) = super::tunnel::accept(client) {
+                        carry(client, server, up, down, Count::Nothing, c);
+                    }
+                });
+            } else if let Ok(server) = TcpStream::connect(&upstream) {
+                carry(client, server, up, down, Count::Requests(c.clone()), c);
+            }
         }
     });
-    Ok(Relay { addr, counters })
+    Ok(Relay {
+        image_host: https.unwrap_or_else(|| addr.clone()),
+        addr,
+        counters,
+        tunnel,
+    })
+}
+
+/// Carry one connection over the link both ways: `up_count` counts what goes up, bytes coming
+/// down are counted.
+fn carry(
+    client: TcpStream,
+    server: TcpStream,
+    up: Arc<Direction>,
+    down: Arc<Direction>,
+    up_count: Count,
+    counters: Arc<Counters>,
+) {
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    pump(client, server, up, up_count);
+    pump(s2, c2, down, Count::Bytes(counters));
 }
 
 /// What one direction counts.
@@ -235,6 +297,8 @@ enum Count {
     Requests(Arc<Counters>),
     /// Bytes coming down.
     Bytes(Arc<Counters>),
+    /// Nothing (a tunnel going up: its request lines are encrypted).
+    Nothing,
 }
 
 /// The end of an HTTP/1.1 request line: one per request a client sends (lamina sends no
@@ -261,6 +325,7 @@ impl Count {
                 c.requests.fetch_add(n as u64, Ordering::Relaxed);
                 *tail = joined[joined.len().saturating_sub(keep)..].to_vec();
             }
+            Count::Nothing => {}
         }
     }
 }
@@ -359,14 +424,49 @@ impl Validation {
     }
 }
 
+/// How the link check reaches the registry.
+#[derive(Clone, Copy)]
+enum Route<'a> {
+    /// Plain HTTP to `addr` (the relay, or the registry).
+    Plain(&'a str),
+    /// TLS to the registry `host`, through the relay as its proxy or direct.
+    Tls { proxy: Option<&'a str>, host: &'a str },
+}
+
+impl<'a> Route<'a> {
+    /// A new connection, ready for requests (a TLS handshake is finished: it is not timed).
+    fn open(self) -> std::io::Result<Box<dyn Stream>> {
+        match self {
+            Route::Plain(addr) => {
+                let s = TcpStream::connect(addr)?;
+                s.set_nodelay(true)?;
+                s.set_read_timeout(Some(Duration::from_secs(60)))?;
+                Ok(Box::new(s))
+            }
+            Route::Tls { proxy, host } => super::tunnel::open_tls(proxy, host),
+        }
+    }
+
+    /// The `Host` header.
+    fn host(self) -> &'a str {
+        match self {
+            Route::Plain(addr) => addr,
+            Route::Tls { host, .. } => host,
+        }
+    }
+}
+
 /// A blocking HTTP/1.1 GET on a kept-alive connection, of at most `limit` bytes (a Range
-/// request): the body's length.
-fn get(stream: &mut TcpStream, host: &str, path: &str, limit: Option<u64>) -> std::io::Result<u64> {
+/// request): the status and the body's length.
+fn get(stream: &mut dyn Stream, host: &str, path: &str, limit: Option<u64>) -> std::io::Result<(u16, u64)> {
     use std::io::{BufRead, BufReader};
     let range = limit.map_or(String::new(), |n| format!("Range: bytes=0-{}\r\n", n.max(1) - 1));
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{range}\r\n")?;
+    // One write: one TLS record, one piece on the link.
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{range}\r\n").as_bytes())?;
+    stream.flush()?;
     let mut reader = BufReader::new(stream);
     let mut len = 0u64;
+    let mut status = 0;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 {
@@ -375,40 +475,59 @@ fn get(stream: &mut TcpStream, host: &str, path: &str, limit: Option<u64>) -> st
         if line == "\r\n" {
             break;
         }
+        if status == 0 {
+            status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        }
         if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
             len = v.trim().parse().unwrap_or(0);
         }
     }
-    std::io::copy(&mut reader.take(len), &mut std::io::sink())
+    let len = std::io::copy(&mut reader.take(len), &mut std::io::sink())?;
+    Ok((status, len))
 }
 
-/// The median time of `n` GETs of `path` on one kept-alive connection, and the body length.
-fn time_gets(addr: &str, path: &str, limit: Option<u64>, n: usize) -> std::io::Result<(Duration, u64)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    get(&mut s, addr, "/v2/", None)?; // warm the connection
+/// The median time of `n` GETs of `path` on one kept-alive connection, and the last
+/// response's status and body length.
+fn time_gets(route: Route, path: &str, limit: Option<u64>, n: usize) -> std::io::Result<(Duration, u16, u64)> {
+    let mut s = route.open()?;
+    get(&mut *s, route.host(), "/v2/", None)?; // warm the connection
     let mut times = Vec::new();
-    let mut bytes = 0;
+    let (mut status, mut bytes) = (0, 0);
     for _ in 0..n {
         let t = Instant::now();
-        bytes = get(&mut s, addr, path, limit)?;
+        (status, bytes) = get(&mut *s, route.host(), path, limit)?;
         times.push(t.elapsed());
     }
     times.sort();
-    Ok((times[times.len() / 2], bytes))
+    Ok((times[times.len() / 2], status, bytes))
 }
 
-/// Measure `relay` (emulating `link` in front of `direct`, a plain-HTTP registry): small
+/// Measure `relay` (emulating `link` in front of `registry`, as given to [`start`]): small
 /// requests and the download of blob `large_path` — the first 4 seconds' worth of it at the
 /// link's rate (the whole blob on an unlimited link), so the check takes a few seconds on any
-/// link.
-pub fn validate(link: Link, relay: &str, direct: &str, large_path: &str) -> std::io::Result<Validation> {
+/// link. Over HTTPS the same requests go through a tunnel (and direct) in TLS. A blob that is
+/// not served (a registry that wants a token even to read) cannot check the rate: an error.
+pub fn validate(link: Link, relay: &Relay, registry: &str, large_path: &str) -> std::io::Result<Validation> {
     let limit = link.rate_bps.map(|r| r / 8 * 4);
-    let (small, _) = time_gets(relay, "/v2/", None, 21)?;
-    let (small_direct, _) = time_gets(direct, "/v2/", None, 21)?;
-    let (large, large_bytes) = time_gets(relay, large_path, limit, 1)?;
-    let (large_direct, _) = time_gets(direct, large_path, limit, 3)?;
+    let (through, direct) = match registry.strip_prefix("https://") {
+        Some(host) if relay.tunnel => (
+            Route::Tls {
+                proxy: Some(&relay.addr),
+                host,
+            },
+            Route::Tls { proxy: None, host },
+        ),
+        _ => (Route::Plain(&relay.addr), Route::Plain(registry)),
+    };
+    let (small, _, _) = time_gets(through, "/v2/", None, 21)?;
+    let (small_direct, _, _) = time_gets(direct, "/v2/", None, 21)?;
+    let (large, status, large_bytes) = time_gets(through, large_path, limit, 1)?;
+    if !(200..300).contains(&status) {
+        return Err(std::io::Error::other(format!(
+            "{large_path} answered HTTP {status} (no credentials are sent): the rate cannot be checked"
+        )));
+    }
+    let (large_direct, _, _) = time_gets(direct, large_path, limit, 3)?;
     Ok(Validation {
         link,
         small,

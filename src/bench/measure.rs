@@ -3,6 +3,11 @@
 //! that crossed the relay and lamina's peak RSS. Every step waits with a deadline and gives
 //! up at once when the run is interrupted; whatever a run mounted or made is removed before
 //! it returns, failed or not.
+//!
+//! Requests: the relay counts the request lines of plain HTTP. Inside TLS it sees none, so
+//! for an HTTPS registry they are lamina's own count of the requests it made (answered ones,
+//! a redirect or a token challenge followed within one): `full` from `lamina pull`'s summary,
+//! the lazy modes from the mount's state (`lamina stats --json`) once the command is ready.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -20,6 +25,9 @@ const POLL: Duration = Duration::from_millis(10);
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(1800);
 /// The lamina daemon writes its profile as it ends: wait this long for it.
 const DAEMON_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A mount rewrites its state (with its request counts) every 0.5 s: wait this long after the
+/// command is ready (untimed) for a state that counts its requests.
+const STATE_REFRESH: Duration = Duration::from_millis(600);
 
 /// Where one run happens.
 pub struct Ctx<'a> {
@@ -47,6 +55,14 @@ impl Ctx<'_> {
         for (k, v) in &self.settings.lamina_env {
             c.env(k, v);
         }
+        c
+    }
+
+    /// lamina for a measured step: its traffic crosses the link (for an HTTPS registry, the
+    /// relay is its proxy).
+    fn lamina_over_link(&self) -> Command {
+        let mut c = self.lamina();
+        c.envs(self.relay.env());
         c
     }
 
@@ -87,56 +103,103 @@ pub fn run_mode(ctx: &Ctx, mode: Mode, tag: &str) -> Result<RunFigures, String> 
     let before = ctx.relay.counters.snapshot();
     let t = Instant::now();
     let deadline = t + wl.timeout;
-    // (peak RSS, when the command was ready)
+    // (peak RSS, when the command was ready, requests by lamina's own count)
     let done = match mode {
         Mode::Local => {
             let tree = ctx.local_tree();
             if !tree.is_dir() {
                 return Err("no extracted tree (its lamina pull failed)".into());
             }
-            run_command(ctx, &tree, deadline).map(|ready| (0, ready))
+            run_command(ctx, &tree, deadline).map(|ready| (0, ready, 0))
         }
         Mode::Full => full(ctx, &dir, deadline),
         Mode::SkopeoUmoci => skopeo_umoci(ctx, &dir, deadline),
         _ => lazy(ctx, mode, &dir, deadline),
     };
     let _ = std::fs::remove_dir_all(&dir);
-    let (rss_kb, ready) = done?;
+    let (rss_kb, ready, lamina_requests) = done?;
     let elapsed = ready.duration_since(t).as_secs_f64();
     let after = ctx.relay.counters.snapshot();
     Ok(RunFigures {
         seconds: elapsed,
-        requests: after.0 - before.0,
+        requests: if ctx.relay.tunnel {
+            lamina_requests
+        } else {
+            after.0 - before.0
+        },
         bytes: after.1 - before.1,
         rss_kb,
     })
 }
 
+/// (peak RSS, when the command was ready, requests by lamina's count)
+type Done = (u64, Instant, u64);
+
 /// `lamina pull` (under GNU time for its peak RSS, where it is installed), then the command.
-fn full(ctx: &Ctx, dir: &Path, deadline: Instant) -> Result<(u64, Instant), String> {
-    let image = format!("{}/{}", ctx.relay.addr, ctx.wl.full_image);
+fn full(ctx: &Ctx, dir: &Path, deadline: Instant) -> Result<Done, String> {
+    let image = format!("{}/{}", ctx.relay.image_host, ctx.wl.full_image);
     let rss_file = dir.with_extension("rss");
-    let mut c = ctx.lamina();
+    let mut c = ctx.lamina_over_link();
     c.arg("pull").arg(&image).arg(dir);
-    run_step(&mut with_time(c, &rss_file), deadline, &ctx.settings.interrupt)?;
+    let out = run_step(&mut with_time(c, &rss_file), deadline, &ctx.settings.interrupt)?;
     let rss = std::fs::read_to_string(&rss_file)
         .ok()
         .and_then(|s| s.lines().last()?.trim().parse().ok())
         .unwrap_or(0);
     let _ = std::fs::remove_file(&rss_file);
-    Ok((rss, run_command(ctx, dir, deadline)?))
+    Ok((rss, run_command(ctx, dir, deadline)?, pull_requests(&out)))
 }
 
-/// skopeo copy to an OCI layout, umoci unpack, then the command.
-fn skopeo_umoci(ctx: &Ctx, dir: &Path, deadline: Instant) -> Result<(u64, Instant), String> {
+/// The requests `lamina pull` counted: `… MB downloaded in N requests, …` (0 if not said).
+fn pull_requests(stdout: &str) -> u64 {
+    stdout
+        .split(" downloaded in ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The requests a running mount counted (0 if unknown), from `lamina stats --json`: those
+/// answered by each host it asked.
+fn mount_requests(ctx: &Ctx, cache: &Path, dir: &Path) -> u64 {
+    let out = ctx
+        .lamina()
+        .args(["stats", "--json", "--cache-dir"])
+        .arg(cache)
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    let state = out
+        .ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .unwrap_or_default();
+    let by_host = state["requests_by_host"].as_array().cloned().unwrap_or_default();
+    by_host.iter().filter_map(|pair| pair[1].as_u64()).sum()
+}
+
+/// skopeo copy to an OCI layout, umoci unpack, then the command. For an HTTPS registry skopeo
+/// gets the relay as its proxy and uses its own certificate directories (containers-certs.d:
+/// /etc/containers/certs.d, /etc/docker/certs.d); its requests are not counted.
+fn skopeo_umoci(ctx: &Ctx, dir: &Path, deadline: Instant) -> Result<Done, String> {
     let layout = dir.with_extension("layout");
     let _ = std::fs::remove_dir_all(&layout);
     let i = &ctx.settings.interrupt;
+    let host = &ctx.relay.image_host;
+    if ctx.relay.tunnel && is_loopback(host) {
+        return Err(format!(
+            "skopeo (Go) never sends a loopback address ({host}) through a proxy: its traffic would not cross the link"
+        ));
+    }
+    let mut skopeo = Command::new("skopeo");
+    skopeo.args(["copy", "--quiet"]).envs(ctx.relay.env());
+    if !ctx.relay.tunnel {
+        skopeo.arg("--src-tls-verify=false");
+    }
     let result = (|| {
         run_step(
-            Command::new("skopeo")
-                .args(["copy", "--quiet", "--src-tls-verify=false"])
-                .arg(format!("docker://{}/{}", ctx.relay.addr, ctx.wl.full_image))
+            skopeo
+                .arg(format!("docker://{host}/{}", ctx.wl.full_image))
                 .arg(format!("oci:{}:t", layout.display())),
             deadline,
             i,
@@ -152,13 +215,23 @@ fn skopeo_umoci(ctx: &Ctx, dir: &Path, deadline: Instant) -> Result<(u64, Instan
         run_command(ctx, &dir.join("rootfs"), deadline)
     })();
     let _ = std::fs::remove_dir_all(&layout);
-    result.map(|ready| (0, ready))
+    result.map(|ready| (0, ready, 0))
+}
+
+/// Whether `host[:port]` is a loopback name or address (as Go's proxy rules see it).
+fn is_loopback(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => h,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A lazy mount (cache emptied unless warm), the command in it, the daemon's peak RSS, the
 /// unmount, and the daemon's end (it writes the profile into the cache as it ends: the next
 /// run must find the cache as this one left it).
-fn lazy(ctx: &Ctx, mode: Mode, dir: &Path, deadline: Instant) -> Result<(u64, Instant), String> {
+fn lazy(ctx: &Ctx, mode: Mode, dir: &Path, deadline: Instant) -> Result<Done, String> {
     let wl = ctx.wl;
     let cache = ctx.cache();
     if mode != Mode::LazyWarm {
@@ -168,15 +241,16 @@ fn lazy(ctx: &Ctx, mode: Mode, dir: &Path, deadline: Instant) -> Result<(u64, In
     if mode == Mode::LazyProfile && !ctx.settings.push_profile {
         copy_profiles(&ctx.work("profile-cache"), &cache)?;
     }
+    let host = &ctx.relay.image_host;
     let image = match (mode, &wl.lazy_digest, &wl.gzip_image) {
-        (Mode::LazyWarm, Some(d), _) => format!("{}/{}@{d}", ctx.relay.addr, repository(&wl.lazy_image)),
-        (Mode::LazyGzindex, _, Some(g)) => format!("{}/{g}", ctx.relay.addr),
+        (Mode::LazyWarm, Some(d), _) => format!("{host}/{}@{d}", repository(&wl.lazy_image)),
+        (Mode::LazyGzindex, _, Some(g)) => format!("{host}/{g}"),
         (Mode::LazyGzindex, _, None) => return Err("no gzip image to index".into()),
-        _ => format!("{}/{}", ctx.relay.addr, wl.lazy_image),
+        _ => format!("{host}/{}", wl.lazy_image),
     };
     // Cold: no profile, even where one was recorded for lazy-profile.
     let prefetch = if mode == Mode::LazyProfile { "auto" } else { "readahead" };
-    let mut c = ctx.lamina();
+    let mut c = ctx.lamina_over_link();
     c.args(["mount", "--prefetch", prefetch, "--cache-dir"])
         .arg(&cache)
         .arg(&image)
@@ -185,9 +259,15 @@ fn lazy(ctx: &Ctx, mode: Mode, dir: &Path, deadline: Instant) -> Result<(u64, In
     let ran = run_command(ctx, dir, deadline);
     let pid = daemon_pid(&out);
     let rss = pid.map_or(0, daemon_hwm_kb);
+    let requests = if ctx.relay.tunnel && ran.is_ok() {
+        std::thread::sleep(STATE_REFRESH);
+        mount_requests(ctx, &cache, dir)
+    } else {
+        0
+    };
     let _ = ctx.lamina().arg("umount").arg(dir).status();
     wait_gone(pid);
-    ran.map(|ready| (rss, ready))
+    ran.map(|ready| (rss, ready, requests))
 }
 
 /// Wait (a while) for process `pid` to end.
@@ -219,7 +299,7 @@ fn ensure_profile(ctx: &Ctx) -> Result<(), String> {
     if done.exists() {
         return Ok(());
     }
-    let image = format!("{}/{}", ctx.wl.registry, ctx.wl.lazy_image);
+    let image = format!("{}/{}", ctx.wl.registry_host(), ctx.wl.lazy_image);
     let point = ctx.work("profile-mnt");
     let _ = std::fs::remove_dir_all(&cache);
     std::fs::create_dir_all(&point).map_err(|e| e.to_string())?;
@@ -259,7 +339,7 @@ fn ensure_gzip_indexed(ctx: &Ctx) -> Result<(), String> {
     let mut c = ctx.lamina();
     c.args(["index", "--cache-dir"])
         .arg(&cache)
-        .arg(format!("{}/{gzip}", ctx.wl.registry));
+        .arg(format!("{}/{gzip}", ctx.wl.registry_host()));
     run_step(&mut c, Instant::now() + PREPARE_TIMEOUT, &ctx.settings.interrupt)?;
     std::fs::create_dir_all(&cache).map_err(|e| e.to_string())?;
     std::fs::write(cache.join("indexed"), b"").map_err(|e| e.to_string())
@@ -461,5 +541,19 @@ mod tests {
             assert_eq!(repository(image), repo, "{image}");
         }
         assert_eq!(daemon_pid("mounted x (daemon pid 42)\n"), Some(42));
+        assert_eq!(
+            pull_requests("pulled r (sha256:0) into d: 2 layers, 9 entries, 1.2 MB downloaded in 4 requests, 3.0 MB"),
+            4
+        );
+        assert_eq!(pull_requests("pulled r"), 0);
+        for (host, loopback) in [
+            ("127.0.0.1:5000", true),
+            ("localhost", true),
+            ("[::1]:443", true),
+            ("ghcr.io", false),
+            ("10.0.0.1:5000", false),
+        ] {
+            assert_eq!(is_loopback(host), loopback, "{host}");
+        }
     }
 }

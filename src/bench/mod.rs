@@ -3,7 +3,8 @@
 //! (`cargo bench --bench suite`, built-in Debian images) both call it, so there is one engine.
 //!
 //! ```text
-//! links (fastest first) ─► link::start: a relay per link (paces, delays, counts) ─► validate
+//! links (fastest first) ─► link::start: a relay per link (paces, delays, counts; the CONNECT
+//!                          proxy of HTTPS registries, `tunnel`) ─► validate
 //!   └─ workloads × repetitions × modes ─► measure::run_mode ─► stats::Sample
 //!        full          lamina pull IMAGE DIR, then the command in DIR
 //!        lazy-cold     lamina mount (empty cache, read-ahead only), the command in the mount
@@ -34,6 +35,7 @@ pub mod plot;
 pub mod report;
 pub mod stats;
 pub mod sweep;
+mod tunnel;
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -136,7 +138,9 @@ pub trait Launcher: Send + Sync {
 pub struct Workload {
     /// Short name (table headings, folder names).
     pub name: String,
-    /// `host:port` of the registry; the relays stand in front of it (plain HTTP).
+    /// `host:port` of a registry reached over plain HTTP, which the relays stand in for; or
+    /// `https://host[:port]` of one reached over HTTPS, whose clients get the relays as their
+    /// proxy (see [`link`]).
     pub registry: String,
     /// Repository and tag or digest (`suite/python:gzip`) that `full` and `skopeo+umoci` pull.
     pub full_image: String,
@@ -162,6 +166,11 @@ impl Workload {
     /// The command as one line.
     pub fn command_line(&self) -> String {
         self.launcher.argv().join(" ")
+    }
+
+    /// The registry as image references name it: `host[:port]`, without `https://`.
+    pub fn registry_host(&self) -> &str {
+        self.registry.strip_prefix("https://").unwrap_or(&self.registry)
     }
 }
 

@@ -178,7 +178,7 @@ fn check_link(l: Link, relay: &Relay, wl: &Workload, r: &mut Results, log: &mut 
         return;
     };
     for attempt in 0..2 {
-        match link::validate(l, &relay.addr, &wl.registry, path) {
+        match link::validate(l, relay, &wl.registry, path) {
             Ok(v) => {
                 let passed = v.passes();
                 log(&format!(

@@ -121,19 +121,20 @@ pub(super) fn bench(args: BenchArgs, runtime: &tokio::runtime::Runtime, progress
     if lazy_ref.api_host() != host {
         anyhow::bail!("--lazy-image must be in the same registry as IMAGE ({host})");
     }
-    if !crate::registry::client::uses_plain_http(&host, &client.insecure_registries) {
-        anyhow::bail!(
-            "{host} is reached over HTTPS: the link relay stands in for the registry's address, so lamina \
-             bench measures registries reached over plain HTTP (loopback or --insecure-registry) for now; \
-             copy the image to one (e.g. `skopeo copy docker://IMAGE docker://localhost:5000/IMAGE`)"
-        );
-    }
     if args.registry.platform.is_some() {
         // The lamina processes the bench starts would each pick this machine's platform.
         anyhow::bail!("lamina bench measures images of this machine's platform: --platform is not supported");
     }
     let platform = Platform::host();
     let registry = crate::registry::Registry::new(&args.image.registry, &host, &client)?;
+    // Plain HTTP: the link relays stand in for the registry's address. HTTPS (its certificate
+    // names the registry, so nothing can stand in for it): the relays are the proxy of the
+    // lamina processes measured, and every TLS connection crosses the link as a tunnel.
+    let registry_at = if registry.is_https() {
+        format!("https://{host}")
+    } else {
+        host.clone()
+    };
     let full = runtime
         .block_on(crate::registry::resolve_image(&registry, &args.image, &platform))
         .with_context(|| format!("resolving {}", args.image))?;
@@ -156,7 +157,7 @@ pub(super) fn bench(args: BenchArgs, runtime: &tokio::runtime::Runtime, progress
     let largest = lazy.layers.iter().max_by_key(|l| l.size);
     let workload = Workload {
         name: args.image.repository.rsplit('/').next().unwrap_or("image").to_string(),
-        registry: host.clone(),
+        registry: registry_at,
         full_image: path_of(&args.image),
         lazy_image: path_of(&lazy_ref),
         gzip_image: Some(path_of(&args.image)),

@@ -13,13 +13,14 @@ pub(super) async fn pull(args: PullArgs, progress: bool) -> anyhow::Result<()> {
     let report = crate::pull::pull(&args.image, &args.dir, &options).await?;
     let secs = report.elapsed.as_secs_f64();
     outln!(
-        "pulled {} ({}) into {}: {} layers, {} entries, {:.1} MB downloaded, {:.1} MB uncompressed, {:.2} s ({:.1} MB/s)",
+        "pulled {} ({}) into {}: {} layers, {} entries, {:.1} MB downloaded in {} requests, {:.1} MB uncompressed, {:.2} s ({:.1} MB/s)",
         report.reference,
         report.manifest_digest,
         args.dir.display(),
         report.layers,
         report.entries,
         report.compressed_bytes as f64 / 1e6,
+        report.requests,
         report.tar_bytes as f64 / 1e6,
         secs,
         report.compressed_bytes as f64 / 1e6 / secs.max(1e-9),

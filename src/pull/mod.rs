@@ -114,6 +114,8 @@ pub struct PullReport {
     pub entries: u64,
     /// Wall time.
     pub elapsed: Duration,
+    /// Requests the registry (and its mirrors) answered.
+    pub requests: u64,
 }
 
 /// Pull `reference` into `dest`, which must not exist or be an empty directory.
@@ -198,6 +200,7 @@ pub async fn pull(reference: &ImageRef, dest: &Path, options: &PullOptions) -> R
         file_bytes: stats.iter().map(|s| s.file_bytes).sum(),
         entries: stats.iter().map(|s| s.entries).sum(),
         elapsed: started.elapsed(),
+        requests: registry.requests_by_host().iter().map(|(_, n)| n).sum(),
     })
 }
 

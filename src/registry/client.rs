@@ -171,6 +171,12 @@ impl Registry {
         }
     }
 
+    /// Whether the registry is reached over HTTPS (TLS files for it, or not on loopback and
+    /// not listed as insecure).
+    pub fn is_https(&self) -> bool {
+        self.base.scheme() == "https"
+    }
+
     /// Requests answered so far by each host: mirrors by their host, the registry by its name.
     pub fn requests_by_host(&self) -> Vec<(String, u64)> {
         self.host_requests.lock().iter().map(|(h, n)| (h.clone(), *n)).collect()

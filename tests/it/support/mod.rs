@@ -9,6 +9,7 @@ pub mod mount;
 pub mod overlay;
 pub mod poll;
 pub mod registry;
+pub mod tls;
 pub mod tree;
 
 use std::path::Path;

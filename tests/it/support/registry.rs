@@ -21,6 +21,8 @@ pub struct TestRegistry {
     /// `127.0.0.1:PORT`
     pub addr: String,
     dir: tempfile::TempDir,
+    /// The CA of an HTTPS registry's certificate, for the test's own requests to it (curl).
+    https_ca: Option<PathBuf>,
 }
 
 impl TestRegistry {
@@ -43,6 +45,7 @@ impl TestRegistry {
             child: None,
             addr: String::new(),
             dir,
+            https_ca: None,
         };
         let (child, port) = start_server("docker-registry (TLS)", |port| {
             r.write_config(port, false);
@@ -64,6 +67,14 @@ impl TestRegistry {
         r
     }
 
+    /// [`Self::start_tls`] with a certificate of `ca`, which the test's own requests to it
+    /// (e.g. [`Self::settled_blob_gets`]) then trust.
+    pub fn start_https(cert: &Path, key: &Path, ca: &Path) -> TestRegistry {
+        let mut r = Self::start_tls(cert, key, None);
+        r.https_ca = Some(ca.to_path_buf());
+        r
+    }
+
     /// Start a pull-through cache of the registry at `remote` (`proxy.remoteurl`).
     pub fn start_pull_through(remote: &str) -> TestRegistry {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -71,6 +82,7 @@ impl TestRegistry {
             child: None,
             addr: String::new(),
             dir,
+            https_ca: None,
         };
         let (child, port) = start_server("docker-registry (pull-through cache)", |port| {
             r.write_config(port, false);
@@ -91,6 +103,7 @@ impl TestRegistry {
             child: None,
             addr: String::new(),
             dir,
+            https_ca: None,
         };
         if let Some((user, password)) = auth {
             let out = super::run(Command::new("htpasswd").args(["-Bbn", user, password]));
@@ -229,10 +242,16 @@ impl TestRegistry {
             "/v2/lamina-test-sync/manifests/s{}",
             SYNCS.fetch_add(1, Ordering::Relaxed)
         );
-        assert!(
-            http_status(&self.addr, &marker).is_some(),
-            "the registry did not answer"
-        );
+        let answered = match &self.https_ca {
+            None => http_status(&self.addr, &marker).is_some(),
+            Some(ca) => Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "--cacert"])
+                .arg(ca)
+                .arg(format!("https://{}{marker}", self.addr))
+                .status()
+                .is_ok_and(|s| s.success()),
+        };
+        assert!(answered, "the registry did not answer");
         poll::until("the registry to log our own request", || {
             self.log().contains(&format!("\"GET {marker} ")).then_some(())
         });
