@@ -97,6 +97,14 @@ pub fn run_mode(ctx: &Ctx, mode: Mode, tag: &str) -> Result<RunFigures, String> 
         Mode::LazyGzindex => ensure_gzip_indexed(ctx)?,
         _ => {}
     }
+    // A cold mount starts from an empty cache. Emptying it is not the mount's work (the last
+    // run's cache of a bulk reader is tens of thousands of files: seconds to remove).
+    if matches!(mode, Mode::LazyCold | Mode::LazyProfile | Mode::LazyGzindex) {
+        let _ = std::fs::remove_dir_all(ctx.cache());
+        if mode == Mode::LazyProfile && !ctx.settings.push_profile {
+            copy_profiles(&ctx.work("profile-cache"), &ctx.cache())?;
+        }
+    }
     if ctx.settings.drop_caches {
         drop_caches();
     }
@@ -234,13 +242,7 @@ fn is_loopback(host: &str) -> bool {
 fn lazy(ctx: &Ctx, mode: Mode, dir: &Path, deadline: Instant) -> Result<Done, String> {
     let wl = ctx.wl;
     let cache = ctx.cache();
-    if mode != Mode::LazyWarm {
-        let _ = std::fs::remove_dir_all(&cache);
-    }
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    if mode == Mode::LazyProfile && !ctx.settings.push_profile {
-        copy_profiles(&ctx.work("profile-cache"), &cache)?;
-    }
     let host = &ctx.relay.image_host;
     let image = match (mode, &wl.lazy_digest, &wl.gzip_image) {
         (Mode::LazyWarm, Some(d), _) => format!("{host}/{}@{d}", repository(&wl.lazy_image)),
