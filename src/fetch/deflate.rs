@@ -208,7 +208,6 @@ impl Fetcher {
         layer: LayerSource,
         group: Vec<(Chunk, FlightGuard)>,
         raw: bytes::Bytes,
-        _slot: super::store::Slot,
     ) {
         let failed = |e: String| FetchError::Failed(format!("layer {}: {e}", layer.digest));
         let start = group.first().map(|(c, _)| c.blob_offset).unwrap_or(0);

@@ -391,8 +391,9 @@ impl Fetcher {
                         .map_or(end, |(c, _)| (c.blob_offset - buf_offset).min(end));
                     let _ = buf.split_to(keep_from as usize);
                     buf_offset += keep_from;
-                    let (me, layer, slot) = (self.clone(), layer.clone(), self.store_slot().await);
-                    tokio::task::spawn_blocking(move || me.store_group(layer, group, raw, slot));
+                    // No slot: inflating a checkpoint may wait for its window from the registry.
+                    let (me, layer) = (self.clone(), layer.clone());
+                    tokio::task::spawn_blocking(move || me.store_group(layer, group, raw));
                     continue;
                 }
                 let (from, to) = (
@@ -455,7 +456,11 @@ impl Fetcher {
         let mut last = String::new();
         for _ in 0..VERIFY_ATTEMPTS {
             let bytes = self.range(layer, chunk.blob_offset, chunk.blob_len).await?;
-            let (me, l, c, slot) = (self.clone(), layer.clone(), chunk.clone(), self.store_slot().await);
+            let slot = match layer.deflate {
+                None => Some(self.store_slot().await),
+                Some(_) => None,
+            };
+            let (me, l, c) = (self.clone(), layer.clone(), chunk.clone());
             let decoded = tokio::task::spawn_blocking(move || {
                 let _slot = slot;
                 me.store_chunk(&l, &c, &bytes)

@@ -85,13 +85,21 @@ pub struct Prefetch {
     /// The access profile being prefetched, while it is judged.
     watch: Mutex<Option<ProfileWatch>>,
     /// Requests waiting for a permit, by their chunks (with their layer's blob).
-    queued: Mutex<HashMap<[u8; 32], (crate::digest::Digest, QueuedRun)>>,
+    queued: Mutex<HashMap<[u8; 32], Queued>>,
     /// Counters.
     pub stats: PrefetchStats,
 }
 
 /// The chunks of one queued prefetch request, in blob order.
 type QueuedRun = Arc<Vec<Chunk>>;
+
+/// A queued request, as one of its chunks finds it: its layer's blob, its class, its chunks.
+type Queued = (crate::digest::Digest, Class, QueuedRun);
+
+/// The most compressed bytes a read takes from a queued request it overtakes (the largest
+/// request): other reads that need those chunks then wait for them to stream in, as they
+/// would for the read-ahead request itself.
+const MAX_TAKEN_BYTES: u64 = super::runs::MAX_MERGE_BYTES;
 
 impl Default for Prefetch {
     fn default() -> Self {
@@ -116,17 +124,17 @@ impl Prefetch {
     }
 
     /// `run` of `layer` waits for a permit.
-    fn enqueue(&self, layer: &crate::digest::Digest, run: &QueuedRun) {
+    fn enqueue(&self, layer: &crate::digest::Digest, class: Class, run: &QueuedRun) {
         let mut queued = self.queued.lock();
         for c in run.iter() {
-            queued.insert(c.digest, (layer.clone(), run.clone()));
+            queued.insert(c.digest, (layer.clone(), class, run.clone()));
         }
     }
 
     /// The chunks of `run` (from `from` on) no longer wait: they are fetched, or skipped.
-    fn dequeue(queued: &mut HashMap<[u8; 32], (crate::digest::Digest, QueuedRun)>, run: &QueuedRun, from: usize) {
+    fn dequeue(queued: &mut HashMap<[u8; 32], Queued>, run: &QueuedRun, from: usize) {
         for c in &run[from..] {
-            if queued.get(&c.digest).is_some_and(|(_, r)| Arc::ptr_eq(r, run)) {
+            if queued.get(&c.digest).is_some_and(|(_, _, r)| Arc::ptr_eq(r, run)) {
                 queued.remove(&c.digest);
             }
         }
@@ -210,7 +218,7 @@ impl Fetcher {
             .map(|run| Arc::new(run.into_iter().map(|(c, ())| c).collect()))
             .collect();
         for run in &runs {
-            self.prefetch.enqueue(&layer.digest, run);
+            self.prefetch.enqueue(&layer.digest, class, run);
         }
         self.runtime.spawn(async move {
             for run in runs {
@@ -282,14 +290,25 @@ impl Fetcher {
         mine: &mut Vec<(Chunk, Arc<Flight>)>,
     ) {
         let mut queued = self.prefetch.queued.lock();
-        let Some((_, run)) = queued.get(&chunk.digest).filter(|(l, _)| *l == layer.digest) else {
+        // A stopped profile's requests are dropped, not taken.
+        let Some((_, _, run)) = queued
+            .get(&chunk.digest)
+            .filter(|(l, class, _)| *l == layer.digest && self.prefetch.goes_on(*class))
+        else {
             return;
         };
         let run = run.clone();
         let at = run.iter().position(|c| c.digest == chunk.digest).unwrap_or(run.len());
-        Prefetch::dequeue(&mut queued, &run, at);
+        let limit = chunk.blob_offset + MAX_TAKEN_BYTES;
+        let to = at + run[at..].iter().take_while(|c| c.blob_offset < limit).count();
+        let taken = Arc::new(run[at..to].to_vec());
+        for c in taken.iter() {
+            if queued.get(&c.digest).is_some_and(|(_, _, r)| Arc::ptr_eq(r, &run)) {
+                queued.remove(&c.digest);
+            }
+        }
         drop(queued);
-        for c in run[at..].iter().skip(1) {
+        for c in taken.iter().skip(1) {
             if c.kind == ChunkKind::Data && !inflight.contains_key(&c.digest) && !self.store.contains(&c.digest) {
                 let f = Arc::new(Flight::default());
                 inflight.insert(c.digest, f.clone());

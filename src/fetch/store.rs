@@ -14,6 +14,8 @@ pub(super) type Slot = tokio::sync::OwnedSemaphorePermit;
 /// Chunks decoded and stored at once: one per core. A blocking thread per arriving chunk
 /// was hundreds of threads on 2 cores, spinning on the store's directory locks; and a
 /// response waits for a slot before it reads on, so the compressed bytes held are bounded.
+/// Chunks of a gzip index take no slot: inflating one may wait for its checkpoint's window
+/// from the registry, and a slot held across that would hold up every layer's chunks.
 pub fn store_slots() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()).max(2)
 }

@@ -144,8 +144,7 @@ impl UpperDir {
             .read(true)
             .open(&id_path)
             .map_err(io_err(&id_path))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-            .map_err(|_| UpperError::InUse(dir.into()))?;
+        lock_within(&lock, UNMOUNT_GRACE).map_err(|_| UpperError::InUse(dir.into()))?;
         let mut text = String::new();
         lock.read_to_string(&mut text).map_err(io_err(&id_path))?;
         let found: Identity = serde_json::from_str(&text).map_err(|e| UpperError::Foreign {
@@ -375,6 +374,24 @@ pub fn set_marker(dir: BorrowedFd<'_>, name: &[u8], key: &str, value: &[u8]) -> 
     Ok(())
 }
 
+/// How long opening an upper directory waits for its lock: `lamina umount` returns once the
+/// mount is detached, and the daemon lets go of the upper directory moments later, so
+/// `lamina umount M && lamina commit UPPER` must not find it still in use.
+const UNMOUNT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Take the exclusive flock of `file`, trying again until `grace` has passed.
+fn lock_within(file: &std::fs::File, grace: std::time::Duration) -> rustix::io::Result<()> {
+    let until = std::time::Instant::now() + grace;
+    loop {
+        match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -431,6 +448,15 @@ pub(crate) mod tests {
             Err(UpperError::InUse(_))
         ));
         drop(u);
+        // A mount going down lets go of it within the grace: opening waits for that.
+        let u = UpperDir::open(&d, &identity(&["a", "b"]), (0o755, 0, 0)).unwrap();
+        let opened = std::thread::scope(|s| {
+            let other = s.spawn(|| UpperDir::open(&d, &identity(&["a", "b"]), (0o755, 0, 0)).map(drop));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            drop(u);
+            other.join().unwrap()
+        });
+        assert!(opened.is_ok(), "{opened:?}");
         let e = UpperDir::open(&d, &identity(&["a", "c"]), (0o755, 0, 0)).unwrap_err();
         assert!(e.to_string().contains("holds changes to img"), "{e}");
         std::fs::write(d.join(IDENTITY_FILE), b"{not json").unwrap();

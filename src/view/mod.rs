@@ -78,6 +78,8 @@ pub struct ImageView {
     readahead: readahead::Readahead,
     walks: walk::Walks,
     assembler: assemble::Assembler,
+    /// Files opened with passthrough at least once (read-ahead counts the first open only).
+    passed: parking_lot::Mutex<std::collections::HashSet<u64>>,
     /// What the workload reads, for the image's access profile.
     pub recorder: record::Recorder,
     /// ioctl commands already logged as unsupported (each is logged once, not per call).
@@ -115,6 +117,7 @@ impl ImageView {
             fetcher,
             readahead,
             walks: walk::Walks::default(),
+            passed: parking_lot::Mutex::new(std::collections::HashSet::new()),
             recorder: record::Recorder::default(),
             ioctls_logged: parking_lot::Mutex::new(std::collections::HashSet::new()),
         }

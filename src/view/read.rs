@@ -113,7 +113,12 @@ impl ImageView {
     /// File `ino` was opened with passthrough: its reads will not reach lamina, so it counts
     /// as read from start to end for read-ahead in blob order and in visiting order, and what
     /// that calls for is fetched ahead, as a read of it would.
+    /// Only a file's first such open counts: later ones (a library mapped by every process)
+    /// are not part of a walk.
     pub(super) fn passed_through(&self, ino: INodeNo) {
+        if !self.passed.lock().insert(ino.0) {
+            return;
+        }
         let (ahead, walk_ahead) = self.live.read(|st| {
             let Some(n) = st.union.get(ino.0) else {
                 return (None, Vec::new());

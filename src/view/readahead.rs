@@ -34,8 +34,13 @@ const SLACK_BYTES: u64 = 64 << 10;
 pub const PROVEN_BYTES: u64 = 128 << 10;
 /// Share of the bytes it spans that a stream must have read to get a window.
 pub const DENSE_PERCENT: u64 = 90;
-/// Reads on a stream that prove it as well as [`PROVEN_BYTES`] do (a walk over small files).
+/// Reads on a stream that prove it as well as [`PROVEN_BYTES`] do (a walk over small files),
+/// once they have read [`PROVEN_READ_BYTES`].
 pub const PROVEN_READS: u32 = 4;
+/// Bytes the reads of [`PROVEN_READS`] must have read: a few adjacent small modules do not.
+pub const PROVEN_READ_BYTES: u64 = 32 << 10;
+/// How far behind the furthest read a read may start and still be on the stream.
+const BEHIND_BYTES: u64 = 1 << 20;
 /// A gap this small between two reads counts as read: the tar header between two files.
 const HEADER_GAP_BYTES: u64 = 2 << 10;
 
@@ -79,9 +84,9 @@ impl Readahead {
     pub fn advance(&self, layer: usize, start: u64, end: u64) -> Option<(u64, u64)> {
         let mut st = self.streams.get(layer)?.lock();
         // Reads of a stream arrive out of order (several FUSE threads, the kernel's own
-        // read-ahead): one behind the furthest, but not before the stream's start, is on it.
-        let on_stream =
-            st.started && start + SLACK_BYTES >= st.start && start <= st.issued_to.max(st.next_blob) + SLACK_BYTES;
+        // read-ahead): one a little behind the furthest is on it; further back, another reader.
+        let behind = start + BEHIND_BYTES >= st.next_blob && start + SLACK_BYTES >= st.start;
+        let on_stream = st.started && behind && start <= st.issued_to.max(st.next_blob) + SLACK_BYTES;
         if !on_stream {
             *st = Stream {
                 start,
@@ -103,7 +108,7 @@ impl Readahead {
         st.next_blob = end;
         st.reads = st.reads.saturating_add(1);
         let span = st.next_blob - st.start;
-        let proven = span >= PROVEN_BYTES || st.reads >= PROVEN_READS;
+        let proven = span >= PROVEN_BYTES || (st.reads >= PROVEN_READS && st.read_bytes >= PROVEN_READ_BYTES);
         if !proven || st.read_bytes * 100 < span * DENSE_PERCENT {
             st.window = 0;
             return None;
