@@ -289,6 +289,10 @@ impl Fetcher {
         inflight: &mut HashMap<[u8; 32], Arc<Flight>>,
         mine: &mut Vec<(Chunk, Arc<Flight>)>,
     ) {
+        if layer.deflate.is_some() {
+            // A gzip index's requests are whole checkpoints, planned by its `expand`.
+            return;
+        }
         let mut queued = self.prefetch.queued.lock();
         // A stopped profile's requests are dropped, not taken.
         let Some((_, _, run)) = queued
