@@ -518,19 +518,7 @@ impl Fetcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn chunk(blob_offset: u64, blob_len: u64) -> (Chunk, ()) {
-        let c = Chunk {
-            file_offset: 0,
-            len: 1,
-            blob_offset,
-            blob_len,
-            inner_offset: 0,
-            digest: [0; 32],
-            kind: ChunkKind::Data,
-        };
-        (c, ())
-    }
+    use crate::fetch::runs::tests::chunk;
 
     #[test]
     fn a_flight_whose_fetch_panics_is_settled_with_an_error() {

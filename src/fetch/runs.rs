@@ -38,11 +38,12 @@ pub(super) fn merge_runs<T>(chunks: Vec<(Chunk, T)>) -> Vec<Vec<(Chunk, T)>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::model::ChunkKind;
 
-    fn chunk(blob_offset: u64, blob_len: u64) -> (Chunk, ()) {
+    /// A data chunk at these blob bytes (for the fetcher's tests too).
+    pub(in crate::fetch) fn chunk(blob_offset: u64, blob_len: u64) -> (Chunk, ()) {
         let c = Chunk {
             file_offset: 0,
             len: 1,

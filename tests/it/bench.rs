@@ -17,7 +17,7 @@ use crate::support::mount::{add_python, config_digest, have_python, require_fuse
 use crate::support::poll;
 use crate::support::registry::TestRegistry;
 use crate::support::tls::{certs_dir, make_pki, skopeo_push_tls};
-use crate::support::{assert_ok, lamina, require_root, require_tools, run};
+use crate::support::{assert_ok, lamina, require_root, require_tools};
 
 /// A server that never exits: ready at its `listening` line.
 const SERVER: &str = "import json, decimal, time; print('listening', flush=True); time.sleep(3600)";
@@ -295,12 +295,7 @@ fn bench_writes_the_report_and_its_bytes_agree_with_the_registry_and_the_suite()
 
 /// Sizes of the layers of `image`'s manifest (skopeo, any certificate).
 fn layer_sizes(image: &str) -> Vec<u64> {
-    let raw = run(Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{image}")))
-    .stdout;
-    let m: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-    m["layers"]
+    crate::support::mount::manifest(image)["layers"]
         .as_array()
         .unwrap()
         .iter()

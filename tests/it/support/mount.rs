@@ -114,14 +114,18 @@ pub fn require_fuse() -> bool {
     false
 }
 
-/// The config digest of a pushed image (to leave config GETs out of blob counts).
-pub fn config_digest(image: &str) -> String {
+/// The manifest of a pushed image, as the registry serves it (skopeo, any certificate).
+pub fn manifest(image: &str) -> serde_json::Value {
     let raw = run(Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(format!("docker://{image}")))
     .stdout;
-    let m: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-    m["config"]["digest"].as_str().unwrap().to_string()
+    serde_json::from_slice(&raw).unwrap()
+}
+
+/// The config digest of a pushed image (to leave config GETs out of blob counts).
+pub fn config_digest(image: &str) -> String {
+    manifest(image)["config"]["digest"].as_str().unwrap().to_string()
 }
 
 /// Layer blob GETs of `repo` (the config excluded), once the access log has settled.
