@@ -24,11 +24,39 @@ pub const MAX_TOC_BYTES: u64 = 150 << 20;
 pub struct Toc {
     /// Always 1.
     pub version: i64,
-    /// Entries in tar order; `chunk` entries follow their `reg` entry.
+    /// Entries in tar order; `chunk` entries follow their `reg` entry. At most
+    /// [`MAX_TOC_ENTRIES`]: the cap is checked while parsing, before the entries past it are
+    /// held in memory.
+    #[serde(deserialize_with = "capped::<_, MAX_TOC_ENTRIES, _>")]
     pub entries: Vec<TocEntry>,
     /// Digest of the compressed tar-split frame (current zstd:chunked dialect).
     #[serde(rename = "tarSplitDigest", default, skip_serializing_if = "Option::is_none")]
     pub tar_split_digest: Option<String>,
+}
+
+/// A JSON array of at most `CAP` elements: an error at element `CAP + 1`, not after the whole
+/// array was built (a 150 MiB TOC of tiny entries would hold millions of them).
+fn capped<'de, T: Deserialize<'de>, const CAP: usize, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    struct Capped<T, const CAP: usize>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>, const CAP: usize> serde::de::Visitor<'de> for Capped<T, CAP> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "an array of at most {CAP} entries")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(e) = seq.next_element()? {
+                if out.len() == CAP {
+                    return Err(serde::de::Error::custom(format!(
+                        "more than {CAP} entries; at most {CAP} accepted"
+                    )));
+                }
+                out.push(e);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Capped::<T, CAP>(std::marker::PhantomData))
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -359,6 +387,25 @@ mod tests {
     use super::*;
 
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn an_array_past_its_cap_fails_at_the_first_element_too_many() {
+        #[derive(Deserialize)]
+        struct Small {
+            #[serde(deserialize_with = "capped::<_, 3, _>")]
+            v: Vec<u32>,
+        }
+        assert_eq!(serde_json::from_str::<Small>(r#"{"v":[1,2,3]}"#).unwrap().v, [1, 2, 3]);
+        // The fourth element fails it: the fifth, not even a number, is never parsed.
+        let e = serde_json::from_str::<Small>(r#"{"v":[1,2,3,4,"x"]}"#)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("more than 3 entries"), "{e}");
+        // The TOC's own field carries the real cap.
+        let toc = r#"{"version":1,"entries":[{"type":"dir","name":"a"}]}"#;
+        assert_eq!(serde_json::from_str::<Toc>(toc).unwrap().entries.len(), 1);
+    }
 
     fn reg(name: &str, size: i64, offset: i64, end: i64) -> TocEntry {
         TocEntry {

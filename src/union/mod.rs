@@ -54,6 +54,8 @@ crate::extends_meta!(Node);
 #[derive(Debug)]
 pub struct Union {
     nodes: Vec<Node>,
+    /// [`MAX_IMAGE_NODES`] (smaller in tests).
+    max_nodes: usize,
 }
 
 /// A layer cannot be merged.
@@ -89,6 +91,7 @@ impl Union {
     pub fn new() -> Union {
         Union {
             nodes: vec![implicit_dir(ROOT_INO)],
+            max_nodes: MAX_IMAGE_NODES,
         }
     }
 
@@ -120,9 +123,10 @@ impl Union {
             reason,
         };
         // Checked before the entry adds anything (it adds at most one node per path component).
-        if self.nodes.len() >= MAX_IMAGE_NODES {
+        if self.nodes.len() >= self.max_nodes {
             return Err(err(format!(
-                "the image holds more than {MAX_IMAGE_NODES} objects (all layers together); refused"
+                "the image holds more than {} objects (all layers together); refused",
+                self.max_nodes
             )));
         }
         match classify(&e.path).map_err(|x| err(x.to_string()))? {
@@ -362,6 +366,35 @@ mod tests {
             .keys()
             .map(|k| String::from_utf8_lossy(k).into_owned())
             .collect()
+    }
+
+    #[test]
+    fn the_node_cap_counts_every_layer_together() {
+        use EntryKind::*;
+        let l0 = layer(vec![e("f1", Regular), e("f2", Regular)]);
+        let l1 = layer(vec![e("g1", Regular), e("g2", Regular), e("g3", Regular)]);
+        let merge = |layers: &[&LayerIndex]| -> Result<Union, UnionError> {
+            // Root + 4 nodes: each layer alone fits, the two together do not.
+            let mut u = Union {
+                max_nodes: 5,
+                ..Union::new()
+            };
+            for (li, l) in layers.iter().enumerate() {
+                let mut rules = LayerRules::default();
+                for (ei, x) in l.entries.iter().enumerate() {
+                    u.apply_entry(&mut rules, li, ei, x)?;
+                }
+            }
+            Ok(u)
+        };
+        assert!(merge(&[&l0]).is_ok());
+        assert!(merge(&[&l1]).is_ok());
+        let err = merge(&[&l0, &l1]).unwrap_err();
+        assert_eq!((err.layer, err.entry.as_str()), (1, "/g3"), "{err}");
+        assert!(
+            err.reason.contains("more than 5 objects (all layers together)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,11 +5,12 @@
 //!
 //! ```text
 //! ImageView ── metadata: LiveUnion (lookups wait while plain layers stream) ── Node
-//!           └─ bytes:    read.rs: plan (chunks + read-ahead) ─► Fetcher ─► ChunkStore
+//!           └─ bytes:    read.rs: plan (chunks + read-ahead + neighbours) ─► Fetcher ─► ChunkStore
 //!                                 assembled copies of multi-chunk files, passthrough paths
 //! ```
 
 mod assemble;
+mod neighbours;
 mod read;
 mod readahead;
 pub mod record;

@@ -4,6 +4,7 @@
 
 use fuser::INodeNo;
 
+use super::neighbours::{self, SMALL_FILE_BYTES};
 use super::{ImageView, OpError};
 use crate::fetch::prefetch::Class;
 use crate::model::{Chunk, ChunkCodec, ChunkKind, EntryKind};
@@ -18,7 +19,8 @@ struct FilePlan {
     size: u64,
     /// The whole file's digest, when it is assembled from several chunks.
     assembled: Option<[u8; 32]>,
-    /// Chunks from the first one the read needs to the last one it may read ahead into.
+    /// Chunks from the first one the read needs to the last one it may read ahead into, then
+    /// the neighbours of a small file (all in blob order).
     chunks: Vec<Chunk>,
     /// How many of `chunks` the read itself needs.
     needed: usize,
@@ -71,10 +73,18 @@ impl ImageView {
             let needed = chunks.partition_point(|c| c.file_offset < end);
             // Read ahead only when this read starts a request of its own: otherwise the
             // chunks are already there or on their way, and waiting for them is all there is.
-            let wanted = if chunks[first..needed].iter().any(|c| self.fetcher.is_missing(c)) {
+            let misses = chunks[first..needed].iter().any(|c| self.fetcher.is_missing(c));
+            let wanted = if misses {
                 chunks.partition_point(|c| c.file_offset < end.saturating_add(READAHEAD_BYTES))
             } else {
                 needed
+            };
+            // A miss on a small file, read to its end: the files after it in its directory
+            // come in the same request (a program importing a package's modules).
+            let neighbours = if misses && wanted == chunks.len() && n.size <= SMALL_FILE_BYTES && !self.walks.off {
+                neighbours::after(index, entry, |c| self.fetcher.is_missing(c))
+            } else {
+                Vec::new()
             };
             let assembled = e.digest.filter(|_| e.chunk_count > 1);
             if first < needed {
@@ -101,7 +111,7 @@ impl ImageView {
                 layer,
                 size: n.size,
                 assembled,
-                chunks: chunks[first..wanted].to_vec(),
+                chunks: chunks[first..wanted].iter().cloned().chain(neighbours).collect(),
                 needed: needed - first,
                 all_chunks: (assembled.is_some() && end == n.size).then(|| chunks.to_vec()),
                 ahead,
