@@ -292,3 +292,57 @@ fn python_starts_from_a_lazy_mount_fetching_a_small_share_of_the_image() {
         "fetched {fetched} of {image_bytes} bytes"
     );
 }
+
+/// A package: eight small modules in one directory, then a file in another directory.
+fn package_layer() -> Vec<u8> {
+    use crate::support::layout::{tar_bytes, Entry};
+    let modules: Vec<(String, Vec<u8>)> = (0..8).map(|i| (format!("pkg/m{i}.py"), noise(3000, 100 + i))).collect();
+    let other = noise(3000, 99);
+    let mut entries = vec![Entry::Dir("pkg", 0o755)];
+    entries.extend(modules.iter().map(|(name, data)| Entry::File(name, 0o644, data)));
+    entries.extend([Entry::Dir("other", 0o755), Entry::File("other/x.py", 0o644, &other)]);
+    tar_bytes(&entries)
+}
+
+#[test]
+fn a_missed_small_file_brings_the_next_files_of_its_directory_in_the_same_request() {
+    if !require_tools(&["docker-registry", "umoci", "skopeo"]) || !require_root() || !require_fuse() {
+        return;
+    }
+    let registry = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let umoci = build_layout(w, &[Step::Tar(package_layer)]);
+    let image = format!("{}/pkg-zc:t", registry.addr);
+    push_and_convert(
+        &umoci.layout,
+        &format!("{}/pkg-src:t", registry.addr),
+        &image,
+        &w.join("convert-cache"),
+    );
+    let config = config_digest(&image);
+    let gets = || blob_gets(&registry, "pkg-zc", &config);
+    let read = |m: &Mounted, name: &str| std::fs::read(m.point.join(name)).unwrap();
+
+    // The first module's miss fetches the modules after it, in the same request.
+    let m = Mounted::new(&image, &w.join("mnt"), &w.join("cache"), &[]);
+    let mounted = gets();
+    assert!(read(&m, "pkg/m0.py") == noise(3000, 100));
+    let first = gets();
+    assert_eq!(first, mounted + 1, "one request for the first module");
+    for i in 1..4 {
+        assert!(read(&m, &format!("pkg/m{i}.py")) == noise(3000, 100 + i), "pkg/m{i}.py");
+    }
+    assert_eq!(gets(), first, "the next modules came with the first one's request");
+    // A file of another directory is no neighbour: it costs a request of its own.
+    assert!(read(&m, "other/x.py") == noise(3000, 99));
+    assert_eq!(gets(), first + 1, "other/x.py");
+    drop(m);
+
+    // With `--prefetch none`, every module is a request of its own.
+    let m = Mounted::new(&image, &w.join("mnt2"), &w.join("cache2"), &["--prefetch", "none"]);
+    let mounted = gets();
+    assert!(read(&m, "pkg/m0.py") == noise(3000, 100));
+    assert!(read(&m, "pkg/m1.py") == noise(3000, 101));
+    assert_eq!(gets(), mounted + 2, "two modules without neighbours");
+}
