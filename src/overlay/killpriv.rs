@@ -17,7 +17,9 @@
 //!
 //! For each, the bits are cleared here by the kernel's own rule (`setattr_should_drop_suidgid`),
 //! with the requesting process's capabilities and groups read from `/proc`: nothing for a
-//! caller with CAP_FSETID; else set-user-ID, and set-group-ID when the file is
+//! caller with CAP_FSETID in the initial user namespace (the kernel asks `capable()`, so the
+//! root of a user namespace of its own does not count); else set-user-ID, and set-group-ID
+//! when the file is
 //! group-executable or the caller is not in its group. A file capability is the kernel's to
 //! remove (it asks with removexattr, as before). Kept the same as kernel overlayfs by the test
 //! `writable_semantics::writes_and_truncates_clear_set_id_bits_as_kernel_overlayfs`.
@@ -34,11 +36,14 @@ const S_ISGID: u16 = 0o2000;
 const S_IXGRP: u16 = 0o0010;
 /// CAP_FSETID's bit in a capability set.
 const CAP_FSETID: u32 = 4;
+/// `/proc/PID/ns/user` of a process in the initial user namespace (`PROC_USER_INIT_INO`, a
+/// constant of the kernel's ABI).
+const INIT_USER_NS: &str = "user:[4026531837]";
 
 /// What the set-ID rules need to know of the process a request comes from.
 #[derive(Debug, Default)]
 pub struct Caller {
-    /// CAP_FSETID in its effective set.
+    /// CAP_FSETID in its effective set, in the initial user namespace.
     fsetid: bool,
     /// Its file-system group and supplementary groups.
     groups: Vec<u32>,
@@ -56,8 +61,9 @@ impl Caller {
         // Gid: real, effective, saved, file system.
         let fs_gid = field("Gid:").split_whitespace().nth(3).and_then(|g| g.parse().ok());
         let groups = field("Groups:").split_whitespace().filter_map(|g| g.parse().ok());
+        let initial = std::fs::read_link(format!("/proc/{pid}/ns/user")).is_ok_and(|ns| ns.as_os_str() == INIT_USER_NS);
         Caller {
-            fsetid: eff & (1 << CAP_FSETID) != 0,
+            fsetid: eff & (1 << CAP_FSETID) != 0 && initial,
             groups: fs_gid.into_iter().chain(groups).collect(),
         }
     }
@@ -155,6 +161,10 @@ mod tests {
             groups: vec![0],
         };
         assert_eq!(root.bits_to_clear(0o6777, 1), 0);
+        // This test's own process (root in the initial namespace, as the tests run) counts.
+        if rustix::process::geteuid().is_root() {
+            assert_eq!(Caller::of(std::process::id()).bits_to_clear(0o6777, 1), 0);
+        }
         // A process that is gone clears what an unprivileged outsider would.
         let gone = Caller::of(u32::MAX);
         assert_eq!(gone.bits_to_clear(0o6767, 0), 0o6000);

@@ -242,6 +242,31 @@ def as_nobody(fn):
     return os.waitstatus_to_exitcode(status)
 
 
+CLONE_NEWUSER = 0x10000000
+
+
+def as_userns_root(fn):
+    """Run fn() in a child process that is root of a new user namespace mapping uid and gid 0
+    alone: it has CAP_FSETID there, which counts over root's files only. Its errno or 0."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            if libc.unshare(CLONE_NEWUSER) != 0:
+                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUSER)")
+            for name, text in [("setgroups", "deny"), ("uid_map", "0 0 1"), ("gid_map", "0 0 1")]:
+                with open(f"/proc/self/{name}", "w") as f:
+                    f.write(text)
+            fn()
+        except OSError as e:
+            code = e.errno or 1
+        except BaseException:
+            code = 255
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
 def append(path):
     fd = os.open(path, os.O_WRONLY)
     try:
@@ -253,12 +278,17 @@ def append(path):
 def set_id_bits(root):
     steps = []
 
-    def mode_after(name, what, mode, fn, unprivileged=True):
+    def mode_after(name, what, mode, fn, unprivileged=True, runner=None, owner=None):
         p = os.path.join(root, name)
         if not os.path.exists(p):
             write(p, b"x" * 100)
+        if owner is not None:
+            os.chown(p, owner, owner)
         os.chmod(p, mode)
-        rc = as_nobody(lambda: fn(p)) if unprivileged else outcome(lambda: fn(p))
+        if runner is not None:
+            rc = runner(lambda: fn(p))
+        else:
+            rc = as_nobody(lambda: fn(p)) if unprivileged else outcome(lambda: fn(p))
         steps.append((name, what, rc, oct(os.stat(p).st_mode & 0o7777)))
 
     trunc_open = lambda p: os.close(os.open(p, os.O_WRONLY | os.O_TRUNC))
@@ -270,6 +300,21 @@ def set_id_bits(root):
     mode_after("o", "open O_TRUNC by nobody, 06777", 0o6777, trunc_open)
     mode_after("r", "write by root, 06777", 0o6777, append, unprivileged=False)
     mode_after("rt", "truncate by root, 06777", 0o6777, lambda p: os.truncate(p, 10), unprivileged=False)
+    # Root of a user namespace of its own: the kernel asks for CAP_FSETID in the initial
+    # namespace, so its writes and truncates clear the bits, whoever owns the file.
+    mode_after("n0", "write by a user-namespace root, its own file, 06777", 0o6777, append, runner=as_userns_root)
+    mode_after(
+        "n1", "write by a user-namespace root, unmapped owner, 06777", 0o6777, append, runner=as_userns_root, owner=1000
+    )
+    mode_after(
+        "n2",
+        "truncate by a user-namespace root, unmapped owner, 06777",
+        0o6777,
+        lambda p: os.truncate(p, 10),
+        runner=as_userns_root,
+        owner=1000,
+    )
+    mode_after("n3", "truncate by a user-namespace root, its own file, 06777", 0o6777, lambda p: os.truncate(p, 10), runner=as_userns_root)
     # A file of the image, copied up by the write.
     mode_after("etc/chmod-me", "image file, write by nobody, 04777", 0o4777, append)
     # chgrp by its owner, who is outside the file's group: set-group-ID goes.
