@@ -70,7 +70,7 @@ pub fn decode_toc(member: &[u8], expected: Option<&Digest>) -> Result<Toc, Strin
                 ));
             }
         }
-        return serde_json::from_slice(&json).map_err(|e| format!("TOC is not valid JSON: {e}"));
+        return super::toc::parse(&json);
     }
     Err(format!("no {TOC_NAME} entry where the footer points"))
 }

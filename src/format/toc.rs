@@ -34,6 +34,15 @@ pub struct Toc {
     pub tar_split_digest: Option<String>,
 }
 
+/// Parse a TOC document. Valid JSON that breaks a rule (a cap, a field of the wrong type)
+/// says what, not that the JSON is bad.
+pub fn parse(json: &[u8]) -> Result<Toc, String> {
+    serde_json::from_slice(json).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => format!("TOC: {e}"),
+        _ => format!("TOC is not valid JSON: {e}"),
+    })
+}
+
 /// A JSON array of at most `CAP` elements: an error at element `CAP + 1`, not after the whole
 /// array was built (a 150 MiB TOC of tiny entries would hold millions of them).
 fn capped<'de, T: Deserialize<'de>, const CAP: usize, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<T>, D::Error> {
@@ -402,9 +411,13 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("more than 3 entries"), "{e}");
-        // The TOC's own field carries the real cap.
+        // The TOC's own field carries the real cap; a broken rule is not called bad JSON.
         let toc = r#"{"version":1,"entries":[{"type":"dir","name":"a"}]}"#;
-        assert_eq!(serde_json::from_str::<Toc>(toc).unwrap().entries.len(), 1);
+        assert_eq!(parse(toc.as_bytes()).unwrap().entries.len(), 1);
+        let e = parse(br#"{"version":1,"entries":[{"type":7}]}"#).err().unwrap();
+        assert!(e.starts_with("TOC: invalid type"), "{e}");
+        let e = parse(br#"{"version":1,"entries":["#).err().unwrap();
+        assert!(e.starts_with("TOC is not valid JSON"), "{e}");
     }
 
     fn reg(name: &str, size: i64, offset: i64, end: i64) -> TocEntry {

@@ -150,7 +150,7 @@ pub fn decode_toc(compressed: &[u8], loc: &TocLocation) -> Result<Toc, String> {
         }
     }
     let json = decompress_exact(compressed, loc.uncompressed_len)?;
-    serde_json::from_slice(&json).map_err(|e| format!("TOC is not valid JSON: {e}"))
+    super::toc::parse(&json)
 }
 
 /// zstd-decompress exactly `len` bytes, never allocating more than `len` (+1 to detect excess).

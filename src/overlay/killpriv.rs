@@ -43,10 +43,15 @@ const INIT_USER_NS: &str = "user:[4026531837]";
 /// What the set-ID rules need to know of the process a request comes from.
 #[derive(Debug, Default)]
 pub struct Caller {
-    /// CAP_FSETID in its effective set, in the initial user namespace.
+    /// CAP_FSETID in its effective set (in its own user namespace).
     fsetid: bool,
+    /// It lives in the initial user namespace.
+    initial: bool,
     /// Its file-system group and supplementary groups.
     groups: Vec<u32>,
+    /// Outside the initial namespace: the user and group IDs its namespace maps, as ranges
+    /// of the daemon's IDs (`/proc/PID/uid_map`, `gid_map`).
+    mapped: (Vec<(u32, u32)>, Vec<(u32, u32)>),
 }
 
 impl Caller {
@@ -61,22 +66,51 @@ impl Caller {
         // Gid: real, effective, saved, file system.
         let fs_gid = field("Gid:").split_whitespace().nth(3).and_then(|g| g.parse().ok());
         let groups = field("Groups:").split_whitespace().filter_map(|g| g.parse().ok());
-        let initial = std::fs::read_link(format!("/proc/{pid}/ns/user")).is_ok_and(|ns| ns.as_os_str() == INIT_USER_NS);
+        let map = |file: &str| std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
+        // The namespace link needs ptrace access (a daemon without CAP_SYS_PTRACE may be
+        // refused it); the map does not, and the initial namespace maps every ID onto itself.
+        let initial = match std::fs::read_link(format!("/proc/{pid}/ns/user")) {
+            Ok(ns) => ns.as_os_str() == INIT_USER_NS,
+            Err(_) => id_ranges(&map("uid_map")) == [(0, u32::MAX)],
+        };
+        let mapped = match initial {
+            true => Default::default(),
+            false => (id_ranges(&map("uid_map")), id_ranges(&map("gid_map"))),
+        };
         Caller {
-            fsetid: eff & (1 << CAP_FSETID) != 0 && initial,
+            fsetid: eff & (1 << CAP_FSETID) != 0,
+            initial,
             groups: fs_gid.into_iter().chain(groups).collect(),
+            mapped,
         }
     }
 
-    /// The set-ID bits of a regular file with `perm` and group `gid` that a write or
-    /// truncate by this caller clears (the kernel's `setattr_should_drop_suidgid`).
-    pub fn bits_to_clear(&self, perm: u16, gid: u32) -> u16 {
-        if self.fsetid {
+    /// The set-ID bits of a regular file with `perm`, owner `uid` and group `gid` that a
+    /// write or truncate by this caller clears (the kernel's `setattr_should_drop_suidgid`):
+    /// none for CAP_FSETID in the initial namespace (`capable()`); else set-user-ID, and
+    /// set-group-ID when the file is group-executable, or the caller is neither in its group
+    /// nor holds CAP_FSETID over it (`capable_wrt_inode_uidgid`: in its own namespace, which
+    /// must map the file's owner and group).
+    pub fn bits_to_clear(&self, perm: u16, uid: u32, gid: u32) -> u16 {
+        if self.fsetid && self.initial {
             return 0;
         }
-        let sgid = perm & S_ISGID != 0 && (perm & S_IXGRP != 0 || !self.groups.contains(&gid));
+        let within = |ranges: &[(u32, u32)], id: u32| ranges.iter().any(|&(first, n)| id >= first && id - first < n);
+        let over_file = self.fsetid && within(&self.mapped.0, uid) && within(&self.mapped.1, gid);
+        let sgid = perm & S_ISGID != 0 && (perm & S_IXGRP != 0 || !(self.groups.contains(&gid) || over_file));
         (perm & S_ISUID) | if sgid { S_ISGID } else { 0 }
     }
+}
+
+/// The outside ranges of a `/proc/PID/uid_map` or `gid_map` (lines `inside outside count`,
+/// outside IDs as the reader's namespace sees them), as (first, count).
+fn id_ranges(map: &str) -> Vec<(u32, u32)> {
+    map.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace().skip(1).map(|x| x.parse::<u32>().ok());
+            Some((f.next()??, f.next()??))
+        })
+        .collect()
 }
 
 impl OverlayFs {
@@ -123,7 +157,7 @@ impl OverlayFs {
         if attr.perm & (S_ISUID | S_ISGID) == 0 || attr.kind != fuser::FileType::RegularFile {
             return 0;
         }
-        Caller::of(pid).bits_to_clear(attr.perm, attr.gid)
+        Caller::of(pid).bits_to_clear(attr.perm, attr.uid, attr.gid)
     }
 }
 
@@ -146,27 +180,39 @@ mod tests {
     #[test]
     fn the_kernels_rules_for_clearing_set_id_bits() {
         let nobody = Caller {
-            fsetid: false,
             groups: vec![65534],
+            initial: true,
+            ..Caller::default()
         };
-        assert_eq!(nobody.bits_to_clear(0o4777, 0), 0o4000);
-        assert_eq!(nobody.bits_to_clear(0o6777, 0), 0o6000);
+        assert_eq!(nobody.bits_to_clear(0o4777, 0, 0), 0o4000);
+        assert_eq!(nobody.bits_to_clear(0o6777, 0, 0), 0o6000);
         // Group-ID without group-execute: cleared only for a caller outside the group.
-        assert_eq!(nobody.bits_to_clear(0o2767, 0), 0o2000);
-        assert_eq!(nobody.bits_to_clear(0o2767, 65534), 0);
-        assert_eq!(nobody.bits_to_clear(0o2777, 65534), 0o2000);
-        assert_eq!(nobody.bits_to_clear(0o0777, 0), 0);
+        assert_eq!(nobody.bits_to_clear(0o2767, 0, 0), 0o2000);
+        assert_eq!(nobody.bits_to_clear(0o2767, 0, 65534), 0);
+        assert_eq!(nobody.bits_to_clear(0o2777, 0, 65534), 0o2000);
+        assert_eq!(nobody.bits_to_clear(0o0777, 0, 0), 0);
         let root = Caller {
             fsetid: true,
+            initial: true,
             groups: vec![0],
+            ..Caller::default()
         };
-        assert_eq!(root.bits_to_clear(0o6777, 1), 0);
-        // This test's own process (root in the initial namespace, as the tests run) counts.
-        if rustix::process::geteuid().is_root() {
-            assert_eq!(Caller::of(std::process::id()).bits_to_clear(0o6777, 1), 0);
-        }
+        assert_eq!(root.bits_to_clear(0o6777, 1000, 1), 0);
+        // Root of a user namespace mapping 0..65536 onto 100000..: never `capable()`, so
+        // set-user-ID goes; set-group-ID without group-execute stays over a file whose owner
+        // and group it maps, even outside the group.
+        let ns_root = Caller {
+            fsetid: true,
+            initial: false,
+            groups: vec![100005],
+            mapped: (id_ranges("0 100000 65536\n"), id_ranges("0 100000 65536\nbad\n")),
+        };
+        assert_eq!(ns_root.bits_to_clear(0o6777, 100000, 100000), 0o6000);
+        assert_eq!(ns_root.bits_to_clear(0o6767, 100000, 100000), 0o4000);
+        assert_eq!(ns_root.bits_to_clear(0o6767, 0, 100000), 0o6000);
+        assert_eq!(ns_root.bits_to_clear(0o2767, 100000, 0), 0o2000);
         // A process that is gone clears what an unprivileged outsider would.
         let gone = Caller::of(u32::MAX);
-        assert_eq!(gone.bits_to_clear(0o6767, 0), 0o6000);
+        assert_eq!(gone.bits_to_clear(0o6767, 0, 0), 0o6000);
     }
 }

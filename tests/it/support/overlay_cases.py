@@ -245,26 +245,51 @@ def as_nobody(fn):
 CLONE_NEWUSER = 0x10000000
 
 
-def as_userns_root(fn):
-    """Run fn() in a child process that is root of a new user namespace mapping uid and gid 0
-    alone: it has CAP_FSETID there, which counts over root's files only. Its errno or 0."""
+def as_userns_root(fn, gid=None):
+    """Run fn() in a child process that is root of a new user namespace: it has CAP_FSETID
+    there, never in the initial one. Without `gid` the namespace maps uid and gid 0 alone
+    (written by the child); with it, 0..65536 onto the same IDs (written by this process, root
+    outside), and the child then takes `gid` as its only group. Its errno or 0; exits the
+    script if user namespaces cannot be made (the cases would prove nothing)."""
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
+            os.close(ready_r)
+            os.close(go_w)
             if libc.unshare(CLONE_NEWUSER) != 0:
-                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUSER)")
-            for name, text in [("setgroups", "deny"), ("uid_map", "0 0 1"), ("gid_map", "0 0 1")]:
-                with open(f"/proc/self/{name}", "w") as f:
-                    f.write(text)
+                os._exit(254)
+            if gid is None:
+                for name, text in [("setgroups", "deny"), ("uid_map", "0 0 1"), ("gid_map", "0 0 1")]:
+                    with open(f"/proc/self/{name}", "w") as f:
+                        f.write(text)
+            else:
+                os.write(ready_w, b"r")
+                os.read(go_r, 1)
+                os.setgroups([])
+                os.setresgid(gid, gid, gid)
             fn()
         except OSError as e:
             code = e.errno or 1
         except BaseException:
             code = 255
         os._exit(code)
+    os.close(ready_w)
+    os.close(go_r)
+    if gid is not None and os.read(ready_r, 1) == b"r":
+        for name in ["uid_map", "gid_map"]:
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write("0 0 65536")
+        os.write(go_w, b"g")
+    os.close(ready_r)
+    os.close(go_w)
     _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    rc = os.waitstatus_to_exitcode(status)
+    if rc == 254:
+        sys.exit("unshare(CLONE_NEWUSER) failed: the user-namespace cases cannot run")
+    return rc
 
 
 def append(path):
@@ -315,6 +340,16 @@ def set_id_bits(root):
         owner=1000,
     )
     mode_after("n3", "truncate by a user-namespace root, its own file, 06777", 0o6777, lambda p: os.truncate(p, 10), runner=as_userns_root)
+    # The same root with group 5 alone, over root's 06767 file (no group-execute, not its
+    # group): set-user-ID goes (no CAP_FSETID in the initial namespace), set-group-ID stays
+    # (CAP_FSETID over a file whose owner and group its namespace maps).
+    mode_after(
+        "n4",
+        "write by a user-namespace root outside the group, mapped file, 06767",
+        0o6767,
+        append,
+        runner=lambda f: as_userns_root(f, gid=5),
+    )
     # A file of the image, copied up by the write.
     mode_after("etc/chmod-me", "image file, write by nobody, 04777", 0o4777, append)
     # chgrp by its owner, who is outside the file's group: set-group-ID goes.
