@@ -40,6 +40,9 @@ const CAP_FSETID: u32 = 4;
 /// constant of the kernel's ABI).
 const INIT_USER_NS: &str = "user:[4026531837]";
 
+/// ID ranges of a user namespace's map: (first ID as the daemon sees it, count).
+type IdRanges = Vec<(u32, u32)>;
+
 /// What the set-ID rules need to know of the process a request comes from.
 #[derive(Debug, Default)]
 pub struct Caller {
@@ -51,7 +54,7 @@ pub struct Caller {
     groups: Vec<u32>,
     /// Outside the initial namespace: the user and group IDs its namespace maps, as ranges
     /// of the daemon's IDs (`/proc/PID/uid_map`, `gid_map`).
-    mapped: (Vec<(u32, u32)>, Vec<(u32, u32)>),
+    mapped: (IdRanges, IdRanges),
 }
 
 impl Caller {
@@ -104,7 +107,7 @@ impl Caller {
 
 /// The outside ranges of a `/proc/PID/uid_map` or `gid_map` (lines `inside outside count`,
 /// outside IDs as the reader's namespace sees them), as (first, count).
-fn id_ranges(map: &str) -> Vec<(u32, u32)> {
+fn id_ranges(map: &str) -> IdRanges {
     map.lines()
         .filter_map(|l| {
             let mut f = l.split_whitespace().skip(1).map(|x| x.parse::<u32>().ok());
