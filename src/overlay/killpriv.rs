@@ -69,22 +69,17 @@ impl Caller {
         // Gid: real, effective, saved, file system.
         let fs_gid = field("Gid:").split_whitespace().nth(3).and_then(|g| g.parse().ok());
         let groups = field("Groups:").split_whitespace().filter_map(|g| g.parse().ok());
-        let map = |file: &str| std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
-        // The namespace link needs ptrace access (a daemon without CAP_SYS_PTRACE may be
-        // refused it); the map does not, and the initial namespace maps every ID onto itself.
-        let initial = match std::fs::read_link(format!("/proc/{pid}/ns/user")) {
-            Ok(ns) => ns.as_os_str() == INIT_USER_NS,
-            Err(_) => id_ranges(&map("uid_map")) == [(0, u32::MAX)],
-        };
-        let mapped = match initial {
-            true => Default::default(),
-            false => (id_ranges(&map("uid_map")), id_ranges(&map("gid_map"))),
+        let fsetid = eff & (1 << CAP_FSETID) != 0;
+        // Where the capability counts matters only to a caller that has it.
+        let (initial, mapped) = match fsetid {
+            true => namespace_of(pid),
+            false => (false, Default::default()),
         };
         Caller {
-            fsetid: eff & (1 << CAP_FSETID) != 0,
+            fsetid,
             initial,
-            groups: fs_gid.into_iter().chain(groups).collect(),
             mapped,
+            groups: fs_gid.into_iter().chain(groups).collect(),
         }
     }
 
@@ -103,6 +98,23 @@ impl Caller {
         let sgid = perm & S_ISGID != 0 && (perm & S_IXGRP != 0 || !(self.groups.contains(&gid) || over_file));
         (perm & S_ISUID) | if sgid { S_ISGID } else { 0 }
     }
+}
+
+/// Whether process `pid` lives in the initial user namespace; if not, the IDs its namespace
+/// maps (users, groups).
+fn namespace_of(pid: u32) -> (bool, (IdRanges, IdRanges)) {
+    let map = |file: &str| id_ranges(&std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default());
+    let uids = match std::fs::read_link(format!("/proc/{pid}/ns/user")) {
+        Ok(ns) if ns.as_os_str() == INIT_USER_NS => return (true, Default::default()),
+        Ok(_) => map("uid_map"),
+        // The link needs ptrace access (a daemon without CAP_SYS_PTRACE may be refused it);
+        // the map does not, and the initial namespace maps every ID onto itself.
+        Err(_) => match map("uid_map") {
+            u if u == [(0, u32::MAX)] => return (true, Default::default()),
+            u => u,
+        },
+    };
+    (false, (uids, map("gid_map")))
 }
 
 /// The outside ranges of a `/proc/PID/uid_map` or `gid_map` (lines `inside outside count`,

@@ -12,6 +12,8 @@ use crate::model::{Chunk, ChunkCodec, ChunkKind, EntryKind};
 /// Chunks past the end of a read fetched along with it (in the same merged request): a file
 /// being read is usually read on, and one round trip more costs more than the bytes.
 const READAHEAD_BYTES: u64 = 1 << 20;
+// A missed small file is fetched whole, so its neighbours follow its last chunk.
+const _: () = assert!(SMALL_FILE_BYTES <= READAHEAD_BYTES);
 
 /// What a read needs of a file, copied out of the union's lock.
 struct FilePlan {
@@ -79,9 +81,9 @@ impl ImageView {
             } else {
                 needed
             };
-            // A miss on a small file, read to its end: the files after it in its directory
-            // come in the same request (a program importing a package's modules).
-            let neighbours = if misses && wanted == chunks.len() && n.size <= SMALL_FILE_BYTES && !self.walks.off {
+            // A miss on a small file (which `wanted` takes whole): the files after it in its
+            // directory come in the same request (a program importing a package's modules).
+            let neighbours = if misses && n.size <= SMALL_FILE_BYTES && !self.walks.off {
                 neighbours::after(index, entry, |c| self.fetcher.is_missing(c))
             } else {
                 Vec::new()

@@ -223,23 +223,35 @@ for what in ["collapse", "insert"]:
 # --- set-ID bits cleared by writes and truncates of callers without CAP_FSETID ---------------
 
 
-def as_nobody(fn):
-    """Run fn() in a child process with uid/gid 65534 and no capabilities; its errno or 0."""
+def in_child(fn, parent=None):
+    """Run fn() in a forked child while parent(pid), if given, runs here. The child's errno,
+    255 for another error, or 0."""
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
-            os.setgroups([])
-            os.setresgid(65534, 65534, 65534)
-            os.setresuid(65534, 65534, 65534)
             fn()
         except OSError as e:
             code = e.errno or 1
         except BaseException:
             code = 255
         os._exit(code)
+    if parent is not None:
+        parent(pid)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+def as_nobody(fn):
+    """Run fn() in a child process with uid/gid 65534 and no capabilities; its errno or 0."""
+
+    def child():
+        os.setgroups([])
+        os.setresgid(65534, 65534, 65534)
+        os.setresuid(65534, 65534, 65534)
+        fn()
+
+    return in_child(child)
 
 
 CLONE_NEWUSER = 0x10000000
@@ -253,40 +265,35 @@ def as_userns_root(fn, gid=None):
     script if user namespaces cannot be made (the cases would prove nothing)."""
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            os.close(ready_r)
-            os.close(go_w)
-            if libc.unshare(CLONE_NEWUSER) != 0:
-                os._exit(254)
-            if gid is None:
-                for name, text in [("setgroups", "deny"), ("uid_map", "0 0 1"), ("gid_map", "0 0 1")]:
-                    with open(f"/proc/self/{name}", "w") as f:
-                        f.write(text)
-            else:
-                os.write(ready_w, b"r")
-                os.read(go_r, 1)
-                os.setgroups([])
-                os.setresgid(gid, gid, gid)
-            fn()
-        except OSError as e:
-            code = e.errno or 1
-        except BaseException:
-            code = 255
-        os._exit(code)
-    os.close(ready_w)
-    os.close(go_r)
-    if gid is not None and os.read(ready_r, 1) == b"r":
-        for name in ["uid_map", "gid_map"]:
-            with open(f"/proc/{pid}/{name}", "w") as f:
-                f.write("0 0 65536")
-        os.write(go_w, b"g")
-    os.close(ready_r)
-    os.close(go_w)
-    _, status = os.waitpid(pid, 0)
-    rc = os.waitstatus_to_exitcode(status)
+
+    def child():
+        os.close(ready_r)
+        os.close(go_w)
+        if libc.unshare(CLONE_NEWUSER) != 0:
+            os._exit(254)
+        if gid is None:
+            for name, text in [("setgroups", "deny"), ("uid_map", "0 0 1"), ("gid_map", "0 0 1")]:
+                with open(f"/proc/self/{name}", "w") as f:
+                    f.write(text)
+        else:
+            os.write(ready_w, b"r")
+            os.read(go_r, 1)
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+        fn()
+
+    def parent(pid):
+        os.close(ready_w)
+        os.close(go_r)
+        if gid is not None and os.read(ready_r, 1) == b"r":
+            for name in ["uid_map", "gid_map"]:
+                with open(f"/proc/{pid}/{name}", "w") as f:
+                    f.write("0 0 65536")
+            os.write(go_w, b"g")
+        os.close(ready_r)
+        os.close(go_w)
+
+    rc = in_child(child, parent)
     if rc == 254:
         sys.exit("unshare(CLONE_NEWUSER) failed: the user-namespace cases cannot run")
     return rc
