@@ -6,8 +6,10 @@
 //! 3. Extracting a large tarball (the Debian demo image's whole tree) into the mount, then
 //!    `sync`.
 //!
-//! lamina runs twice: with FUSE passthrough (the default where the kernel has it) and with
-//! `--no-passthrough`. Ratios are to kernel overlayfs and to local disk of the same run.
+//! lamina runs three times: as it mounts by default as root (kernel overlayfs over its
+//! read-only view, `--overlay kernel`), and with its own overlay (`--overlay fuse`) with FUSE
+//! passthrough (the default where the kernel has it) and with `--no-passthrough`. Ratios are
+//! to kernel overlayfs and to local disk of the same run.
 //!
 //! Run: `cargo bench --bench write` (root, FUSE, fio, fuse-overlayfs: scripts/setup.sh).
 
@@ -81,6 +83,7 @@ impl Setup<'_> {
             _ => {
                 let mut c = lamina(self.root);
                 c.arg("mount").arg("--upper").arg(base.join("lamina-upper"));
+                c.args(["--overlay", if name.contains("fuse") { "fuse" } else { "kernel" }]);
                 if name.contains("no passthrough") {
                     c.arg("--no-passthrough");
                 }
@@ -98,12 +101,13 @@ impl Setup<'_> {
     }
 }
 
-const TARGETS: [&str; 5] = [
+const TARGETS: [&str; 6] = [
     "local disk",
     "kernel overlayfs",
     "fuse-overlayfs",
     "lamina",
-    "lamina, no passthrough",
+    "lamina --overlay fuse",
+    "lamina --overlay fuse, no passthrough",
 ];
 
 /// fio's write bandwidth in MB/s.

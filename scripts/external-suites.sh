@@ -9,14 +9,16 @@
 # The suites are built from their sources, which are not part of lamina (nothing of them is
 # committed): give each as a git URL or a local checkout.
 #
-# Usage: scripts/external-suites.sh PJDFSTEST_SRC XFSTESTS_SRC [SEEDS] [OPS]
+# Usage: scripts/external-suites.sh PJDFSTEST_SRC XFSTESTS_SRC [SEEDS] [OPS] [OVERLAY]
+#   OVERLAY: what serves lamina's writable mount (`mount --overlay`): fuse (default: lamina's
+#   own overlay, the code under test) or kernel (kernel overlayfs over lamina's view)
 #   e.g. scripts/external-suites.sh https://github.com/pjd/pjdfstest \
 #          https://github.com/kdave/xfstests 5 20000
 # Needs root, FUSE, kernel overlayfs; installs the build tools it needs with apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n 2,16p "$0"; exit 2; }
-pjd_src=$1 xfs_src=$2 seeds=${3:-5} ops=${4:-20000}
+[ $# -ge 2 ] || { sed -n 2,18p "$0"; exit 2; }
+pjd_src=$1 xfs_src=$2 seeds=${3:-5} ops=${4:-20000} overlay=${5:-fuse}
 root=$PWD
 
 bash scripts/setup.sh > /dev/null
@@ -70,7 +72,7 @@ skopeo copy --quiet --dest-tls-verify=false "oci:$image" "docker://$src"
 
 mkdir -p "$run/upper" "$run/work" "$run/kernel" "$run/lamina"
 mount -t overlay overlay -o "lowerdir=$run/lower,upperdir=$run/upper,workdir=$run/work" "$run/kernel"
-"$lamina" mount --quiet --writable "$lazy" "$run/lamina" > /dev/null
+"$lamina" mount --quiet --writable --overlay "$overlay" "$lazy" "$run/lamina" > /dev/null
 
 declare -A result
 suite() { # NAME FS DIR: run suite NAME on mount FS, in DIR
@@ -118,7 +120,7 @@ done
 
 echo
 echo "machine: $(nproc) cores, $(uname -r); image $lazy; logs kept in $work/last-logs"
-printf '| suite | kernel overlayfs | lamina --writable |\n|---|---|---|\n'
+printf '| suite | kernel overlayfs | lamina --writable --overlay %s |\n|---|---|---|\n' "$overlay"
 for name in pjdfstest fsx fsstress; do
   printf '| %s | %s | %s |\n' "$name" "${result[$name,kernel]}" "${result[$name,lamina]}"
 done

@@ -4,10 +4,12 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = lamina::cli::Cli::parse();
+    // fuser warns when it cannot unmount what is already gone (the user's umount, or the lower
+    // of a stacked writable mount, which leaves the tree at once): not a problem to report.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser::mnt=error")),
         )
         .with_writer(std::io::stderr)
         .init();

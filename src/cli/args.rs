@@ -229,6 +229,12 @@ pub struct MountArgs {
     /// upper. Off by default, as the kernel's. Chosen when the upper is made and kept.
     #[arg(long)]
     pub metacopy: bool,
+    /// What serves a writable mount: `kernel` = kernel overlayfs over lamina's read-only view
+    /// (writes never pass through lamina; needs root), `fuse` = lamina's own overlay (every
+    /// operation through FUSE; no privilege needed), `auto` = kernel as root, else fuse
+    /// (and fuse if the kernel refuses). Both keep the same upper directory format.
+    #[arg(long, value_name = "HOW", default_value = "auto")]
+    pub overlay: crate::mount::stacked::Backend,
     /// Serve every read and write through lamina, without FUSE passthrough (which is used
     /// where the kernel has it, for files whose bytes are all local).
     #[arg(long)]

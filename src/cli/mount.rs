@@ -34,6 +34,7 @@ pub(super) fn mount(args: MountArgs, runtime: &tokio::runtime::Runtime) -> anyho
             dir: std::path::absolute(dir)?,
             remove_at_end: false,
             metacopy: args.metacopy,
+            backend: args.overlay,
         }),
         (None, true) => Some(crate::mount::UpperOptions {
             dir: cache_dir.join("uppers").join(format!(
@@ -45,6 +46,7 @@ pub(super) fn mount(args: MountArgs, runtime: &tokio::runtime::Runtime) -> anyho
             )),
             remove_at_end: !args.keep,
             metacopy: args.metacopy,
+            backend: args.overlay,
         }),
         (None, false) => None,
     };
@@ -123,6 +125,10 @@ pub(super) fn stats(args: StatsArgs) -> anyhow::Result<()> {
     let s = &state.stats;
     outln!("image      {}", state.image)?;
     outln!("mount      {} (daemon pid {})", state.mountpoint.display(), state.pid)?;
+    if let Some(upper) = &state.upper {
+        let by = state.overlay.as_deref().unwrap_or("lamina");
+        outln!("writable   changes in {} (served by {by})", upper.display())?;
+    }
     outln!(
         "fetched    {} in {} requests, {} chunks; {} cache hits; {} timeouts",
         mb(s.fetched_bytes),

@@ -152,6 +152,28 @@ impl Filesystem for ImageFs {
         reply.ok();
     }
 
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _owner: LockOwner, reply: fuser::ReplyEmpty) {
+        reply.ok(); // nothing is written, nothing to flush
+    }
+
+    /// SEEK_DATA and SEEK_HOLE (the kernel answers the other kinds itself): all of a file is
+    /// data, as the kernel says of a file system that does not know its holes. Kernel
+    /// overlayfs asks when it copies a lower file up.
+    fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: fuser::ReplyLseek) {
+        const SEEK_DATA: i32 = 3;
+        const SEEK_HOLE: i32 = 4;
+        let size = match self.view.with_node(ino, |n| n.size) {
+            Ok(size) => i64::try_from(size).unwrap_or(i64::MAX),
+            Err(e) => return reply.error(errno(&e)),
+        };
+        match whence {
+            _ if offset < 0 || offset >= size => reply.error(fuser::Errno::ENXIO),
+            SEEK_DATA => reply.offset(offset),
+            SEEK_HOLE => reply.offset(size),
+            _ => reply.error(fuser::Errno::EINVAL),
+        }
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.view.with_node(ino, |n| n.kind) {
             // Directories never change: the kernel may keep their listings.
@@ -231,10 +253,20 @@ impl Filesystem for ImageFs {
         _flags: fuser::IoctlFlags,
         cmd: u32,
         _in_data: &[u8],
-        _out_size: u32,
+        out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        self.view.reply_unsupported_ioctl(cmd, reply);
+        // An image's files carry no inode flags (a layer has no place for them): asked for
+        // them (by lsattr, or by kernel overlayfs copying a lower file up), all are clear.
+        const FS_IOC_GETFLAGS: u32 = 0x8008_6601;
+        const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
+        match cmd {
+            FS_IOC_GETFLAGS | FS_IOC_FSGETXATTR => {
+                let size = (cmd >> 16) & 0x3fff;
+                reply.ioctl(0, &vec![0; size.min(out_size) as usize]);
+            }
+            _ => self.view.reply_unsupported_ioctl(cmd, reply),
+        }
     }
 }
 

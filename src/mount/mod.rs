@@ -11,6 +11,7 @@
 
 pub mod daemon;
 pub mod profiling;
+pub mod stacked;
 pub mod stream;
 
 pub use daemon::signal_ready;
@@ -76,6 +77,8 @@ pub struct UpperOptions {
     /// Make metacopy files for metadata-only changes, if the upper is new (an existing one
     /// keeps its recorded choice).
     pub metacopy: bool,
+    /// Kernel overlayfs over the read-only view, or lamina's own overlay.
+    pub backend: stacked::Backend,
 }
 
 /// A mount could not be set up.
@@ -277,6 +280,9 @@ pub struct MountState {
     /// Requests answered per host: hosts.toml mirrors by host, the registry by its name.
     #[serde(default)]
     pub requests_by_host: Vec<(String, u64)>,
+    /// What serves a writable mount: `kernel overlayfs` or `lamina`.
+    #[serde(default)]
+    pub overlay: Option<String>,
 }
 
 /// How often a mount's state file is rewritten.
@@ -338,30 +344,11 @@ pub fn serve(
         layer_digests.clone(),
         view.clone(),
     ));
-    let mut config = Config::default();
-    config.mount_options = vec![
-        if options.upper.is_some() {
-            MountOption::RW
-        } else {
-            MountOption::RO
-        },
-        MountOption::FSName("lamina".into()),
-        MountOption::Subtype("lamina".into()),
-        MountOption::DefaultPermissions,
-    ];
-    if rustix::process::geteuid().is_root() {
-        config.mount_options.extend([MountOption::Dev, MountOption::Suid]);
-        config.acl = SessionACL::All;
-    }
-    config.n_threads = Some(FUSE_THREADS);
+    // The upper directory of a stacked mount, held (with its lock) while the mount lives.
+    let mut stacked_upper = None;
+    let mut overlay = None;
     let spawned = match &options.upper {
-        None => {
-            let mut fs = ImageFs::new(view.clone());
-            if !options.passthrough {
-                fs = fs.without_passthrough();
-            }
-            fuser::spawn_mount(fs, mountpoint, &config)
-        }
+        None => fuser::spawn_mount(read_only_fs(&view, options), mountpoint, &fuse_config(false)),
         Some(u) => {
             let identity = crate::upper::Identity {
                 image: image.to_string(),
@@ -380,8 +367,29 @@ pub fn serve(
                     return Err(std::io::Error::other(e.to_string()));
                 }
             };
-            crate::overlay::OverlayFs::new(view.clone(), upper, options.passthrough)
-                .and_then(|ofs| fuser::spawn_mount(ofs, mountpoint, &config))
+            let kernel = match u.backend.tries_kernel() {
+                false => None,
+                true => match serve_stacked(&view, &upper, mountpoint, options) {
+                    Ok(session) => Some(Ok(session)),
+                    Err(e) if u.backend == stacked::Backend::Auto => {
+                        tracing::warn!(error = %e, "kernel overlayfs failed: the writable layer is served by lamina");
+                        None
+                    }
+                    Err(e) => Some(Err(std::io::Error::other(e))),
+                },
+            };
+            match kernel {
+                Some(session) => {
+                    stacked_upper = Some(upper);
+                    overlay = Some("kernel overlayfs");
+                    session
+                }
+                None => {
+                    overlay = Some("lamina");
+                    crate::overlay::OverlayFs::new(view.clone(), upper, options.passthrough)
+                        .and_then(|ofs| fuser::spawn_mount(ofs, mountpoint, &fuse_config(true)))
+                }
+            }
         }
     };
     match spawned {
@@ -445,6 +453,7 @@ pub fn serve(
                                 .collect(),
                             upper: upper_dir.clone(),
                             requests_by_host: registry.as_ref().map(|r| r.requests_by_host()).unwrap_or_default(),
+                            overlay: overlay.map(str::to_string),
                         };
                         write_state(&state, &s);
                         let _ = first_tx.send(());
@@ -478,6 +487,7 @@ pub fn serve(
                 }
             }
             let result = session.join();
+            drop(stacked_upper);
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = publisher.join();
             let _ = std::fs::remove_file(&state);
@@ -490,6 +500,62 @@ pub fn serve(
         }
         Err(e) => {
             ready(Err(format!("mounting on {}: {e}", mountpoint.display())));
+            Err(e)
+        }
+    }
+}
+
+/// The FUSE settings of a mount: read-write for lamina's own overlay, else read-only.
+fn fuse_config(writable: bool) -> Config {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        if writable { MountOption::RW } else { MountOption::RO },
+        MountOption::FSName("lamina".into()),
+        MountOption::Subtype("lamina".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if rustix::process::geteuid().is_root() {
+        config.mount_options.extend([MountOption::Dev, MountOption::Suid]);
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(FUSE_THREADS);
+    config
+}
+
+/// The read-only FUSE adapter over `view`.
+fn read_only_fs(view: &Arc<ImageView>, options: &MountOptions) -> ImageFs {
+    let fs = ImageFs::new(view.clone());
+    if options.passthrough {
+        fs
+    } else {
+        fs.without_passthrough()
+    }
+}
+
+/// A writable mount as kernel overlayfs over the read-only view ([`stacked`]): the view is
+/// mounted in the upper directory for the moment overlayfs takes it.
+fn serve_stacked(
+    view: &Arc<ImageView>,
+    upper: &crate::upper::UpperDir,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> Result<fuser::BackgroundSession, String> {
+    let lower = stacked::lower_point(upper);
+    match std::fs::create_dir(&lower) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(format!("{}: {e}", lower.display()));
+        }
+        _ => {}
+    }
+    let session = fuser::spawn_mount(read_only_fs(view, options), &lower, &fuse_config(false)).map_err(|e| {
+        let _ = std::fs::remove_dir(&lower);
+        format!("the read-only view at {}: {e}", lower.display())
+    })?;
+    match stacked::mount_over(&lower, upper, mountpoint) {
+        Ok(()) => Ok(session),
+        Err(e) => {
+            // The view left the tree with nothing above it: its session ends.
+            let _ = session.join();
             Err(e)
         }
     }

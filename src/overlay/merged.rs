@@ -117,8 +117,8 @@ impl OverlayFs {
                     )?;
                     let lower = if upper::is_opaque(fd.as_fd()) {
                         None
-                    } else if let Some(path) = upper::redirect_of(fd.as_fd()) {
-                        self.lower_at(&path)?
+                    } else if let Some(r) = upper::redirect_of(fd.as_fd()) {
+                        self.redirected(&r, p_lower)?
                     } else {
                         match p_lower {
                             Some(l) => self.lower_child(l, name)?,
@@ -136,14 +136,18 @@ impl OverlayFs {
                 } else {
                     self.upper_object(st, s.st_ino, kind)
                 };
-                // A metacopy file's bytes are the lower file's of the same name (lamina copies
-                // the data up before renaming one, so there is no redirect to follow).
+                // A metacopy file's bytes are the lower file's of the same name, or where its
+                // redirect says (kernel overlayfs renames one without copying its data up;
+                // lamina copies the data up first).
                 let data_from = if kind == EntryKind::Regular
                     && upper::get_xattr(&upper::xattr_path(dir.as_fd(), name), upper::METACOPY)?.is_some()
                 {
-                    let l = match p_lower {
-                        Some(pl) => self.lower_child(pl, name)?,
-                        None => None,
+                    let l = match upper::redirect_at(&upper::xattr_path(dir.as_fd(), name)) {
+                        Some(r) => self.redirected(&r, p_lower)?,
+                        None => match p_lower {
+                            Some(pl) => self.lower_child(pl, name)?,
+                            None => None,
+                        },
                     };
                     match l {
                         Some(l) if self.lower.kind(l)? == EntryKind::Regular => Some(l),
@@ -217,6 +221,15 @@ impl OverlayFs {
     }
 
     /// The union node at a path (names from the root), if there is one.
+    /// The lower object a redirect names, from the parent's lower `p_lower` if relative.
+    fn redirected(&self, r: &upper::Redirect, p_lower: Option<u64>) -> Result<Option<u64>> {
+        match (r, p_lower) {
+            (upper::Redirect::Absolute(path), _) => self.lower_at(path),
+            (upper::Redirect::Relative(name), Some(pl)) => self.lower_child(pl, name),
+            (upper::Redirect::Relative(_), None) => Ok(None),
+        }
+    }
+
     fn lower_at(&self, path: &[Vec<u8>]) -> Result<Option<u64>> {
         let mut ino = ROOT_INO;
         for name in path {

@@ -185,6 +185,13 @@ impl UpperDir {
         // Copy-ups a killed daemon left half done: never renamed into upper/, so not part of it.
         for e in std::fs::read_dir(&tmp_path).map_err(io_err(&tmp_path))? {
             let p = e.map_err(io_err(&tmp_path))?.path();
+            // A stacked mount's lower that a killed daemon left mounted here (see
+            // `mount::stacked`) leaves the tree first, so nothing below is touched.
+            if p.file_name()
+                .is_some_and(|n| n.as_encoded_bytes().starts_with(b"lower-"))
+            {
+                let _ = rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH);
+            }
             let _ = if p.is_dir() && !p.is_symlink() {
                 std::fs::remove_dir_all(&p)
             } else {
@@ -354,18 +361,34 @@ pub fn is_opaque(dir: BorrowedFd<'_>) -> bool {
     matches!(get_xattr(&xattr_path(dir, b""), OPAQUE), Ok(Some(v)) if v == b"y")
 }
 
-/// The lower path (names from the root) a renamed upper directory came from, if it says.
-pub fn redirect_of(dir: BorrowedFd<'_>) -> Option<Vec<Vec<u8>>> {
-    let v = get_xattr(&xattr_path(dir, b""), REDIRECT).ok()??;
-    // Absolute ("/a/b") as lamina writes; a bare name is relative to the parent's lower,
-    // which lamina never writes and takes as not redirected.
-    let rest = v.strip_prefix(b"/")?;
-    Some(
-        rest.split(|b| *b == b'/')
-            .filter(|c| !c.is_empty())
-            .map(<[u8]>::to_vec)
-            .collect(),
-    )
+/// Where a renamed upper object's lower is (`trusted.overlay.redirect`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redirect {
+    /// `/a/b`: names from the root (lamina writes these).
+    Absolute(Vec<Vec<u8>>),
+    /// `b`: a name in the parent's lower (kernel overlayfs writes these for a rename within
+    /// one directory).
+    Relative(Vec<u8>),
+}
+
+/// Where the renamed upper directory `dir` (an open fd) came from, if it says.
+pub fn redirect_of(dir: BorrowedFd<'_>) -> Option<Redirect> {
+    redirect_at(&xattr_path(dir, b""))
+}
+
+/// Where the renamed upper object at `path` came from, if it says.
+pub fn redirect_at(path: &Path) -> Option<Redirect> {
+    let v = get_xattr(path, REDIRECT).ok()??;
+    match v.strip_prefix(b"/") {
+        Some(rest) => Some(Redirect::Absolute(
+            rest.split(|b| *b == b'/')
+                .filter(|c| !c.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect(),
+        )),
+        None if v.is_empty() || v.contains(&b'/') => None,
+        None => Some(Redirect::Relative(v)),
+    }
 }
 
 /// Set an overlayfs marker xattr on `name` in `dir` (a directory).
@@ -493,10 +516,17 @@ pub(crate) mod tests {
         let root = u.dir_at(&[]).unwrap();
         set_marker(root.as_fd(), b"o", OPAQUE, b"y").unwrap();
         set_marker(root.as_fd(), b"r", REDIRECT, b"/x/y").unwrap();
+        std::fs::create_dir(d.join("upper/s")).unwrap();
+        set_marker(root.as_fd(), b"s", REDIRECT, b"old").unwrap();
         let o = u.dir_at(&[b"o".to_vec()]).unwrap();
         let r = u.dir_at(&[b"r".to_vec()]).unwrap();
+        let s = u.dir_at(&[b"s".to_vec()]).unwrap();
         assert!(is_opaque(o.as_fd()) && !is_opaque(r.as_fd()));
-        assert_eq!(redirect_of(r.as_fd()), Some(vec![b"x".to_vec(), b"y".to_vec()]));
+        assert_eq!(
+            redirect_of(r.as_fd()),
+            Some(Redirect::Absolute(vec![b"x".to_vec(), b"y".to_vec()]))
+        );
+        assert_eq!(redirect_of(s.as_fd()), Some(Redirect::Relative(b"old".to_vec())));
         assert_eq!(redirect_of(o.as_fd()), None);
     }
 

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use crate::convert::skopeo_gzip_unpack;
 use crate::support::layers::{build_layout, push_and_convert, Step};
-use crate::support::mount::{add_python, fixture, have_python, require_fuse, Mounted};
+use crate::support::mount::{add_python, fixture, have_python, oracle_options, require_fuse, Mounted, OVERLAYS};
 use crate::support::overlay::{same_outcomes, KernelOverlay};
 use crate::support::registry::TestRegistry;
 use crate::support::tree::{
@@ -19,8 +19,10 @@ use crate::support::{assert_ok, lamina, lamina_pull, require_root, require_tools
 /// Changes of every kind a layer can carry, made under `root` (a merged view).
 fn scripted_changes(root: &Path) {
     let p = |s: &str| root.join(s);
-    // A lower directory moved (it holds a member of a hard-link group), then written in.
-    std::fs::rename(p("usr/lib"), p("usr/lib-moved")).unwrap();
+    // A lower directory moved (it holds a member of a hard-link group), then written in. With
+    // mv: kernel overlayfs without redirect_dir refuses rename(2) of a lower directory (EXDEV),
+    // and mv copies it then, as a program in a container does.
+    run(Command::new("mv").arg(p("usr/lib")).arg(p("usr/lib-moved")));
     std::fs::write(p("usr/lib-moved/new-in-moved"), b"n").unwrap();
     // The group copied up after the move: every name must stay one inode.
     use std::io::Write;
@@ -64,7 +66,13 @@ fn committed_images_equal_the_mounted_view_for_lamina_and_for_skopeo_and_umoci()
     let Some(f) = fixture(&["python3"]) else {
         return;
     };
-    let w = f.work.path();
+    for overlay in OVERLAYS {
+        commit_case(&f, overlay);
+    }
+}
+
+fn commit_case(f: &crate::support::mount::Fixture, overlay: &str) {
+    let w = &f.work.path().join(overlay);
     let cache = f.cache();
     let upper = w.join("upper");
     let k = KernelOverlay::mount(
@@ -72,9 +80,9 @@ fn committed_images_equal_the_mounted_view_for_lamina_and_for_skopeo_and_umoci()
         &w.join("k-upper"),
         &w.join("k-work"),
         &w.join("k-mnt"),
-        "redirect_dir=on,index=on",
+        oracle_options(overlay),
     );
-    let m = f.mount_upper("mnt", &upper, &[]);
+    let m = f.mount_upper(&format!("{overlay}/mnt"), &upper, &["--overlay", overlay]);
     scripted_changes(&m.point);
     scripted_changes(&w.join("k-mnt"));
     same_outcomes(7, 150, &m.point, &w.join("k-mnt"));
@@ -83,7 +91,7 @@ fn committed_images_equal_the_mounted_view_for_lamina_and_for_skopeo_and_umoci()
     drop(k);
 
     // From the mount point.
-    let committed = format!("{}/committed:t", f.registry.addr);
+    let committed = format!("{}/committed-{overlay}:t", f.registry.addr);
     let out = lamina()
         .args(["commit", "-m", "scripted and random changes"])
         .arg(&m.point)
@@ -123,7 +131,7 @@ fn committed_images_equal_the_mounted_view_for_lamina_and_for_skopeo_and_umoci()
     // commit mounts for itself and takes down afterwards.
     m.unmount();
     drop(m);
-    let committed2 = format!("{}/committed2:t", f.registry.addr);
+    let committed2 = format!("{}/committed2-{overlay}:t", f.registry.addr);
     let out = lamina()
         .arg("commit")
         .arg(&upper)
@@ -141,7 +149,7 @@ fn committed_images_equal_the_mounted_view_for_lamina_and_for_skopeo_and_umoci()
     assert!(!mounts.contains("commit-mounts"), "{mounts}");
 
     // A read-only mount and a directory that is neither are refused clearly.
-    let ro = f.mount("mnt-ro", &[]);
+    let ro = f.mount(&format!("{overlay}/mnt-ro"), &[]);
     let out = lamina()
         .arg("commit")
         .arg(&ro.point)

@@ -1,14 +1,15 @@
 //! The writable layer keeps data: an fsx-style integrity run survives a remount; a daemon
 //! killed with SIGKILL mid-write loses no fsync'ed byte and leaves a consistent upper; a full
 //! upper gives ENOSPC and damages nothing; a copy-up whose chunks cannot be fetched fails with
-//! EIO and leaves the lower file as it was.
+//! EIO and leaves the lower file as it was. Each for both ways a writable mount is served
+//! ([`OVERLAYS`]), but the killed daemon: under kernel overlayfs, writes do not pass through it.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::mount::fixture;
+use crate::support::mount::{fixture, Mounted, OVERLAYS};
 use crate::support::overlay::{env_count, env_list, run_script, KernelOverlay};
 use crate::support::tree::assert_same_tree;
 use crate::support::{python, run};
@@ -27,11 +28,16 @@ fn fsx_writes_match_the_model_and_survive_a_remount() {
     // LAMINA_FSX_SEEDS=a,b,… (else the CI set), LAMINA_FSX_OPS operations each.
     let seeds = env_list("LAMINA_FSX_SEEDS", &[11, 12]);
     let ops = env_count("LAMINA_FSX_OPS", 1500);
-    // With FUSE passthrough (the kernel writes the upper file) and without (lamina does).
-    for (mode, extra) in [("passthrough", None), ("no-passthrough", Some("--no-passthrough"))] {
+    // lamina's own overlay with FUSE passthrough (the kernel writes the upper file) and
+    // without (lamina does), and kernel overlayfs over lamina's view.
+    let modes: [(&str, &[&str]); 3] = [
+        ("passthrough", &["--overlay", "fuse"]),
+        ("no-passthrough", &["--overlay", "fuse", "--no-passthrough"]),
+        ("kernel", &["--overlay", "kernel"]),
+    ];
+    for (mode, extra) in modes {
         let upper = w.join(format!("upper-{mode}"));
-        let extra: Vec<&str> = extra.into_iter().collect();
-        let m = f.mount_upper(&format!("mnt-{mode}"), &upper, &extra);
+        let m = f.mount_upper(&format!("mnt-{mode}"), &upper, extra);
         // A lower file (copied up by the first write), then a new file per seed.
         let mut runs = vec![("usr/lib/libx.so.1".to_string(), seeds[0])];
         runs.extend(seeds.iter().map(|s| (format!("fresh-{s}"), *s)));
@@ -49,7 +55,7 @@ fn fsx_writes_match_the_model_and_survive_a_remount() {
         }
         m.unmount();
         drop(m);
-        let m = f.mount_upper(&format!("mnt2-{mode}"), &upper, &extra);
+        let m = f.mount_upper(&format!("mnt2-{mode}"), &upper, extra);
         for (name, model) in &files {
             fsx(&["verify", m.point.join(name).to_str().unwrap(), model.to_str().unwrap()]);
         }
@@ -63,7 +69,9 @@ fn a_daemon_killed_mid_write_loses_no_fsynced_byte() {
     };
     let w = f.work.path();
     let upper = w.join("upper");
-    let m = f.mount_upper("mnt", &upper, &[]);
+    // lamina's own overlay: its daemon writes (without passthrough) or hands the writes to
+    // the kernel. Under kernel overlayfs writes never pass through the daemon.
+    let m = f.mount_upper("mnt", &upper, &["--overlay", "fuse"]);
     // Records of 4 KiB appended to a new file and written over a copied-up lower file; after
     // every 8th an fsync of both, then the count is printed.
     let writer_src = r#"
@@ -107,7 +115,7 @@ while True:
     drop(m);
 
     // Mounted again on the same upper: every fsync'ed record is there.
-    let m = f.mount_upper("mnt2", &upper, &[]);
+    let m = f.mount_upper("mnt2", &upper, &["--overlay", "fuse"]);
     let journal = std::fs::read(m.point.join("journal")).unwrap();
     assert!(
         journal.len() as u64 >= synced * 4096,
@@ -143,7 +151,13 @@ fn a_full_upper_gives_enospc_and_damages_nothing() {
     let Some(f) = fixture(&["python3"]) else {
         return;
     };
-    let w = f.work.path();
+    for overlay in OVERLAYS {
+        full_upper(&f, overlay);
+    }
+}
+
+fn full_upper(f: &crate::support::mount::Fixture, overlay: &str) {
+    let w = &f.work.path().join(overlay);
     let small = w.join("small");
     std::fs::create_dir_all(&small).unwrap();
     run(Command::new("mount")
@@ -157,7 +171,7 @@ fn a_full_upper_gives_enospc_and_damages_nothing() {
     }
     let _small = Unmount(small.clone());
     let upper = small.join("upper");
-    let m = f.mount_upper("mnt", &upper, &[]);
+    let m = f.mount_upper(&format!("{overlay}/mnt"), &upper, &["--overlay", overlay]);
     let p = &m.point;
     std::fs::write(p.join("etc/keep"), b"small and safe").unwrap();
     // A new file larger than the upper's filesystem.
@@ -187,29 +201,41 @@ fn a_copy_up_whose_chunks_cannot_be_fetched_fails_with_eio_and_changes_nothing()
     let Some(mut f) = fixture(&["python3"]) else {
         return;
     };
-    let upper = f.work.path().join("upper");
-    let m = f.mount_upper("mnt", &upper, &["--fetch-timeout", "2"]);
-    f.registry.kill();
-    let started = Instant::now();
-    let err = std::fs::OpenOptions::new()
-        .append(true)
-        .open(m.point.join("usr/lib/big"))
-        .map(drop)
-        .unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(5), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(60), "no deadline");
-    assert!(!upper.join("upper/usr/lib/big").exists());
-    assert_eq!(
-        std::fs::read_dir(upper.join("tmp")).unwrap().count(),
-        0,
-        "a partial copy-up was left"
-    );
-    // The mount still serves, and with the registry back the file is the lower one.
-    assert!(m.daemon_alive());
-    f.registry.restart();
-    let back = crate::support::poll::within(crate::support::poll::DEADLINE, || {
-        std::fs::read(m.point.join("usr/lib/big")).ok()
-    })
-    .expect("the read works once the registry is back (after the fail-fast moment)");
-    assert!(back == std::fs::read(f.oracle.join("usr/lib/big")).unwrap());
+    for overlay in OVERLAYS {
+        let w = f.work.path().join(overlay);
+        let upper = w.join("upper");
+        let extra = [
+            "--overlay",
+            overlay,
+            "--upper",
+            upper.to_str().unwrap(),
+            "--fetch-timeout",
+            "2",
+        ];
+        // Its own cache: nothing of usr/lib/big is local.
+        let m = Mounted::new(&f.converted, &w.join("mnt"), &w.join("cache"), &extra);
+        f.registry.kill();
+        let started = Instant::now();
+        let err = std::fs::OpenOptions::new()
+            .append(true)
+            .open(m.point.join("usr/lib/big"))
+            .map(drop)
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(5), "{overlay}: {err}");
+        assert!(started.elapsed() < Duration::from_secs(60), "no deadline");
+        assert!(!upper.join("upper/usr/lib/big").exists());
+        assert_eq!(
+            std::fs::read_dir(upper.join("tmp")).unwrap().count(),
+            0,
+            "{overlay}: a partial copy-up was left"
+        );
+        // The mount still serves, and with the registry back the file is the lower one.
+        assert!(m.daemon_alive());
+        f.registry.restart();
+        let back = crate::support::poll::within(crate::support::poll::DEADLINE, || {
+            std::fs::read(m.point.join("usr/lib/big")).ok()
+        })
+        .expect("the read works once the registry is back (after the fail-fast moment)");
+        assert!(back == std::fs::read(f.oracle.join("usr/lib/big")).unwrap());
+    }
 }

@@ -2,16 +2,20 @@
 //! same layers unpacked by umoci: the same seeded random operations on both, outcome by
 //! outcome, then the final trees entry by entry; the upper directory survives a remount and
 //! the kernel's overlayfs mounted on lamina's upper directory shows the same tree; a copy-up
-//! that waits for the registry holds up nothing but its own file.
+//! that waits for the registry holds up nothing but its own file. Each for both ways a
+//! writable mount is served ([`OVERLAYS`]).
 
 use std::process::Command;
 
 use crate::support::layers::noise;
-use crate::support::mount::{fixture, Mounted};
+use crate::support::mount::{fixture, oracle_options, Mounted, OVERLAYS};
 use crate::support::overlay::{env_count, env_list, same_outcomes, KernelOverlay};
 use crate::support::poll;
 use crate::support::run;
-use crate::support::tree::{assert_same_tree_except, Mtimes};
+use crate::support::tree::{
+    assert_same_snapshot, assert_same_tree_except, assert_upper_links_shown, snapshot, without_link_groups,
+    without_mtimes, Mtimes,
+};
 
 #[test]
 fn random_operations_match_kernel_overlayfs_and_survive_a_remount() {
@@ -20,33 +24,73 @@ fn random_operations_match_kernel_overlayfs_and_survive_a_remount() {
     };
     let w = f.work.path();
     // LAMINA_OVL_SEEDS=a,b,… (else the CI set), LAMINA_OVL_OPS operations per seed.
-    for seed in env_list("LAMINA_OVL_SEEDS", &[1, 2, 3, 4]) {
-        let dir = w.join(format!("seed{seed}"));
+    for (seed, overlay) in env_list("LAMINA_OVL_SEEDS", &[1, 2, 3, 4])
+        .into_iter()
+        .flat_map(|seed| OVERLAYS.map(|o| (seed, o)))
+    {
+        let dir = w.join(format!("seed{seed}-{overlay}"));
         let upper = dir.join("lamina-upper");
         let k = KernelOverlay::mount(
             &f.oracle,
             &dir.join("k-upper"),
             &dir.join("k-work"),
             &dir.join("k-mnt"),
-            "redirect_dir=on,index=on",
+            oracle_options(overlay),
         );
-        let m = f.mount_upper(&format!("seed{seed}/mnt"), &upper, &[]);
+        let m = f.mount_upper(&format!("seed{seed}-{overlay}/mnt"), &upper, &["--overlay", overlay]);
         same_outcomes(seed, env_count("LAMINA_OVL_OPS", 250), &m.point, &k.point);
         // The same operations ran on both sides at different moments, so everything they
         // touched (and its parent directory) has a different "now": mtimes are left out.
-        let same_tree = |a: &std::path::Path, b: &std::path::Path| assert_same_tree_except(a, b, Mtimes::All);
-        same_tree(&m.point, &k.point);
+        // Inode numbers under kernel overlayfs depend on its lower: it shows a copied-up file
+        // with its lower file's number, and finds the inode of a file's other names, by the
+        // file handle its upper records, when it can decode that handle. Over umoci's tree
+        // (ext4) it always can. Over lamina's view (FUSE, no uuid) it can only while the
+        // lower file is in the kernel's cache, as it is for the whole first mount; after a
+        // remount, names may share a number in one and not in the other. So the first mount
+        // is compared whole; where kernel overlayfs serves lamina's upper again, hard-link
+        // groups are left out.
+        let by_kernel = |view: &std::path::Path, oracle: &std::path::Path| {
+            let (a, b) = (snapshot(view), snapshot(oracle));
+            let (a, b) = (without_mtimes(a, Mtimes::All), without_mtimes(b, Mtimes::All));
+            assert_same_snapshot(&without_link_groups(a), &without_link_groups(b), view, oracle);
+        };
+        assert_same_tree_except(&m.point, &k.point, Mtimes::All);
 
-        // The same upper again: the same view.
         m.unmount();
         drop(m);
-        let m = f.mount_upper(&format!("seed{seed}/mnt2"), &upper, &[]);
-        same_tree(&m.point, &k.point);
-        drop(m);
 
-        // Kernel overlayfs over lamina's upper directory shows the same tree.
+        // Kernel overlayfs over lamina's upper directory (and umoci's tree) shows the same tree
+        // (inode numbers as above: the handles recorded by kernel overlayfs over lamina's view
+        // are FUSE handles, which do not decode on umoci's tree).
         let k2 = KernelOverlay::over_lamina_upper(&f.oracle, &upper, &dir.join("k2-mnt"));
-        same_tree(&k2.point, &k.point);
+        match overlay {
+            "kernel" => by_kernel(&k2.point, &k.point),
+            _ => assert_same_tree_except(&k2.point, &k.point, Mtimes::All),
+        }
+        assert_upper_links_shown(&k2.point, &upper.join("upper"));
+        let over_upper = without_mtimes(snapshot(&k2.point), Mtimes::All);
+        drop(k2);
+
+        // The same upper again, served the same way and the other way: the same view as
+        // kernel overlayfs over it.
+        let other = OVERLAYS.into_iter().find(|o| *o != overlay).unwrap();
+        for again in [overlay, other] {
+            let m = f.mount_upper(
+                &format!("seed{seed}-{overlay}/by-{again}"),
+                &upper,
+                &["--overlay", again],
+            );
+            let view = without_mtimes(snapshot(&m.point), Mtimes::All);
+            let k2_point = dir.join("k2-mnt");
+            if overlay == "kernel" || again == "kernel" {
+                let (a, b) = (without_link_groups(view), without_link_groups(over_upper.clone()));
+                assert_same_snapshot(&a, &b, &m.point, &k2_point);
+            } else {
+                assert_same_snapshot(&view, &over_upper, &m.point, &k2_point);
+            }
+            m.unmount();
+            m.wait_daemon_gone("after umount");
+        }
     }
 }
 
@@ -74,36 +118,59 @@ fn writable_mounts_refuse_foreign_upper_dirs_and_clean_up_after_themselves() {
     assert!(err.contains("not a lamina upper directory"), "{err}");
     assert_eq!(std::fs::read(foreign.join("data/keep")).unwrap(), b"mine");
 
-    // An upper directory in use by another mount.
-    let upper = w.join("upper");
-    let m = f.mount_upper("a", &upper, &[]);
-    std::fs::write(m.point.join("etc/new"), b"x").unwrap();
-    std::fs::create_dir_all(w.join("b")).unwrap();
-    let out = crate::support::lamina()
-        .args(["mount", "--upper"])
-        .arg(&upper)
-        .arg(&f.converted)
-        .arg(w.join("b"))
-        .env("LAMINA_CACHE_DIR", &cache)
-        .output()
-        .unwrap();
-    let err = crate::support::assert_failed(&out);
-    assert!(err.contains("in use"), "{err}");
-    drop(m);
-
-    // --writable: a fresh upper under the cache directory, gone after umount; --keep keeps it.
-    for keep in [false, true] {
-        let mut extra = vec!["--writable"];
-        if keep {
-            extra.push("--keep");
+    for overlay in OVERLAYS {
+        // An upper directory in use by another mount (served either way).
+        let upper = w.join(format!("upper-{overlay}"));
+        let m = f.mount_upper(&format!("a-{overlay}"), &upper, &["--overlay", overlay]);
+        std::fs::write(m.point.join("etc/new"), b"x").unwrap();
+        std::fs::create_dir_all(w.join("b")).unwrap();
+        for second in OVERLAYS {
+            let out = crate::support::lamina()
+                .args(["mount", "--overlay", second, "--upper"])
+                .arg(&upper)
+                .arg(&f.converted)
+                .arg(w.join("b"))
+                .env("LAMINA_CACHE_DIR", &cache)
+                .output()
+                .unwrap();
+            let err = crate::support::assert_failed(&out);
+            assert!(err.contains("in use"), "{overlay} then {second}: {err}");
         }
-        let m = f.mount(&format!("wr{keep}"), &extra);
-        std::fs::write(m.point.join("etc/written"), b"data").unwrap();
-        assert_eq!(std::fs::read(m.point.join("etc/written")).unwrap(), b"data");
-        m.unmount();
-        m.wait_daemon_gone("after umount");
-        let left = std::fs::read_dir(cache.join("uppers")).map_or(0, |d| d.count());
-        assert_eq!(left, usize::from(keep), "upper directories left: {left} (keep {keep})");
+        drop(m);
+
+        // --writable: a fresh upper under the cache directory, gone after umount; --keep
+        // keeps it. Nothing else is left: no mount, and nothing in the upper's tmp/.
+        for keep in [false, true] {
+            let mut extra = vec!["--overlay", overlay, "--writable"];
+            if keep {
+                extra.push("--keep");
+            }
+            let m = f.mount(&format!("wr{keep}-{overlay}"), &extra);
+            std::fs::write(m.point.join("etc/written"), b"data").unwrap();
+            assert_eq!(std::fs::read(m.point.join("etc/written")).unwrap(), b"data");
+            m.unmount();
+            m.wait_daemon_gone("after umount");
+            let uppers = cache.join("uppers");
+            let left: Vec<_> = std::fs::read_dir(&uppers).map_or(vec![], |d| d.map(|e| e.unwrap().path()).collect());
+            assert_eq!(
+                left.len(),
+                usize::from(keep),
+                "upper directories left: {left:?} (keep {keep})"
+            );
+            for kept in left {
+                assert_eq!(
+                    std::fs::read_dir(kept.join("tmp")).unwrap().count(),
+                    0,
+                    "{overlay}: tmp/ not empty"
+                );
+                std::fs::remove_dir_all(kept).unwrap();
+            }
+            let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+            assert!(
+                !mounts.contains(w.to_str().unwrap()),
+                "{overlay}: a mount is left:\n{mounts}"
+            );
+        }
     }
 }
 
@@ -112,19 +179,28 @@ fn metadata_changes_copy_up_metadata_only_until_the_first_write() {
     let Some(f) = fixture(&["getfattr"]) else {
         return;
     };
-    let w = f.work.path();
+    for overlay in OVERLAYS {
+        metacopy_until_the_first_write(&f, overlay);
+    }
+}
+
+fn metacopy_until_the_first_write(f: &crate::support::mount::Fixture, overlay: &str) {
+    let w = &f.work.path().join(overlay);
     let upper = w.join("upper");
+    let by = ["--overlay", overlay];
     let lower_bytes = std::fs::read(f.oracle.join("usr/lib/big")).unwrap();
-    let m = f.mount_upper("mnt", &upper, &["--metacopy"]);
+    let m = f.mount_upper(&format!("{overlay}/mnt"), &upper, &["--overlay", overlay, "--metacopy"]);
     let file = m.point.join("usr/lib/big");
     std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     std::os::unix::fs::chown(&file, Some(42), Some(43)).unwrap();
-    // The upper file: the size, no data blocks, the overlayfs metacopy marker.
+    // The upper file: the size, no data (SEEK_DATA finds none; its blocks may hold xattrs),
+    // the overlayfs metacopy marker.
     let u = upper.join("upper/usr/lib/big");
     let meta = std::fs::symlink_metadata(&u).unwrap();
     use std::os::unix::fs::MetadataExt;
     assert_eq!(meta.len(), lower_bytes.len() as u64);
-    assert_eq!(meta.blocks(), 0, "the data was copied up");
+    let data = rustix::fs::seek(std::fs::File::open(&u).unwrap(), rustix::fs::SeekFrom::Data(0));
+    assert_eq!(data, Err(rustix::io::Errno::NXIO), "{overlay}: the data was copied up");
     let marker = run(Command::new("getfattr")
         .args(["--absolute-names", "-n", "trusted.overlay.metacopy"])
         .arg(&u));
@@ -137,7 +213,7 @@ fn metadata_changes_copy_up_metadata_only_until_the_first_write() {
     m.unmount();
     drop(m);
     // (Without --metacopy: the upper keeps the choice it was made with.)
-    let m = f.mount_upper("mnt2", &upper, &[]);
+    let m = f.mount_upper(&format!("{overlay}/mnt2"), &upper, &by);
     let file = m.point.join("usr/lib/big");
     assert_eq!(std::fs::read(&file).unwrap(), lower_bytes);
     m.unmount();
@@ -148,7 +224,7 @@ fn metadata_changes_copy_up_metadata_only_until_the_first_write() {
     }
 
     // The first write copies the bytes up in place and drops the marker.
-    let m = f.mount_upper("mnt3", &upper, &[]);
+    let m = f.mount_upper(&format!("{overlay}/mnt3"), &upper, &by);
     let file = m.point.join("usr/lib/big");
     {
         use std::io::Write;
@@ -183,7 +259,6 @@ fn metacopy_is_off_by_default_and_kernel_overlayfs_reads_the_upper_with_defaults
     };
     let w = f.work.path();
     let upper = w.join("upper");
-    let lower_bytes = std::fs::read(f.oracle.join("usr/lib/big")).unwrap();
     let has_marker = |p: &std::path::Path| {
         let out = Command::new("getfattr")
             .args(["--absolute-names", "-n", "trusted.overlay.metacopy"])
@@ -192,19 +267,28 @@ fn metacopy_is_off_by_default_and_kernel_overlayfs_reads_the_upper_with_defaults
             .unwrap();
         String::from_utf8_lossy(&out.stdout).contains("metacopy")
     };
-    for (name, extra) in [("mnt", &[][..]), ("mnt2", &["--metacopy"][..])] {
-        let m = f.mount_upper(name, &upper, extra);
-        let file = m.point.join("usr/lib/big");
-        std::os::unix::fs::chown(&file, Some(42), Some(43)).unwrap();
-        let u = upper.join("upper/usr/lib/big");
+    // Each mount changes the owner of a file not copied up yet; the upper made by the first
+    // (without --metacopy) keeps that choice when later mounts (served either way) ask for it.
+    let steps = [
+        ("usr/lib/big", "kernel", false),
+        ("usr/bin/tool", "fuse", true),
+        ("usr/lib/libx.so.1", "kernel", true),
+    ];
+    for (i, (path, overlay, metacopy)) in steps.into_iter().enumerate() {
+        let mut extra = vec!["--overlay", overlay];
+        if metacopy {
+            extra.push("--metacopy");
+        }
+        let m = f.mount_upper(&format!("mnt{i}"), &upper, &extra);
+        std::os::unix::fs::chown(m.point.join(path), Some(42), Some(43)).unwrap();
+        let u = upper.join("upper").join(path);
         assert!(
             !has_marker(&u),
-            "{name}: a metacopy file without --metacopy at creation"
+            "{path} ({overlay}): a metacopy file, not asked for at creation"
         );
-        assert_eq!(
-            std::fs::read(&u).unwrap(),
-            lower_bytes,
-            "{name}: the data was not copied up"
+        assert!(
+            std::fs::read(&u).unwrap() == std::fs::read(f.oracle.join(path)).unwrap(),
+            "{path} ({overlay}): the data was not copied up"
         );
         m.unmount();
         m.wait_daemon_gone("after umount");
@@ -219,10 +303,12 @@ fn metacopy_is_off_by_default_and_kernel_overlayfs_reads_the_upper_with_defaults
         &w.join("k-mnt"),
         "",
     );
-    assert_eq!(std::fs::read(k.point.join("usr/lib/big")).unwrap(), lower_bytes);
     use std::os::unix::fs::MetadataExt;
-    let st = std::fs::metadata(k.point.join("usr/lib/big")).unwrap();
-    assert_eq!((st.uid(), st.gid()), (42, 43));
+    for (path, _, _) in steps {
+        assert!(std::fs::read(k.point.join(path)).unwrap() == std::fs::read(f.oracle.join(path)).unwrap());
+        let st = std::fs::metadata(k.point.join(path)).unwrap();
+        assert_eq!((st.uid(), st.gid()), (42, 43), "{path}");
+    }
 }
 
 /// Issue 13, item 3: while one file's copy-up waits for the registry, `stat`, `ls` and reads
@@ -239,7 +325,14 @@ fn issue13_stat_ls_and_cached_reads_go_on_during_a_held_copy_up() {
     let Some(f) = fixture(&["python3"]) else {
         return;
     };
-    let w = f.work.path();
+    for overlay in OVERLAYS {
+        held_copy_up(&f, overlay);
+    }
+}
+
+fn held_copy_up(f: &crate::support::mount::Fixture, overlay: &str) {
+    let w = &f.work.path().join(overlay);
+    std::fs::create_dir_all(w).unwrap();
     let mode = w.join("fault-mode");
     std::fs::write(&mode, "pass").unwrap();
     let log = w.join("proxy.log");
@@ -248,8 +341,10 @@ fn issue13_stat_ls_and_cached_reads_go_on_during_a_held_copy_up() {
     let m = Mounted::new(
         &image,
         &w.join("mnt"),
-        &f.cache(),
+        &w.join("cache"),
         &[
+            "--overlay",
+            overlay,
             "--upper",
             w.join("upper").to_str().unwrap(),
             "--fetch-timeout",

@@ -157,6 +157,20 @@ pub fn stats_matching_log(
     serde_json::from_str(&text).unwrap()
 }
 
+/// The two ways a writable mount is served (`lamina mount --overlay`): kernel overlayfs over
+/// lamina's read-only view, and lamina's own overlay. Writable-layer tests run on both.
+pub const OVERLAYS: [&str; 2] = ["kernel", "fuse"];
+
+/// The options of the kernel overlayfs that `overlay` is held to: the options it mounts with
+/// (kernel), or those it follows (lamina's own, which keeps a copied-up hard-link group one
+/// inode as `index=on` does).
+pub fn oracle_options(overlay: &str) -> &'static str {
+    match overlay {
+        "kernel" => "redirect_dir=on,index=off",
+        _ => "redirect_dir=on,index=on",
+    }
+}
+
 /// The standard image with its oracle, pushed (`mnt-src:t`) and converted (`mnt-zc:t`).
 pub struct Fixture {
     /// The registry holding both images.

@@ -2,8 +2,10 @@
 """Fixed cases of overlayfs semantics run on two trees (a lamina writable mount and kernel
 overlayfs over the same layers); every step's outcome (value or errno) must be equal.
 
-usage: overlay_cases.py CASE ROOT_A ROOT_B     exit 0: all equal or known (KNOWN); 1: differences printed
+usage: overlay_cases.py CASE ROOT_A ROOT_B OVERLAY   exit 0: all equal or known; 1: differences printed
 CASE: chown-ctime | fallocate-ranges | file-flags | set-id-bits
+OVERLAY: what serves ROOT_A, `fuse` (lamina's own overlay: the KNOWN differences apply) or
+`kernel` (kernel overlayfs over lamina's read-only view: every step must be equal)
 
 file-flags sets immutable/append-only flags; every path it flags is cleared again in a
 `finally`, so the trees can be removed whatever happens.
@@ -205,8 +207,8 @@ def file_flags(root):
     return steps
 
 
-# Where lamina cannot answer as kernel overlayfs: (case, name, step) → (lamina's outcome, why).
-# Such a step passes only with exactly that outcome from lamina (ROOT_A).
+# Where lamina's own overlay cannot answer as kernel overlayfs: (case, name, step) → (its
+# outcome, why). Such a step passes only with exactly that outcome from ROOT_A.
 FALLOCATE_BY_FUSE = "the kernel's FUSE refuses COLLAPSE_RANGE/INSERT_RANGE (EOPNOTSUPP) before the daemon sees them"
 KNOWN = {
     ("file-flags", "etc/chmod-me", "write held fd"): (
@@ -376,11 +378,13 @@ CASES = {
 
 
 def main():
-    case, a, b = sys.argv[1], sys.argv[2], sys.argv[3]
+    case, a, b, overlay = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+    if overlay not in ("fuse", "kernel"):
+        sys.exit(f"OVERLAY must be fuse or kernel, not {overlay!r}")
     ra, rb = CASES[case](a), CASES[case](b)
     failed = len(ra) != len(rb)
     for x, y in zip(ra, rb):
-        known = KNOWN.get((case,) + x[:2])
+        known = KNOWN.get((case,) + x[:2]) if overlay == "fuse" else None
         if known and x[2] == known[0]:
             print(f"known {x!r}  vs  {y[2:]!r}: {known[1]}")
         elif known or x != y:

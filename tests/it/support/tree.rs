@@ -36,7 +36,7 @@ pub struct Facts {
 }
 
 /// A whole tree: path → facts, and the hard-link groups (sets of paths sharing an inode).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     /// Entries below the root, by path relative to it.
     pub entries: BTreeMap<String, Facts>,
@@ -177,6 +177,47 @@ pub fn without_empty_xattrs(mut s: Snapshot) -> Snapshot {
         f.xattrs.retain(|_, v| !v.is_empty());
     }
     s
+}
+
+/// The snapshot without its hard-link groups (the caller says why, and checks links
+/// another way, e.g. with [`assert_upper_links_shown`]).
+pub fn without_link_groups(mut s: Snapshot) -> Snapshot {
+    s.link_groups.clear();
+    s
+}
+
+/// Every group of names that are one file in the overlayfs upper directory `upper` shows as
+/// one inode through the mount at `view`; returns how many groups were checked.
+pub fn assert_upper_links_shown(view: &Path, upper: &Path) -> usize {
+    let mut by_inode: HashMap<u64, Vec<String>> = HashMap::new();
+    let mut stack = vec![upper.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.nlink() > 1 && !(m.file_type().is_char_device() && m.rdev() == 0) {
+                let rel = p.strip_prefix(upper).unwrap().to_string_lossy().into_owned();
+                by_inode.entry(m.ino()).or_default().push(rel);
+            }
+        }
+    }
+    let mut checked = 0;
+    for names in by_inode.values().filter(|n| n.len() > 1) {
+        let shown: BTreeSet<u64> = names
+            .iter()
+            .filter_map(|n| std::fs::symlink_metadata(view.join(n)).ok())
+            .map(|m| m.ino())
+            .collect();
+        assert!(
+            shown.len() <= 1,
+            "one file in the upper, several inodes in {}: {names:?}",
+            view.display()
+        );
+        checked += 1;
+    }
+    checked
 }
 
 /// [`assert_same_tree`] on snapshots already taken (of `actual` and `expected`).
