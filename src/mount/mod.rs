@@ -487,6 +487,14 @@ pub fn serve(
                 }
             }
             let result = session.join();
+            if let Some(u) = &stacked_upper {
+                // The view's session ended under a kernel overlayfs still mounted (its
+                // connection was aborted): the overlay goes too, before the upper's lock.
+                if let Some(point) = crate::upper::overlay_on(&u.path().join("upper")) {
+                    tracing::warn!(mount = %point.display(), "the read-only view ended under the overlay: unmounting it");
+                    let _ = rustix::mount::unmount(&point, rustix::mount::UnmountFlags::DETACH);
+                }
+            }
             drop(stacked_upper);
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = publisher.join();
@@ -540,13 +548,9 @@ fn serve_stacked(
     mountpoint: &Path,
     options: &MountOptions,
 ) -> Result<fuser::BackgroundSession, String> {
+    // Made here, never taken as found (opening the upper emptied its tmp/).
     let lower = stacked::lower_point(upper);
-    match std::fs::create_dir(&lower) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-            return Err(format!("{}: {e}", lower.display()));
-        }
-        _ => {}
-    }
+    std::fs::create_dir(&lower).map_err(|e| format!("{}: {e}", lower.display()))?;
     let session = fuser::spawn_mount(read_only_fs(view, options), &lower, &fuse_config(false)).map_err(|e| {
         let _ = std::fs::remove_dir(&lower);
         format!("the read-only view at {}: {e}", lower.display())
@@ -554,8 +558,9 @@ fn serve_stacked(
     match stacked::mount_over(&lower, upper, mountpoint) {
         Ok(()) => Ok(session),
         Err(e) => {
-            // The view left the tree with nothing above it: its session ends.
-            let _ = session.join();
+            // The view left the tree with nothing above it: its session ends by itself, not
+            // waited for (something may still hold it).
+            drop(session);
             Err(e)
         }
     }

@@ -7,7 +7,7 @@
 //! ```text
 //! DIR/tmp/lower-PID  ◄── FUSE: ImageFs (read-only), mounted for a moment
 //! TARGET             ◄── overlay  lowerdir=DIR/tmp/lower-PID, upperdir=DIR/upper, workdir=DIR/work,
-//!                                 redirect_dir=on, index=on [, metacopy=on]
+//!                                 redirect_dir=on, index=off [, metacopy=on]
 //! then DIR/tmp/lower-PID is detached and removed: overlayfs holds its own private clone of
 //! the lower mount, so only TARGET is left in the tree. Unmounting TARGET releases that clone,
 //! the FUSE connection ends, and the daemon's session with it (as for a read-only mount).
@@ -123,8 +123,13 @@ fn mount_overlay(lower: &Path, upper: &UpperDir, target: &Path) -> Result<(), St
         }
     };
     for (key, value) in options(lower, upper) {
-        rustix::mount::fsconfig_set_string(fs.as_fd(), key, value.as_str())
-            .map_err(|e| format!("{key}={value}: {}", said(e)))?;
+        match rustix::mount::fsconfig_set_string(fs.as_fd(), key, value.as_str()) {
+            Ok(()) => {}
+            // Before Linux 6.5 overlayfs takes options through the legacy context, which
+            // refuses a comma in a value even escaped; mount(2) takes it escaped.
+            Err(Errno::INVAL) if value.contains(',') => return legacy_mount(lower, upper, target),
+            Err(e) => return Err(format!("{key}={value}: {}", said(e))),
+        }
     }
     rustix::mount::fsconfig_create(fs.as_fd()).map_err(said)?;
     let mnt =

@@ -95,6 +95,9 @@ pub enum UpperError {
     /// Another mount has it.
     #[error("{0}: in use by another lamina mount")]
     InUse(PathBuf),
+    /// Kernel overlayfs has it mounted (a stacked mount whose daemon is gone: unmount it).
+    #[error("{0}: in use by the kernel overlayfs mounted at {1} (unmount it first: lamina umount {1})")]
+    InUseByOverlay(PathBuf, PathBuf),
     /// Local I/O.
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
@@ -145,6 +148,11 @@ impl UpperDir {
             .open(&id_path)
             .map_err(io_err(&id_path))?;
         lock_within(&lock, UNMOUNT_GRACE).map_err(|_| UpperError::InUse(dir.into()))?;
+        // A kernel overlayfs over this upper outlives a daemon that was killed: the lock is
+        // free, the upper is not.
+        if let Some(point) = overlay_on(&dir.join("upper")) {
+            return Err(UpperError::InUseByOverlay(dir.into(), point));
+        }
         let mut text = String::new();
         lock.read_to_string(&mut text).map_err(io_err(&id_path))?;
         let found: Identity = serde_json::from_str(&text).map_err(|e| UpperError::Foreign {
@@ -186,11 +194,13 @@ impl UpperDir {
         for e in std::fs::read_dir(&tmp_path).map_err(io_err(&tmp_path))? {
             let p = e.map_err(io_err(&tmp_path))?.path();
             // A stacked mount's lower that a killed daemon left mounted here (see
-            // `mount::stacked`) leaves the tree first, so nothing below is touched.
+            // `mount::stacked`) leaves the tree first, so nothing below is touched; a symlink
+            // of that name is not followed.
             if p.file_name()
                 .is_some_and(|n| n.as_encoded_bytes().starts_with(b"lower-"))
             {
-                let _ = rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH);
+                let flags = rustix::mount::UnmountFlags::DETACH | rustix::mount::UnmountFlags::NOFOLLOW;
+                let _ = rustix::mount::unmount(&p, flags);
             }
             let _ = if p.is_dir() && !p.is_symlink() {
                 std::fs::remove_dir_all(&p)
@@ -402,6 +412,48 @@ pub fn set_marker(dir: BorrowedFd<'_>, name: &[u8], key: &str, value: &[u8]) -> 
 /// `lamina umount M && lamina commit UPPER` must not find it still in use.
 const UNMOUNT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The mount point of a kernel overlayfs whose upperdir is `upper`, if one is mounted (read
+/// from `/proc/self/mountinfo`, where paths are octal-escaped).
+pub fn overlay_on(upper: &Path) -> Option<PathBuf> {
+    let want = std::fs::canonicalize(upper).ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut r = right.split(' ');
+        if r.next()? != "overlay" {
+            return None;
+        }
+        let options = r.nth(1)?;
+        let upper = options.split(',').find_map(|o| o.strip_prefix("upperdir="))?;
+        let point = left.split(' ').nth(4)?;
+        (Path::new(&unescape_octal(upper)) == want).then(|| PathBuf::from(unescape_octal(point)))
+    })
+}
+
+/// The `\NNN` (octal) escapes with which /proc/self/mountinfo writes spaces, tabs, newlines,
+/// commas and backslashes in paths, undone.
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let digits = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], digits) {
+            (b'\\', Some(d)) => {
+                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Take the exclusive flock of `file`, trying again until `grace` has passed.
 fn lock_within(file: &std::fs::File, grace: std::time::Duration) -> rustix::io::Result<()> {
     let until = std::time::Instant::now() + grace;
@@ -528,6 +580,12 @@ pub(crate) mod tests {
         );
         assert_eq!(redirect_of(s.as_fd()), Some(Redirect::Relative(b"old".to_vec())));
         assert_eq!(redirect_of(o.as_fd()), None);
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_octal(r"/a\040b\054c\134d"), r"/a b,c\d");
+        assert_eq!(unescape_octal(r"/plain\9x\"), r"/plain\9x\");
     }
 
     #[test]

@@ -11,11 +11,11 @@ use crate::support::layers::noise;
 use crate::support::mount::{fixture, oracle_options, Mounted, OVERLAYS};
 use crate::support::overlay::{env_count, env_list, same_outcomes, KernelOverlay};
 use crate::support::poll;
-use crate::support::run;
 use crate::support::tree::{
     assert_same_snapshot, assert_same_tree_except, assert_upper_links_shown, snapshot, without_link_groups,
     without_mtimes, Mtimes,
 };
+use crate::support::{assert_ok, run};
 
 #[test]
 fn random_operations_match_kernel_overlayfs_and_survive_a_remount() {
@@ -39,6 +39,11 @@ fn random_operations_match_kernel_overlayfs_and_survive_a_remount() {
         );
         let m = f.mount_upper(&format!("seed{seed}-{overlay}/mnt"), &upper, &["--overlay", overlay]);
         same_outcomes(seed, env_count("LAMINA_OVL_OPS", 250), &m.point, &k.point);
+        // One hard-link group at least, whatever the seed did.
+        for root in [&m.point, &k.point] {
+            std::fs::write(root.join("linked-a"), b"one file, two names").unwrap();
+            std::fs::hard_link(root.join("linked-a"), root.join("linked-b")).unwrap();
+        }
         // The same operations ran on both sides at different moments, so everything they
         // touched (and its parent directory) has a different "now": mtimes are left out.
         // Inode numbers under kernel overlayfs depend on its lower: it shows a copied-up file
@@ -67,7 +72,7 @@ fn random_operations_match_kernel_overlayfs_and_survive_a_remount() {
             "kernel" => by_kernel(&k2.point, &k.point),
             _ => assert_same_tree_except(&k2.point, &k.point, Mtimes::All),
         }
-        assert_upper_links_shown(&k2.point, &upper.join("upper"));
+        assert!(assert_upper_links_shown(&k2.point, &upper.join("upper")) >= 1);
         let over_upper = without_mtimes(snapshot(&k2.point), Mtimes::All);
         drop(k2);
 
@@ -123,6 +128,21 @@ fn writable_mounts_refuse_foreign_upper_dirs_and_clean_up_after_themselves() {
         let upper = w.join(format!("upper-{overlay}"));
         let m = f.mount_upper(&format!("a-{overlay}"), &upper, &["--overlay", overlay]);
         std::fs::write(m.point.join("etc/new"), b"x").unwrap();
+        let by = if overlay == "kernel" {
+            "kernel overlayfs"
+        } else {
+            "lamina"
+        };
+        m.stats_until(&cache, &[], |t| t.contains(&format!("(served by {by})")));
+        let fstype = if overlay == "kernel" { " overlay " } else { " fuse" };
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        assert!(
+            mounts
+                .lines()
+                .any(|l| l.contains(m.point.to_str().unwrap()) && l.contains(fstype)),
+            "{overlay}: no{fstype}mount at {}:\n{mounts}",
+            m.point.display()
+        );
         std::fs::create_dir_all(w.join("b")).unwrap();
         for second in OVERLAYS {
             let out = crate::support::lamina()
@@ -135,6 +155,34 @@ fn writable_mounts_refuse_foreign_upper_dirs_and_clean_up_after_themselves() {
                 .unwrap();
             let err = crate::support::assert_failed(&out);
             assert!(err.contains("in use"), "{overlay} then {second}: {err}");
+        }
+        if overlay == "kernel" {
+            // A killed daemon leaves its kernel overlayfs mounted (on the upper, without the
+            // image below): the upper stays refused until that mount is gone.
+            run(Command::new("kill").args(["-KILL", &m.pid.to_string()]));
+            m.wait_daemon_gone("after SIGKILL");
+            let again = || {
+                crate::support::lamina()
+                    .args(["mount", "--upper"])
+                    .arg(&upper)
+                    .arg(&f.converted)
+                    .arg(w.join("b"))
+                    .env("LAMINA_CACHE_DIR", &cache)
+                    .output()
+                    .unwrap()
+            };
+            let err = crate::support::assert_failed(&again());
+            assert!(err.contains("in use by the kernel overlayfs mounted at"), "{err}");
+            m.unmount();
+            assert_ok(&again());
+            assert_eq!(std::fs::read(w.join("b/etc/new")).unwrap(), b"x");
+            assert_ok(
+                &crate::support::lamina()
+                    .arg("umount")
+                    .arg(w.join("b"))
+                    .output()
+                    .unwrap(),
+            );
         }
         drop(m);
 
