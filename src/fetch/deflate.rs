@@ -287,17 +287,31 @@ impl Fetcher {
         let n = d.bad.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!(layer = %layer.digest, error = %e, "a chunk inflated through the gzip index did not verify");
         if n == BAD_CHUNKS_BEFORE_FALLBACK {
-            let why = format!("{n} chunks did not verify (last: {e})");
-            d.fallback.start(self, layer);
-            match super::gzindex::refuse(&self.store.cache_root(), &layer.digest, &why) {
-                Ok(()) => {
-                    tracing::warn!(layer = %layer.digest, "{why}: the gzip index is refused; the layer streams")
-                }
-                Err(err) => {
-                    tracing::warn!(layer = %layer.digest, error = %err, "could not record the refused gzip index")
-                }
-            }
+            self.fall_back(layer, &format!("{n} chunks did not verify (last: {e})"));
         }
+    }
+
+    /// Stream `layer` instead of trusting its index, for this mount and later ones.
+    fn fall_back(self: &Arc<Self>, layer: &LayerSource, why: &str) {
+        let Some(d) = &layer.deflate else { return };
+        d.fallback.start(self, layer);
+        match super::gzindex::refuse(&self.store.cache_root(), &layer.digest, why) {
+            Ok(()) => tracing::warn!(layer = %layer.digest, "{why}: the gzip index is refused; the layer streams"),
+            Err(err) => tracing::warn!(layer = %layer.digest, error = %err, "could not record the refused gzip index"),
+        }
+    }
+
+    /// A read of `layer` failed after all its attempts while a chunk inflated through the
+    /// layer's index had already failed to verify: rather than fail the read, the layer falls
+    /// back to streaming now (its retries may all have met that one bad flight, so the
+    /// second bad chunk that would start it may never come). Whether it did.
+    pub(super) fn fall_back_after_failed_read(self: &Arc<Self>, layer: &LayerSource, e: &str) -> bool {
+        let Some(d) = &layer.deflate else { return false };
+        if d.fallback.started() || d.bad.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        self.fall_back(layer, &format!("a read failed after a chunk did not verify ({e})"));
+        true
     }
 
     /// Whether `layer` has a gzip index that proved wrong (it streams instead).

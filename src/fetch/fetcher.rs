@@ -198,6 +198,7 @@ impl Fetcher {
                 // that fell back to streaming (a wrong gzip index) is waited for at the top.
                 Err(FetchError::Failed(_)) if attempt < FLIGHT_ATTEMPTS && Instant::now() < deadline => continue,
                 Err(FetchError::Failed(_)) if self.falls_back(layer) => continue,
+                Err(FetchError::Failed(e)) if self.fall_back_after_failed_read(layer, &e) => continue,
                 r => return r,
             }
         }
