@@ -152,26 +152,25 @@ impl Filesystem for ImageFs {
         reply.ok();
     }
 
+    /// Nothing is written, so there is nothing to flush: ENOSYS tells the kernel never to ask
+    /// again (one round trip per close saved), without fuser's warning.
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _owner: LockOwner, reply: fuser::ReplyEmpty) {
-        reply.ok(); // nothing is written, nothing to flush
+        reply.error(fuser::Errno::ENOSYS);
     }
 
-    /// SEEK_DATA and SEEK_HOLE (the kernel answers the other kinds itself): all of a file is
-    /// data, as the kernel says of a file system that does not know its holes. Kernel
-    /// overlayfs asks when it copies a lower file up.
-    fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: fuser::ReplyLseek) {
-        const SEEK_DATA: i32 = 3;
-        const SEEK_HOLE: i32 = 4;
-        let size = match self.view.with_node(ino, |n| n.size) {
-            Ok(size) => i64::try_from(size).unwrap_or(i64::MAX),
-            Err(e) => return reply.error(errno(&e)),
-        };
-        match whence {
-            _ if offset < 0 || offset >= size => reply.error(fuser::Errno::ENXIO),
-            SEEK_DATA => reply.offset(offset),
-            SEEK_HOLE => reply.offset(size),
-            _ => reply.error(fuser::Errno::EINVAL),
-        }
+    /// SEEK_DATA/SEEK_HOLE: ENOSYS makes the kernel answer them itself from then on (all of a
+    /// file is data), which is what this view would say; kernel overlayfs asks when it copies
+    /// a lower file up. Without fuser's warning.
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        reply.error(fuser::Errno::ENOSYS);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
