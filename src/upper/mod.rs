@@ -13,6 +13,10 @@
 //! Every access below `upper/` walks one name at a time from the root with `O_NOFOLLOW`, so a
 //! symlink in the upper never leads outside it.
 
+mod mountinfo;
+
+pub use mountinfo::overlay_on;
+
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -412,48 +416,6 @@ pub fn set_marker(dir: BorrowedFd<'_>, name: &[u8], key: &str, value: &[u8]) -> 
 /// `lamina umount M && lamina commit UPPER` must not find it still in use.
 const UNMOUNT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The mount point of a kernel overlayfs whose upperdir is `upper`, if one is mounted (read
-/// from `/proc/self/mountinfo`, where paths are octal-escaped).
-pub fn overlay_on(upper: &Path) -> Option<PathBuf> {
-    let want = std::fs::canonicalize(upper).ok()?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let mut r = right.split(' ');
-        if r.next()? != "overlay" {
-            return None;
-        }
-        let options = r.nth(1)?;
-        let upper = options.split(',').find_map(|o| o.strip_prefix("upperdir="))?;
-        let point = left.split(' ').nth(4)?;
-        (Path::new(&unescape_octal(upper)) == want).then(|| PathBuf::from(unescape_octal(point)))
-    })
-}
-
-/// The `\NNN` (octal) escapes with which /proc/self/mountinfo writes spaces, tabs, newlines,
-/// commas and backslashes in paths, undone.
-fn unescape_octal(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let digits = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (b[i], digits) {
-            (b'\\', Some(d)) => {
-                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')));
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Take the exclusive flock of `file`, trying again until `grace` has passed.
 fn lock_within(file: &std::fs::File, grace: std::time::Duration) -> rustix::io::Result<()> {
     let until = std::time::Instant::now() + grace;
@@ -580,12 +542,6 @@ pub(crate) mod tests {
         );
         assert_eq!(redirect_of(s.as_fd()), Some(Redirect::Relative(b"old".to_vec())));
         assert_eq!(redirect_of(o.as_fd()), None);
-    }
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_octal(r"/a\040b\054c\134d"), r"/a b,c\d");
-        assert_eq!(unescape_octal(r"/plain\9x\"), r"/plain\9x\");
     }
 
     #[test]

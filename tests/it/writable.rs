@@ -111,15 +111,20 @@ fn writable_mounts_refuse_foreign_upper_dirs_and_clean_up_after_themselves() {
     std::fs::create_dir_all(foreign.join("data")).unwrap();
     std::fs::write(foreign.join("data/keep"), b"mine").unwrap();
     std::fs::create_dir_all(w.join("mnt")).unwrap();
-    let out = crate::support::lamina()
-        .args(["mount", "--upper"])
-        .arg(&foreign)
-        .arg(&f.converted)
-        .arg(w.join("mnt"))
-        .env("LAMINA_CACHE_DIR", &cache)
-        .output()
-        .unwrap();
-    let err = crate::support::assert_failed(&out);
+    // `lamina mount [EXTRA] --upper UPPER IMAGE W/POINT`, its output.
+    let mount_upper = |extra: &[&str], upper: &std::path::Path, point: &str| {
+        crate::support::lamina()
+            .arg("mount")
+            .args(extra)
+            .arg("--upper")
+            .arg(upper)
+            .arg(&f.converted)
+            .arg(w.join(point))
+            .env("LAMINA_CACHE_DIR", &cache)
+            .output()
+            .unwrap()
+    };
+    let err = crate::support::assert_failed(&mount_upper(&[], &foreign, "mnt"));
     assert!(err.contains("not a lamina upper directory"), "{err}");
     assert_eq!(std::fs::read(foreign.join("data/keep")).unwrap(), b"mine");
 
@@ -145,15 +150,7 @@ fn writable_mounts_refuse_foreign_upper_dirs_and_clean_up_after_themselves() {
         );
         std::fs::create_dir_all(w.join("b")).unwrap();
         for second in OVERLAYS {
-            let out = crate::support::lamina()
-                .args(["mount", "--overlay", second, "--upper"])
-                .arg(&upper)
-                .arg(&f.converted)
-                .arg(w.join("b"))
-                .env("LAMINA_CACHE_DIR", &cache)
-                .output()
-                .unwrap();
-            let err = crate::support::assert_failed(&out);
+            let err = crate::support::assert_failed(&mount_upper(&["--overlay", second], &upper, "b"));
             assert!(err.contains("in use"), "{overlay} then {second}: {err}");
         }
         if overlay == "kernel" {
@@ -161,16 +158,7 @@ fn writable_mounts_refuse_foreign_upper_dirs_and_clean_up_after_themselves() {
             // image below): the upper stays refused until that mount is gone.
             run(Command::new("kill").args(["-KILL", &m.pid.to_string()]));
             m.wait_daemon_gone("after SIGKILL");
-            let again = || {
-                crate::support::lamina()
-                    .args(["mount", "--upper"])
-                    .arg(&upper)
-                    .arg(&f.converted)
-                    .arg(w.join("b"))
-                    .env("LAMINA_CACHE_DIR", &cache)
-                    .output()
-                    .unwrap()
-            };
+            let again = || mount_upper(&[], &upper, "b");
             let err = crate::support::assert_failed(&again());
             assert!(err.contains("in use by the kernel overlayfs mounted at"), "{err}");
             m.unmount();
